@@ -1,0 +1,7 @@
+"""A Dramatiq broker on NATS JetStream."""
+
+from pipeline.broker.broker import JetStreamBroker
+from pipeline.broker.errors import BatchPublishError, DeadLetterError
+from pipeline.broker.names import QueueNames
+
+__all__ = ["BatchPublishError", "DeadLetterError", "JetStreamBroker", "QueueNames"]

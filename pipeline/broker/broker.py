@@ -1,0 +1,576 @@
+"""``JetStreamBroker``: Dramatiq on NATS JetStream.
+
+Each Dramatiq queue is one WorkQueue stream with one durable pull consumer
+(see :mod:`pipeline.broker.names`).  ``num_pending + num_ack_pending`` of
+that consumer is the queue's lag: what KEDA's ``nats-jetstream`` scaler
+reads.
+
+Delays never sit unacknowledged in worker memory.  On nats-server 2.12 and
+later a delayed message is a JetStream *message schedule*: it is stored on
+``<subject>.delayed.<id>`` and the server publishes it to the queue's
+subject at its time, so it is not lag until it is due.  On older servers a
+second durable consumer (``delayed``) reads those subjects and negatively
+acknowledges each message with the time left, so the *server* holds it
+until it is due; Dramatiq's delay-queue consumer then moves it over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from datetime import UTC, datetime
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from dramatiq.broker import Broker, Consumer
+from dramatiq.common import current_millis, dq_name, q_name
+from dramatiq.errors import ConnectionClosed, ConnectionFailed, QueueJoinTimeout, QueueNotFound
+from dramatiq.message import Message
+from dramatiq.middleware import Middleware
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from pipeline.broker.consumer import DELAYED_CONSUMER, DelayedConsumer, IdleConsumer, QueueConsumer
+from pipeline.broker.errors import BatchPublishError, DeadLetterError
+from pipeline.broker.loop import EventLoopThread
+from pipeline.broker.names import DEFAULT_PREFIX, QueueNames, dead_stream, dead_wildcard
+
+#: How long dead letters are kept: Dramatiq's own setting and default (7 days).
+DEAD_MESSAGE_TTL_MS = int(os.getenv("dramatiq_dead_message_ttl", 86400000 * 7))  # noqa: SIM112
+
+#: Errors that mean "the server is not reachable right now".
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,  # nats.errors.TimeoutError and asyncio's are this one
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    ConnectionError,
+)
+
+
+def dedupe_key(message: Message) -> str:
+    """The ``Nats-Msg-Id`` a message is published under.
+
+    The message id alone would make JetStream drop Dramatiq's own retries
+    (the same id re-enqueued with ``retries`` incremented) as duplicates, so
+    the retry count is part of the key.  Subject tokens may not hold dots.
+    """
+    retries = message.options.get("retries", 0)
+    key = message.message_id if not retries else f"{message.message_id}-{retries}"
+    return key.replace(".", "_")
+
+
+def _server_version(nc: NatsClient) -> tuple[int, int]:
+    version = nc.connected_server_version
+    return (version.major, version.minor)
+
+
+def describe_exception(exc: BaseException | None) -> str:
+    if exc is None:
+        return "failed (no exception recorded)"
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+class JetStreamBroker(Broker):
+    """A Dramatiq broker on NATS JetStream.
+
+    Parameters:
+      url: NATS server URL(s), comma-separated for a cluster.  Defaults to
+        ``$PIPELINE_NATS_URL``; when that is unset too, an embedded
+        ``nats-server`` is started under ``home`` (``.pipeline/``).
+      prefix: prepended to every stream and subject, so several pipelines
+        can share one NATS account.
+      ack_wait: seconds JetStream waits for an ack before redelivering.  A
+        crashed worker's messages come back after this; live workers send
+        ``in_progress`` heartbeats, so long tasks are not redelivered.
+      replicas, storage: stream replicas (3 on a NATS cluster) and
+        ``"file"`` or ``"memory"`` storage.
+      max_ack_pending: messages in flight across all workers of a queue.
+      duplicate_window: seconds within which a re-published message id is
+        dropped as a duplicate.
+      publish_timeout: seconds ``send()`` keeps retrying a publish through a
+        disconnect before raising ``ConnectionClosed``.
+      user, password, token, credentials (a ``.creds`` file), nkeys_seed,
+      tls (an ``ssl.SSLContext``), tls_hostname: authentication.
+      fail_fast_default: as ``StubBroker``: ``join`` raises when a message
+        was dead-lettered.
+      **connect_options: passed through to ``nats.connect``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        middleware: list[Middleware] | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        ack_wait: float = 30.0,
+        replicas: int = 1,
+        storage: str = "file",
+        max_ack_pending: int = 20_000,
+        duplicate_window: float = 120.0,
+        dead_message_ttl: int = DEAD_MESSAGE_TTL_MS,
+        publish_timeout: float = 30.0,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        credentials: str | None = None,
+        nkeys_seed: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
+        home: str | os.PathLike[str] | None = None,
+        fail_fast_default: bool = True,
+        **connect_options: Any,
+    ) -> None:
+        super().__init__(middleware=middleware)
+        QueueNames(prefix, "check")  # validates the prefix early
+        if storage not in ("file", "memory"):
+            raise ValueError("storage must be 'file' or 'memory'")
+        self.url = url or os.environ.get("PIPELINE_NATS_URL") or None
+        self.home = home
+        self.prefix = prefix
+        self.ack_wait = ack_wait
+        self.replicas = replicas
+        self.storage = StorageType.FILE if storage == "file" else StorageType.MEMORY
+        self.max_ack_pending = max_ack_pending
+        self.duplicate_window = duplicate_window
+        self.dead_message_ttl = dead_message_ttl
+        self.publish_timeout = publish_timeout
+        self.fail_fast_default = fail_fast_default
+        self.connect_options: dict[str, Any] = {
+            "user": user,
+            "password": password,
+            "token": token,
+            "user_credentials": credentials,
+            "nkeys_seed": nkeys_seed,
+            "tls": tls,
+            "tls_hostname": tls_hostname,
+            **connect_options,
+        }
+        self.queues: set[str] = set()
+        self._ready_queues: set[str] = set()
+        self._lock = threading.RLock()
+        self._loop: EventLoopThread | None = None
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._schedules = True
+        self._batch = threading.local()
+        #: Messages fetched by this process and not yet settled: kept alive
+        #: with ``in_progress`` heartbeats.
+        self.inflight: dict[int, Msg] = {}
+        #: Exceptions of messages dead-lettered by this process, by message
+        #: id, so ``join(fail_fast=True)`` re-raises the real exception.
+        self._dead_exceptions: dict[str, BaseException] = {}
+        self._heartbeat: Future[None] | None = None
+
+    # -- connection ------------------------------------------------------
+
+    @property
+    def loop(self) -> EventLoopThread:
+        self._connect()
+        assert self._loop is not None
+        return self._loop
+
+    @property
+    def js(self) -> JetStreamContext:
+        self._connect()
+        assert self._js is not None
+        return self._js
+
+    @property
+    def server_supports_schedules(self) -> bool:
+        """True when delays use server-side message schedules (nats-server >= 2.12)."""
+        self._connect()
+        return self._schedules
+
+    def _connect(self) -> None:
+        if self._js is not None:
+            return
+        with self._lock:
+            if self._js is not None:
+                return
+            if self.url is None:
+                from pipeline.nats_server import DEFAULT_HOME, embedded_url
+
+                self.url = embedded_url(self.home or DEFAULT_HOME)
+            if self._loop is None:
+                self._loop = EventLoopThread()
+            try:
+                nc = self._loop.run(self._open_connection())
+            except Exception as e:
+                raise ConnectionFailed(f"cannot connect to NATS at {self._safe_url}: {e}") from None
+            self._nc = nc
+            self._schedules = _server_version(nc) >= (2, 12)
+            self._js = nc.jetstream(timeout=5)
+            self._heartbeat = self._loop.spawn(self._heartbeat_loop())
+
+    @property
+    def _safe_url(self) -> str:
+        """The URL with any credentials in it masked, for messages and logs."""
+        servers = []
+        for server in (self.url or "").split(","):
+            scheme, sep, rest = server.partition("://")
+            if "@" in rest:
+                rest = "***@" + rest.rsplit("@", 1)[1]
+            servers.append(scheme + sep + rest)
+        return ",".join(servers)
+
+    async def _open_connection(self) -> NatsClient:
+        async def on_error(e: Exception) -> None:
+            self.logger.warning("NATS error: %s", e)
+
+        async def on_disconnect() -> None:
+            self.logger.warning("Disconnected from NatsClient; reconnecting.")
+
+        async def on_reconnect() -> None:
+            self.logger.info("Reconnected to NatsClient.")
+
+        options = {k: v for k, v in self.connect_options.items() if v is not None}
+        options.setdefault("name", f"dramatiq-{self.prefix}-{os.getpid()}")
+        options.setdefault("max_reconnect_attempts", -1)
+        options.setdefault("reconnect_time_wait", 0.5)
+        options.setdefault("connect_timeout", 5)
+        return await nats.connect(
+            servers=[s.strip() for s in (self.url or "").split(",")],
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            **options,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        """Tell JetStream that every in-flight message is still being worked on."""
+        interval = max(self.ack_wait / 3, 0.1)
+        while True:
+            await asyncio.sleep(interval)
+            nc = self._nc
+            if nc is None or not nc.is_connected:
+                continue
+            for msg in list(self.inflight.values()):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+
+    def close(self) -> None:
+        """Close the NATS connection and stop the broker's event loop."""
+        with self._lock:
+            loop, nc = self._loop, self._nc
+            self._loop = self._nc = self._js = None
+            self._ready_queues.clear()
+        if loop is None:
+            return
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                loop.run(nc.drain(), timeout=10)
+        loop.stop()
+
+    def run(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a nats.py coroutine on the broker's loop, mapping disconnects to ``ConnectionClosed``."""
+        try:
+            return self.loop.run(coro, timeout)
+        except TRANSIENT_ERRORS as e:
+            raise ConnectionClosed(e) from None
+
+    # -- queues ----------------------------------------------------------
+
+    def names(self, queue_name: str) -> QueueNames:
+        return QueueNames(self.prefix, q_name(queue_name))
+
+    def declare_queue(self, queue_name: str) -> None:
+        """Declare a queue; its stream is created on first use, not here.
+
+        As with Dramatiq's own brokers, a delay queue (``<queue>.DQ``) is
+        declared beside it; on servers with message schedules its consumer
+        stays idle.
+        """
+        canonical = q_name(queue_name)
+        if canonical in self.queues:
+            return
+        self.names(canonical)  # validate the name before anything is emitted
+        self.emit_before("declare_queue", canonical)
+        self.queues.add(canonical)
+        self.emit_after("declare_queue", canonical)
+        delayed = dq_name(canonical)
+        self.delay_queues.add(delayed)
+        self.emit_after("declare_delay_queue", delayed)
+
+    def get_declared_queues(self) -> set[str]:
+        return self.queues.copy()
+
+    def _ensure_queue(self, queue_name: str) -> QueueNames:
+        """Create (or update) the stream and consumers of a queue on the server."""
+        names = self.names(queue_name)
+        if names.queue not in self.queues:
+            raise QueueNotFound(queue_name)
+        if names.queue in self._ready_queues:
+            return names
+        self.run(self._declare_streams(names), timeout=30)
+        self._ready_queues.add(names.queue)
+        return names
+
+    async def _declare_streams(self, names: QueueNames) -> None:
+        js = self._js
+        assert js is not None
+        schedules = {"allow_msg_schedules": True} if self._schedules else {}
+        await self._add_or_update_stream(
+            StreamConfig(
+                name=names.stream,
+                subjects=[names.subject, names.delayed_wildcard],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=self.storage,
+                num_replicas=self.replicas,
+                duplicate_window=self.duplicate_window,
+                **schedules,
+            )
+        )
+        await js.add_consumer(
+            names.stream,
+            ConsumerConfig(
+                durable_name=names.consumer,
+                filter_subject=names.subject,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait,
+                max_deliver=-1,
+                max_ack_pending=self.max_ack_pending,
+            ),
+        )
+        if not self._schedules:
+            await js.add_consumer(
+                names.stream,
+                ConsumerConfig(
+                    durable_name=DELAYED_CONSUMER,
+                    filter_subject=names.delayed_wildcard,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=self.ack_wait,
+                    max_deliver=-1,
+                    max_ack_pending=self.max_ack_pending,
+                ),
+            )
+        await self._add_or_update_stream(
+            StreamConfig(
+                name=dead_stream(self.prefix),
+                subjects=[dead_wildcard(self.prefix)],
+                retention=RetentionPolicy.LIMITS,
+                discard=DiscardPolicy.OLD,
+                max_age=self.dead_message_ttl / 1000,
+                storage=self.storage,
+                num_replicas=self.replicas,
+                duplicate_window=self.duplicate_window,
+            )
+        )
+
+    async def _add_or_update_stream(self, config: StreamConfig) -> None:
+        js = self._js
+        assert js is not None
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code != 10058:  # stream name already in use with a different configuration
+                raise
+            await js.update_stream(config)
+
+    # -- publishing ------------------------------------------------------
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        """Store a message in JetStream; return once the server has it.
+
+        Inside ``with broker.batch():`` the publish is not awaited here but
+        when the block exits.
+        """
+        canonical = q_name(message.queue_name)
+        names = self._ensure_queue(canonical)
+        subject, headers, message = self._prepare(names, message, delay)
+        self.emit_before("enqueue", message, delay)
+        data = message.encode()
+        pending = getattr(self._batch, "futures", None)
+        if pending is not None:
+            pending.append((message, self.loop.spawn(self._publish(subject, data, headers))))
+        else:
+            try:
+                self.run(self._publish(subject, data, headers))
+            except ConnectionClosed:
+                raise
+            except nats.js.errors.APIError as e:
+                raise ConnectionClosed(e) from None
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def _prepare(self, names: QueueNames, message: Message, delay: int | None) -> tuple[str, dict[str, str], Message]:
+        """Choose the subject and headers for a message, and the message as stored."""
+        key = dedupe_key(message)
+        if not delay or delay <= 0:
+            if "eta" in message.options:
+                message = message.copy(queue_name=names.queue)
+                del message.options["eta"]
+            return names.subject, {"Nats-Msg-Id": key}, message
+        eta = current_millis() + delay
+        delayed_key = f"{key}-d{eta}"
+        headers = {"Nats-Msg-Id": delayed_key}
+        if self.server_supports_schedules:
+            # The server delivers it to the queue at its time: store it as
+            # the message the worker should see, without an eta.
+            at = datetime.fromtimestamp(eta / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            headers["Nats-Schedule"] = f"@at {at}"
+            headers["Nats-Schedule-Target"] = names.subject
+            message = message.copy(queue_name=names.queue)
+            message.options.pop("eta", None)
+        else:
+            message = message.copy(queue_name=dq_name(names.queue), options={"eta": eta})
+        return names.delayed_subject(delayed_key), headers, message
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        """Publish and wait for the PubAck, retrying through disconnects.
+
+        Every attempt carries the same ``Nats-Msg-Id``, so an attempt whose
+        ack was lost but whose message was stored is dropped as a duplicate.
+        """
+        js = self._js
+        assert js is not None
+        deadline = time.monotonic() + self.publish_timeout
+        delay = 0.05
+        while True:
+            try:
+                await js.publish(subject, data, headers=dict(headers), timeout=min(5.0, self.publish_timeout))
+                return
+            except TRANSIENT_ERRORS:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    @contextlib.contextmanager
+    def batch(self, timeout: float | None = None) -> Iterator[None]:
+        """Publish every ``enqueue`` in the block without waiting, then wait for all.
+
+        On exit every message has been stored, or ``BatchPublishError``
+        names the ones that were not.  Nothing is dropped silently.
+        """
+        if getattr(self._batch, "futures", None) is not None:
+            yield  # nested: the outer block waits
+            return
+        self._batch.futures = []
+        try:
+            yield
+        finally:
+            pending: list[tuple[Message, Future[None]]] = self._batch.futures
+            self._batch.futures = None
+            self._wait_batch(pending, timeout if timeout is not None else self.publish_timeout + 5)
+
+    def _wait_batch(self, pending: list[tuple[Message, Future[None]]], timeout: float) -> None:
+        wait_futures([future for _, future in pending], timeout=timeout)
+        failed: list[tuple[Message, BaseException]] = []
+        for message, future in pending:
+            if not future.done():
+                future.cancel()
+                failed.append((message, TimeoutError("no PubAck in time")))
+            elif future.exception() is not None:
+                failed.append((message, future.exception()))  # type: ignore[arg-type]
+        if failed:
+            raise BatchPublishError(failed)
+
+    # -- consuming -------------------------------------------------------
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+        names = self._ensure_queue(queue_name)
+        if queue_name.endswith(".DQ"):
+            if self._schedules:
+                return IdleConsumer(timeout)
+            return DelayedConsumer(self, names, prefetch, timeout)
+        return QueueConsumer(self, names, prefetch, timeout)
+
+    def dead_letter(self, names: QueueNames, msg: Msg, message_id: str, exception: BaseException | None) -> None:
+        """Store a failed message on the dead-letter stream with its reason, then terminate it."""
+        reason = describe_exception(exception)
+        headers = {
+            "Nats-Msg-Id": f"dead-{msg.metadata.stream}-{msg.metadata.sequence.stream}",
+            "Pipeline-Dead-Reason": reason.replace("\r", " ").replace("\n", " "),
+            "Pipeline-Queue": names.queue,
+            "Pipeline-Message-Id": message_id,
+            "Pipeline-Failed-At": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if exception is not None and message_id:
+            self._dead_exceptions[message_id] = exception
+        self.run(self._publish(names.dead_subject, msg.data, headers))
+        self.run(msg.term())
+
+    def forget_queue(self, queue_name: str) -> None:
+        """Re-declare a queue's stream and consumers on its next use."""
+        self._ready_queues.discard(q_name(queue_name))
+
+    # -- inspection and tests --------------------------------------------
+
+    def lag(self, queues: set[str] | None = None) -> dict[str, int]:
+        """``num_pending + num_ack_pending`` of each queue's consumer: the figure KEDA scales on."""
+        result = {}
+        for queue in sorted(queues or self.queues):
+            names = self._ensure_queue(queue)
+            info = self.run(self.js.consumer_info(names.stream, names.consumer))
+            result[queue] = info.num_pending + info.num_ack_pending
+        return result
+
+    def dead_letter_count(self, queue_name: str) -> int:
+        names = self._ensure_queue(queue_name)
+        info = self.run(self.js.stream_info(dead_stream(self.prefix), subjects_filter=names.dead_subject))
+        return (info.state.subjects or {}).get(names.dead_subject, 0)
+
+    def flush(self, queue_name: str) -> None:
+        """Drop every message of a queue: ready, delayed and dead."""
+        names = self._ensure_queue(queue_name)
+        self.run(self.js.purge_stream(names.stream))
+        self.run(self.js.purge_stream(dead_stream(self.prefix), subject=names.dead_subject))
+        for message_id in list(self._dead_exceptions):
+            self._dead_exceptions.pop(message_id, None)
+
+    def flush_all(self) -> None:
+        for queue_name in self.queues:
+            self.flush(queue_name)
+
+    def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool | None = None) -> None:
+        """Wait until every message of a queue, delayed ones included, is processed.
+
+        Same meaning as ``StubBroker.join``: ``timeout`` in milliseconds
+        raises ``QueueJoinTimeout``; with ``fail_fast`` a message that was
+        dead-lettered since the last flush is raised (its own exception when
+        this process dead-lettered it).
+        """
+        if q_name(queue_name) not in self.queues:
+            raise QueueNotFound(queue_name)
+        names = self._ensure_queue(queue_name)
+        deadline = timeout and time.monotonic() + timeout / 1000
+        while True:
+            info = self.run(self.js.stream_info(names.stream))
+            if info.state.messages == 0:
+                break
+            if deadline and time.monotonic() > deadline:
+                raise QueueJoinTimeout(queue_name)
+            time.sleep(0.01)
+        should_fail_fast = self.fail_fast_default if fail_fast is None else fail_fast
+        if should_fail_fast and self.dead_letter_count(queue_name):
+            last = self.run(self.js.get_last_msg(dead_stream(self.prefix), names.dead_subject))
+            headers = last.headers or {}
+            message_id = headers.get("Pipeline-Message-Id", "")
+            if message_id in self._dead_exceptions:
+                raise self._dead_exceptions[message_id]
+            raise DeadLetterError(message_id, headers.get("Pipeline-Dead-Reason", "unknown"))

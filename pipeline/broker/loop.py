@@ -1,0 +1,57 @@
+"""A private asyncio event loop in a daemon thread.
+
+Dramatiq's workers are threads and nats.py is asyncio.  Every NATS call
+the broker makes is a coroutine submitted to this one loop; the calling
+thread blocks on the result (``run``) or does not wait at all (``spawn``).
+One loop per broker keeps all of nats.py on the thread that owns it, which
+is what nats.py requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class EventLoopThread:
+    def __init__(self, name: str = "jetstream-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+        # Let cancelled tasks unwind before the loop is closed.
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
+
+    @property
+    def in_loop_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Schedule ``coro`` on the loop and return a thread-safe future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and block the calling thread for its result."""
+        if self.in_loop_thread:
+            raise RuntimeError("EventLoopThread.run() called from its own loop; that would deadlock")
+        return self.spawn(coro).result(timeout)
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if not self.in_loop_thread:
+            self._thread.join(timeout=10)

@@ -1,0 +1,78 @@
+"""Stream, subject and consumer names: a public contract.
+
+KEDA's ``nats-jetstream`` scaler, the Grafana dashboards and the lag
+exporter all address queues by these names, so they are derived in one
+place and imported (never retyped) wherever they are needed.
+
+For a queue ``fetch`` and the default prefix ``pipeline``:
+
+=====================  ==================================
+stream                 ``pipeline_fetch``
+subject                ``pipeline.q.fetch``
+delayed subjects       ``pipeline.q.fetch.delayed.<id>``
+durable consumer       ``workers``
+dead-letter stream     ``pipeline_dead``
+dead-letter subject    ``pipeline.dead.fetch``
+=====================  ==================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "pipeline"
+CONSUMER_NAME = "workers"
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def check_prefix(prefix: str) -> str:
+    if not _PREFIX.match(prefix):
+        raise ValueError(f"invalid name prefix {prefix!r}: use letters, digits, '_' and '-'")
+    return prefix
+
+
+@dataclass(frozen=True)
+class QueueNames:
+    """Every NATS name that belongs to one Dramatiq queue."""
+
+    prefix: str
+    queue: str
+
+    def __post_init__(self) -> None:
+        check_prefix(self.prefix)
+        if not _QUEUE_NAME.match(self.queue):
+            raise ValueError(f"invalid queue name {self.queue!r}: JetStream queues take letters, digits, '_' and '-'")
+
+    @property
+    def stream(self) -> str:
+        return f"{self.prefix}_{self.queue}"
+
+    @property
+    def subject(self) -> str:
+        return f"{self.prefix}.q.{self.queue}"
+
+    @property
+    def delayed_wildcard(self) -> str:
+        return f"{self.subject}.delayed.*"
+
+    def delayed_subject(self, key: str) -> str:
+        return f"{self.subject}.delayed.{key}"
+
+    @property
+    def consumer(self) -> str:
+        return CONSUMER_NAME
+
+    @property
+    def dead_subject(self) -> str:
+        return f"{self.prefix}.dead.{self.queue}"
+
+
+def dead_stream(prefix: str) -> str:
+    return f"{check_prefix(prefix)}_dead"
+
+
+def dead_wildcard(prefix: str) -> str:
+    return f"{check_prefix(prefix)}.dead.>"
