@@ -241,10 +241,11 @@ class JetStreamBroker(Broker):
             self.logger.warning("NATS error: %s", e)
 
         async def on_disconnect() -> None:
-            self.logger.warning("Disconnected from NatsClient; reconnecting.")
+            if self._nc is not None:  # not our own close()
+                self.logger.warning("Disconnected from NATS; reconnecting.")
 
         async def on_reconnect() -> None:
-            self.logger.info("Reconnected to NatsClient.")
+            self.logger.info("Reconnected to NATS.")
 
         options = {k: v for k, v in self.connect_options.items() if v is not None}
         options.setdefault("name", f"dramatiq-{self.prefix}-{os.getpid()}")

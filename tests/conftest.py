@@ -1,0 +1,144 @@
+"""Fixtures: a real nats-server per session (and one per test that kills it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dramatiq
+import pytest
+from dramatiq import Worker
+
+from pipeline.broker import JetStreamBroker
+from pipeline.nats_server import NatsServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+@pytest.fixture
+def own_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A server this test alone may kill and restart."""
+    server = NatsServer(tmp_path / "nats").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh stream/subject prefix: tests on the shared server do not see each other."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def make_broker(nats_server: NatsServer, prefix: str) -> Iterator[Callable[..., JetStreamBroker]]:
+    brokers: list[JetStreamBroker] = []
+
+    def make(url: str | None = None, **options: object) -> JetStreamBroker:
+        options.setdefault("prefix", prefix)
+        broker = JetStreamBroker(url or nats_server.url, **options)  # type: ignore[arg-type]
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.close()
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., JetStreamBroker]) -> Iterator[JetStreamBroker]:
+    broker = make_broker()
+    dramatiq.set_broker(broker)
+    yield broker
+
+
+@pytest.fixture
+def worker(broker: JetStreamBroker) -> Iterator[Worker]:
+    worker = Worker(broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+class WorkerProcess:
+    """``dramatiq tests.workerapp`` in a process group of its own, so it can be SIGKILLed whole."""
+
+    def __init__(self, env: dict[str, str], threads: int = 4) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "tests.workerapp", "--processes", "1", "--threads", str(threads)],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(env["TEST_RECORD_FILE"] + f".{uuid.uuid4().hex[:6]}.log", "w"),  # noqa: SIM115
+        )
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def record_file(tmp_path: Path) -> Path:
+    path = tmp_path / "record.txt"
+    path.touch()
+    return path
+
+
+def read_records(path: Path) -> list[tuple[str, int]]:
+    """(argument, pid) per processed message, as tests/workerapp.py writes them."""
+    rows = []
+    for line in path.read_text().splitlines():
+        value, pid = line.split()
+        rows.append((value, int(pid)))
+    return rows
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture
+def spawn_workers(nats_server: NatsServer, prefix: str, record_file: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    processes: list[WorkerProcess] = []
+
+    def spawn(url: str | None = None, ack_wait: float = 30, threads: int = 4) -> WorkerProcess:
+        env = dict(os.environ)
+        env.update(
+            PIPELINE_NATS_URL=url or nats_server.url,
+            TEST_PREFIX=prefix,
+            TEST_ACK_WAIT=str(ack_wait),
+            TEST_RECORD_FILE=str(record_file),
+        )
+        process = WorkerProcess(env, threads=threads)
+        processes.append(process)
+        return process
+
+    yield spawn
+    for process in processes:
+        process.kill()
