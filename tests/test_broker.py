@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -130,7 +131,7 @@ def test_retries_back_off_then_succeed(broker: JetStreamBroker, worker: Worker) 
     broker.join(flaky.queue_name, timeout=15_000)
 
     assert len(attempts) == 3
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert all(gap >= 0.1 for gap in gaps), gaps  # Dramatiq's jittered backoff, never immediate
     assert broker.dead_letter_count(flaky.queue_name) == 0
 
