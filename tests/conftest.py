@@ -127,8 +127,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
 def spawn_workers(nats_server: NatsServer, prefix: str, record_file: Path) -> Iterator[Callable[..., WorkerProcess]]:
     processes: list[WorkerProcess] = []
 
-    def spawn(url: str | None = None, ack_wait: float = 30, threads: int = 4) -> WorkerProcess:
-        env = dict(os.environ)
+    def spawn(url: str | None = None, ack_wait: float = 30, threads: int = 4, **extra_env: str) -> WorkerProcess:
+        env = dict(os.environ, **extra_env)
         env.update(
             PIPELINE_NATS_URL=url or nats_server.url,
             TEST_PREFIX=prefix,

@@ -14,6 +14,10 @@ import dramatiq
 from pipeline.broker import JetStreamBroker
 
 broker = JetStreamBroker(prefix=os.environ["TEST_PREFIX"], ack_wait=float(os.environ.get("TEST_ACK_WAIT", "30")))
+if os.environ.get("TEST_PROMETHEUS"):
+    from dramatiq.middleware.prometheus import Prometheus
+
+    broker.add_middleware(Prometheus())
 dramatiq.set_broker(broker)
 
 
