@@ -56,6 +56,9 @@ from pipeline.broker.names import DEFAULT_PREFIX, QueueNames, dead_stream, dead_
 #: How long dead letters are kept: Dramatiq's own setting and default (7 days).
 DEAD_MESSAGE_TTL_MS = int(os.getenv("dramatiq_dead_message_ttl", 86400000 * 7))  # noqa: SIM112
 
+#: Seconds a first connection may take before the broker gives up.
+INITIAL_CONNECT_DEADLINE = 15.0
+
 #: Errors that mean "the server is not reachable right now".
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,  # nats.errors.TimeoutError and asyncio's are this one
@@ -237,7 +240,20 @@ class JetStreamBroker(Broker):
         return ",".join(servers)
 
     async def _open_connection(self) -> NatsClient:
+        """Connect, giving up after ``INITIAL_CONNECT_DEADLINE`` (or at once when refused).
+
+        nats.py retries a first connection as long as it retries a lost one
+        (forever, here), so a wrong password would hang a worker silently.
+        """
+        first_errors: list[Exception] = []
+        refused = asyncio.Event()
+
         async def on_error(e: Exception) -> None:
+            if self._nc is None:  # still connecting for the first time
+                first_errors.append(e)
+                if "authoriz" in str(e).lower() or "authentication" in str(e).lower():
+                    refused.set()
+                return
             self.logger.warning("NATS error: %s", e)
 
         async def on_disconnect() -> None:
@@ -252,13 +268,22 @@ class JetStreamBroker(Broker):
         options.setdefault("max_reconnect_attempts", -1)
         options.setdefault("reconnect_time_wait", 0.5)
         options.setdefault("connect_timeout", 5)
-        return await nats.connect(
-            servers=[s.strip() for s in (self.url or "").split(",")],
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            **options,
+        connecting = asyncio.ensure_future(
+            nats.connect(
+                servers=[s.strip() for s in (self.url or "").split(",")],
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                **options,
+            )
         )
+        waiting = asyncio.ensure_future(refused.wait())
+        await asyncio.wait({connecting, waiting}, timeout=INITIAL_CONNECT_DEADLINE, return_when="FIRST_COMPLETED")
+        waiting.cancel()
+        if connecting.done():
+            return connecting.result()
+        connecting.cancel()
+        raise ConnectionError(str(first_errors[-1]) if first_errors else "timed out")
 
     async def _heartbeat_loop(self) -> None:
         """Tell JetStream that every in-flight message is still being worked on."""
@@ -327,6 +352,7 @@ class JetStreamBroker(Broker):
             raise QueueNotFound(queue_name)
         if names.queue in self._ready_queues:
             return names
+        self._connect()
         self.run(self._declare_streams(names), timeout=30)
         self._ready_queues.add(names.queue)
         return names
