@@ -22,10 +22,11 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
-from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import nats
@@ -52,6 +53,8 @@ from pipeline.broker.consumer import DELAYED_CONSUMER, DelayedConsumer, IdleCons
 from pipeline.broker.errors import BatchPublishError, DeadLetterError
 from pipeline.broker.loop import EventLoopThread
 from pipeline.broker.names import DEFAULT_PREFIX, QueueNames, dead_stream, dead_wildcard
+from pipeline.broker.outbox import Outbox
+from pipeline.broker.puller import Puller
 
 #: How long dead letters are kept: Dramatiq's own setting and default (7 days).
 DEAD_MESSAGE_TTL_MS = int(os.getenv("dramatiq_dead_message_ttl", 86400000 * 7))  # noqa: SIM112
@@ -88,6 +91,18 @@ def dedupe_key(message: Message) -> str:
 def _server_version(nc: NatsClient) -> tuple[int, int]:
     version = nc.connected_server_version
     return (version.major, version.minor)
+
+
+@dataclass
+class _Pending:
+    """A message published inside ``batch()`` and what became of it."""
+
+    message: Message
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    ack: asyncio.Future[Any] | None = None
+    error: BaseException | None = None
 
 
 def describe_exception(exc: BaseException | None) -> str:
@@ -172,16 +187,19 @@ class JetStreamBroker(Broker):
             **connect_options,
         }
         self.queues: set[str] = set()
+        self._names: dict[str, QueueNames] = {}
         self._ready_queues: set[str] = set()
         self._lock = threading.RLock()
         self._loop: EventLoopThread | None = None
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
+        self._outbox: Outbox | None = None
         self._schedules = True
         self._batch = threading.local()
         #: Messages fetched by this process and not yet settled: kept alive
         #: with ``in_progress`` heartbeats.
         self.inflight: dict[int, Msg] = {}
+        self.pullers: set[Puller] = set()
         #: Exceptions of messages dead-lettered by this process, by message
         #: id, so ``join(fail_fast=True)`` re-raises the real exception.
         self._dead_exceptions: dict[str, BaseException] = {}
@@ -222,14 +240,15 @@ class JetStreamBroker(Broker):
             try:
                 nc = self._loop.run(self._open_connection())
             except Exception as e:
-                raise ConnectionFailed(f"cannot connect to NATS at {self._safe_url}: {e}") from None
+                raise ConnectionFailed(f"cannot connect to NATS at {self.safe_url}: {e}") from None
             self._nc = nc
             self._schedules = _server_version(nc) >= (2, 12)
             self._js = nc.jetstream(timeout=5)
+            self._outbox = Outbox(self._loop.loop)
             self._heartbeat = self._loop.spawn(self._heartbeat_loop())
 
     @property
-    def _safe_url(self) -> str:
+    def safe_url(self) -> str:
         """The URL with any credentials in it masked, for messages and logs."""
         servers = []
         for server in (self.url or "").split(","):
@@ -262,6 +281,9 @@ class JetStreamBroker(Broker):
 
         async def on_reconnect() -> None:
             self.logger.info("Reconnected to NATS.")
+            for puller in list(self.pullers):
+                puller.forget_requests()
+                await puller.pull()
 
         options = {k: v for k, v in self.connect_options.items() if v is not None}
         options.setdefault("name", f"dramatiq-{self.prefix}-{os.getpid()}")
@@ -322,7 +344,10 @@ class JetStreamBroker(Broker):
     # -- queues ----------------------------------------------------------
 
     def names(self, queue_name: str) -> QueueNames:
-        return QueueNames(self.prefix, q_name(queue_name))
+        names = self._names.get(queue_name)
+        if names is None:
+            names = self._names[queue_name] = QueueNames(self.prefix, q_name(queue_name))
+        return names
 
     def declare_queue(self, queue_name: str) -> None:
         """Declare a queue; its stream is created on first use, not here.
@@ -431,14 +456,13 @@ class JetStreamBroker(Broker):
         subject, headers, message = self._prepare(names, message, delay)
         self.emit_before("enqueue", message, delay)
         data = message.encode()
-        pending = getattr(self._batch, "futures", None)
-        if pending is not None:
-            pending.append((message, self.loop.spawn(self._publish(subject, data, headers))))
+        batch: list[_Pending] | None = getattr(self._batch, "pending", None)
+        if batch is not None:
+            assert self._outbox is not None
+            self._outbox.put(partial(self._publish_nowait, batch, message, subject, data, headers))
         else:
             try:
                 self.run(self._publish(subject, data, headers))
-            except ConnectionClosed:
-                raise
             except nats.js.errors.APIError as e:
                 raise ConnectionClosed(e) from None
         self.emit_after("enqueue", message, delay)
@@ -479,7 +503,7 @@ class JetStreamBroker(Broker):
         delay = 0.05
         while True:
             try:
-                await js.publish(subject, data, headers=dict(headers), timeout=min(5.0, self.publish_timeout))
+                await js.publish(subject, data, headers=headers, timeout=min(5.0, self.publish_timeout))
                 return
             except TRANSIENT_ERRORS:
                 if time.monotonic() + delay > deadline:
@@ -487,35 +511,95 @@ class JetStreamBroker(Broker):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+    async def _publish_nowait(
+        self, batch: list[_Pending], message: Message, subject: str, data: bytes, headers: dict[str, str]
+    ) -> None:
+        js = self._js
+        assert js is not None
+        pending = _Pending(message, subject, data, headers)
+        batch.append(pending)
+        try:
+            pending.ack = await js.publish_async(subject, data, headers=headers)
+        except Exception as e:
+            pending.error = e
+
     @contextlib.contextmanager
-    def batch(self, timeout: float | None = None) -> Iterator[None]:
+    def batch(self) -> Iterator[None]:
         """Publish every ``enqueue`` in the block without waiting, then wait for all.
 
-        On exit every message has been stored, or ``BatchPublishError``
-        names the ones that were not.  Nothing is dropped silently.
+        On exit every message has been stored: those whose PubAck did not
+        come are published again (the same ``Nats-Msg-Id``, so never twice)
+        until ``publish_timeout``; ``BatchPublishError`` names any that
+        still were not.  Nothing is dropped silently.
         """
-        if getattr(self._batch, "futures", None) is not None:
+        if getattr(self._batch, "pending", None) is not None:
             yield  # nested: the outer block waits
             return
-        self._batch.futures = []
+        self._connect()
+        self._batch.pending = []
         try:
             yield
         finally:
-            pending: list[tuple[Message, Future[None]]] = self._batch.futures
-            self._batch.futures = None
-            self._wait_batch(pending, timeout if timeout is not None else self.publish_timeout + 5)
+            pending: list[_Pending] = self._batch.pending
+            self._batch.pending = None
+            failed = self.loop.run(self._settle(pending))
+            if failed:
+                raise BatchPublishError(failed)
 
-    def _wait_batch(self, pending: list[tuple[Message, Future[None]]], timeout: float) -> None:
-        wait_futures([future for _, future in pending], timeout=timeout)
-        failed: list[tuple[Message, BaseException]] = []
-        for message, future in pending:
-            if not future.done():
-                future.cancel()
-                failed.append((message, TimeoutError("no PubAck in time")))
-            elif future.exception() is not None:
-                failed.append((message, future.exception()))  # type: ignore[arg-type]
-        if failed:
-            raise BatchPublishError(failed)
+    async def _settle(self, batch: list[_Pending]) -> list[tuple[Message, BaseException]]:
+        assert self._outbox is not None
+        await self._outbox.flushed()
+        acks = [p.ack for p in batch if p.ack is not None]
+        if acks:
+            await asyncio.wait(acks, timeout=self.publish_timeout)
+        unconfirmed = [p for p in batch if p.ack is None or not p.ack.done() or p.ack.exception() is not None]
+        for p in batch:
+            if p.ack is not None and not p.ack.done():
+                p.ack.cancel()
+        retried = await asyncio.gather(
+            *(self._publish(p.subject, p.data, p.headers) for p in unconfirmed), return_exceptions=True
+        )
+        return [(p.message, e) for p, e in zip(unconfirmed, retried, strict=True) if isinstance(e, BaseException)]
+
+    @property
+    def nc(self) -> NatsClient:
+        self._connect()
+        assert self._nc is not None
+        return self._nc
+
+    def _queue_job(self, job: Callable[[], Awaitable[object]]) -> None:
+        nc, outbox = self._nc, self._outbox
+        if nc is None or nc.is_closed or outbox is None:
+            raise ConnectionClosed("the NATS connection is closed")
+        outbox.put(job)
+
+    def ack(self, msg: Msg, puller: Puller) -> None:
+        """Acknowledge without waiting: acks leave in bursts, as AMQP's ``basic_ack`` does."""
+        self.inflight.pop(id(msg), None)
+
+        async def ack() -> None:
+            try:
+                await msg.ack()
+            finally:
+                await puller.settled()
+
+        self._queue_job(ack)
+
+    def nak(self, msg: Msg, puller: Puller, delay: float | None = None) -> None:
+        """Hand a message back for redelivery (after ``delay`` seconds)."""
+        self.inflight.pop(id(msg), None)
+
+        async def nak() -> None:
+            try:
+                await msg.nak(delay=delay)
+            finally:
+                await puller.settled()
+
+        self._queue_job(nak)
+
+    def settle(self, puller: Puller) -> None:
+        """A delivered message was dealt with another way (dead-lettered)."""
+        self._queue_job(puller.settled)
 
     # -- consuming -------------------------------------------------------
 
@@ -541,6 +625,7 @@ class JetStreamBroker(Broker):
             self._dead_exceptions[message_id] = exception
         self.run(self._publish(names.dead_subject, msg.data, headers))
         self.run(msg.term())
+        self.inflight.pop(id(msg), None)
 
     def forget_queue(self, queue_name: str) -> None:
         """Re-declare a queue's stream and consumers on its next use."""

@@ -10,13 +10,11 @@ once (``nak``) when it is closed.
 from __future__ import annotations
 
 import contextlib
-import threading
+import queue
 import time
-from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import nats.js.errors
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed, DecodeError
@@ -24,6 +22,7 @@ from dramatiq.message import Message
 from nats.aio.msg import Msg
 
 from pipeline.broker.names import QueueNames
+from pipeline.broker.puller import Puller
 
 if TYPE_CHECKING:
     from pipeline.broker.broker import JetStreamBroker
@@ -44,46 +43,28 @@ class QueueConsumer(Consumer):
     def __init__(self, broker: JetStreamBroker, names: QueueNames, prefetch: int, timeout: int) -> None:
         self.broker = broker
         self.names = names
-        self.prefetch = max(prefetch, 1)
         self.timeout = max(timeout, 10) / 1000
-        self.buffer: deque[JetStreamMessageProxy] = deque()
-        self.unsettled = 0
-        self.room = threading.Condition()
-        self.subscription = broker.run(broker.js.pull_subscribe_bind(durable=self.durable, stream=names.stream))
+        self.arrivals: queue.SimpleQueue[Msg] = queue.SimpleQueue()
+        self.puller = Puller(broker.nc, names.stream, self.durable, max(prefetch, 1), self._arrived)
+        broker.run(self.puller.start())
+        broker.pullers.add(self.puller)
+
+    def _arrived(self, msg: Msg) -> None:
+        """On the event loop: a message was delivered to this consumer."""
+        self.broker.inflight[id(msg)] = msg
+        self.arrivals.put(msg)
 
     def __next__(self) -> JetStreamMessageProxy | None:
-        if self.buffer:
-            return self.buffer.popleft()
-        with self.room:
-            if self.unsettled >= self.prefetch:
-                self.room.wait(self.timeout)
-            wanted = self.prefetch - self.unsettled
-            if wanted <= 0:
-                return None
-            self.unsettled += wanted  # reserve the slots while fetching
-        msgs: list[Msg] = []
         try:
-            msgs = self._fetch(wanted)
-        finally:
-            self._release(wanted - len(msgs))
-        for msg in msgs:
-            proxy = self._accept(msg)
-            if proxy is not None:
-                self.buffer.append(proxy)
-        return self.buffer.popleft() if self.buffer else None
-
-    def _fetch(self, batch: int) -> list[Msg]:
-        try:
-            return self.broker.loop.run(self.subscription.fetch(batch, timeout=self.timeout))
-        except TimeoutError:
-            return []
-        except nats.js.errors.APIError as e:
-            # The stream or consumer may be gone (a memory-store server was
-            # restarted): declare it again when the consumer restarts.
-            self.broker.forget_queue(self.names.queue)
-            raise ConnectionClosed(e) from None
-        except Exception as e:
-            raise ConnectionClosed(e) from None
+            msg = self.arrivals.get(timeout=self.timeout)
+        except queue.Empty:
+            if self.puller.broken:
+                self.broker.forget_queue(self.names.queue)
+                raise ConnectionClosed(f"pulling from {self.names.stream} failed: {self.puller.broken}") from None
+            if self.broker.nc.is_closed:
+                raise ConnectionClosed("the NATS connection is closed") from None
+            return None
+        return self._accept(msg)
 
     def _accept(self, msg: Msg) -> JetStreamMessageProxy | None:
         """Turn a NATS message into a Dramatiq one; dead-letter what cannot be decoded."""
@@ -92,42 +73,34 @@ class QueueConsumer(Consumer):
         except DecodeError as e:
             self.broker.logger.error("Dead-lettering an undecodable message on %r: %s", self.names.queue, e)
             self.broker.dead_letter(self.names, msg, "", e)
-            self._release(1)
+            self.broker.settle(self.puller)
             return None
-        self.broker.inflight[id(msg)] = msg
         return JetStreamMessageProxy(message, msg)
 
-    def _release(self, count: int) -> None:
-        if count <= 0:
-            return
-        with self.room:
-            self.unsettled -= count
-            self.room.notify()
-
-    def _settled(self, message: JetStreamMessageProxy) -> None:
-        self.broker.inflight.pop(id(message._nats_msg), None)
-        self._release(1)
-
     def ack(self, message: JetStreamMessageProxy) -> None:  # type: ignore[override]
-        self.broker.run(message._nats_msg.ack())
-        self._settled(message)
+        self.broker.ack(message._nats_msg, self.puller)
 
     def nack(self, message: JetStreamMessageProxy) -> None:  # type: ignore[override]
         self.broker.dead_letter(self.names, message._nats_msg, message.message_id, message._exception)
-        self._settled(message)
+        self.broker.settle(self.puller)
 
     def requeue(self, messages: Iterable[JetStreamMessageProxy]) -> None:  # type: ignore[override]
         """Give messages back for immediate redelivery (shutdown, lost connection)."""
         for message in messages:
-            with contextlib.suppress(Exception):
-                self.broker.run(message._nats_msg.nak(), timeout=5)
-            self._settled(message)
+            self.broker.nak(message._nats_msg, self.puller)
 
     def close(self) -> None:
-        self.requeue(list(self.buffer))
-        self.buffer.clear()
+        """Stop pulling and hand back, at once, everything delivered but not started."""
+        self.broker.pullers.discard(self.puller)
         with contextlib.suppress(Exception):
-            self.broker.run(self.subscription.unsubscribe(), timeout=5)
+            self.broker.run(self.puller.stop(), timeout=5)
+        while True:
+            try:
+                msg = self.arrivals.get_nowait()
+            except queue.Empty:
+                break
+            with contextlib.suppress(Exception):
+                self.broker.nak(msg, self.puller)
 
 
 class DelayedConsumer(QueueConsumer):
@@ -147,9 +120,7 @@ class DelayedConsumer(QueueConsumer):
         eta = proxy.options.get("eta")
         remaining = (eta - current_millis()) / 1000 if isinstance(eta, int | float) else 0
         if remaining > 0.005:
-            with contextlib.suppress(Exception):
-                self.broker.run(msg.nak(delay=remaining), timeout=5)
-            self._settled(proxy)
+            self.broker.nak(msg, self.puller, delay=remaining)
             return None
         return proxy
 

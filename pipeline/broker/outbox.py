@@ -1,0 +1,60 @@
+"""Hand many small jobs to the event loop with one wake-up per burst.
+
+``run_coroutine_threadsafe`` costs a self-pipe write, a task and a
+cross-thread future for every call; for acks and batched publishes that
+overhead was most of the work.  Worker threads append to a deque instead,
+and one task on the loop drains it in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger(__name__)
+
+Job = Callable[[], Awaitable[object]]
+
+
+class Outbox:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.jobs: deque[Job] = deque()
+        self.lock = threading.Lock()
+        self.draining = False
+
+    def put(self, job: Job) -> None:
+        self.jobs.append(job)
+        with self.lock:
+            if self.draining:
+                return
+            self.draining = True
+        self.loop.call_soon_threadsafe(self._start)
+
+    def _start(self) -> None:
+        self.loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while True:
+            with self.lock:
+                if not self.jobs:
+                    self.draining = False
+                    return
+            job = self.jobs.popleft()
+            try:
+                await job()
+            except Exception:
+                logger.warning("A queued NATS operation failed.", exc_info=True)
+
+    async def flushed(self) -> None:
+        """Return once every job put before this call has run."""
+        done = self.loop.create_future()
+
+        async def mark() -> None:
+            done.set_result(None)
+
+        self.put(mark)
+        await done
