@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -54,10 +53,14 @@ from pipeline.broker.errors import BatchPublishError, DeadLetterError
 from pipeline.broker.loop import EventLoopThread
 from pipeline.broker.names import DEFAULT_PREFIX, QueueNames, dead_stream, dead_wildcard
 from pipeline.broker.outbox import Outbox
+from pipeline.broker.publisher import Batch, Pending, Publisher
 from pipeline.broker.puller import Puller
 
 #: How long dead letters are kept: Dramatiq's own setting and default (7 days).
 DEAD_MESSAGE_TTL_MS = int(os.getenv("dramatiq_dead_message_ttl", 86400000 * 7))  # noqa: SIM112
+
+#: Jobs queued for the event loop past which a batch producer waits for it.
+OUTBOX_HIGH_WATER = 20_000
 
 #: Seconds a first connection may take before the broker gives up.
 INITIAL_CONNECT_DEADLINE = 15.0
@@ -91,18 +94,6 @@ def dedupe_key(message: Message) -> str:
 def _server_version(nc: NatsClient) -> tuple[int, int]:
     version = nc.connected_server_version
     return (version.major, version.minor)
-
-
-@dataclass
-class _Pending:
-    """A message published inside ``batch()`` and what became of it."""
-
-    message: Message
-    subject: str
-    data: bytes
-    headers: dict[str, str]
-    ack: asyncio.Future[Any] | None = None
-    error: BaseException | None = None
 
 
 def describe_exception(exc: BaseException | None) -> str:
@@ -194,6 +185,7 @@ class JetStreamBroker(Broker):
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._outbox: Outbox | None = None
+        self._publisher: Publisher | None = None
         self._schedules = True
         self._batch = threading.local()
         #: Messages fetched by this process and not yet settled: kept alive
@@ -245,6 +237,8 @@ class JetStreamBroker(Broker):
             self._schedules = _server_version(nc) >= (2, 12)
             self._js = nc.jetstream(timeout=5)
             self._outbox = Outbox(self._loop.loop)
+            self._publisher = Publisher(nc)
+            self._loop.run(self._publisher.start())
             self._heartbeat = self._loop.spawn(self._heartbeat_loop())
 
     @property
@@ -456,10 +450,12 @@ class JetStreamBroker(Broker):
         subject, headers, message = self._prepare(names, message, delay)
         self.emit_before("enqueue", message, delay)
         data = message.encode()
-        batch: list[_Pending] | None = getattr(self._batch, "pending", None)
+        batch: Batch | None = getattr(self._batch, "current", None)
         if batch is not None:
-            assert self._outbox is not None
-            self._outbox.put(partial(self._publish_nowait, batch, message, subject, data, headers))
+            assert self._outbox is not None and self._publisher is not None
+            while len(self._outbox.jobs) > OUTBOX_HIGH_WATER:
+                time.sleep(0.001)  # let the loop catch up: memory stays bounded
+            self._outbox.put(partial(self._publisher.publish, Pending(message, subject, data, headers, batch)))
         else:
             try:
                 self.run(self._publish(subject, data, headers))
@@ -511,18 +507,6 @@ class JetStreamBroker(Broker):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def _publish_nowait(
-        self, batch: list[_Pending], message: Message, subject: str, data: bytes, headers: dict[str, str]
-    ) -> None:
-        js = self._js
-        assert js is not None
-        pending = _Pending(message, subject, data, headers)
-        batch.append(pending)
-        try:
-            pending.ack = await js.publish_async(subject, data, headers=headers)
-        except Exception as e:
-            pending.error = e
-
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Publish every ``enqueue`` in the block without waiting, then wait for all.
@@ -532,30 +516,27 @@ class JetStreamBroker(Broker):
         until ``publish_timeout``; ``BatchPublishError`` names any that
         still were not.  Nothing is dropped silently.
         """
-        if getattr(self._batch, "pending", None) is not None:
+        if getattr(self._batch, "current", None) is not None:
             yield  # nested: the outer block waits
             return
         self._connect()
-        self._batch.pending = []
+        self._batch.current = batch = Batch()
         try:
             yield
         finally:
-            pending: list[_Pending] = self._batch.pending
-            self._batch.pending = None
-            failed = self.loop.run(self._settle(pending))
+            self._batch.current = None
+            failed = self.loop.run(self._settle(batch))
             if failed:
                 raise BatchPublishError(failed)
 
-    async def _settle(self, batch: list[_Pending]) -> list[tuple[Message, BaseException]]:
-        assert self._outbox is not None
+    async def _settle(self, batch: Batch) -> list[tuple[Message, BaseException]]:
+        assert self._outbox is not None and self._publisher is not None
         await self._outbox.flushed()
-        acks = [p.ack for p in batch if p.ack is not None]
-        if acks:
-            await asyncio.wait(acks, timeout=self.publish_timeout)
-        unconfirmed = [p for p in batch if p.ack is None or not p.ack.done() or p.ack.exception() is not None]
-        for p in batch:
-            if p.ack is not None and not p.ack.done():
-                p.ack.cancel()
+        if batch.unanswered:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(batch.answered.wait(), self.publish_timeout)
+        self._publisher.abandon(batch)
+        unconfirmed = [p for p in batch.items if not p.stored]
         retried = await asyncio.gather(
             *(self._publish(p.subject, p.data, p.headers) for p in unconfirmed), return_exceptions=True
         )

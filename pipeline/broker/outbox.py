@@ -16,6 +16,9 @@ from collections.abc import Awaitable, Callable
 
 logger = logging.getLogger(__name__)
 
+#: Passes through the event loop the drain task waits for new jobs before it goes idle.
+LINGER_ROUNDS = 2
+
 Job = Callable[[], Awaitable[object]]
 
 
@@ -38,11 +41,19 @@ class Outbox:
         self.loop.create_task(self._drain())
 
     async def _drain(self) -> None:
+        idle_rounds = 0
         while True:
+            if not self.jobs and idle_rounds < LINGER_ROUNDS:
+                # Let other loop work run and more jobs arrive before paying
+                # for another cross-thread wake-up.
+                idle_rounds += 1
+                await asyncio.sleep(0)
+                continue
             with self.lock:
                 if not self.jobs:
                     self.draining = False
                     return
+            idle_rounds = 0
             job = self.jobs.popleft()
             try:
                 await job()
