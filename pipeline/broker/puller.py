@@ -49,7 +49,7 @@ class Puller:
         self.api_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.prefetch = prefetch
         self.deliver = deliver
-        self.min_pull = max(1, prefetch // 4)
+        self.min_pull = max(1, prefetch // 2)
         self.held = 0
         #: Messages asked for and neither delivered nor released by a request's end.
         self.asked = 0
