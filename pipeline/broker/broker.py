@@ -22,6 +22,7 @@ import os
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -58,6 +59,9 @@ from pipeline.broker.puller import Puller
 
 #: How long dead letters are kept: Dramatiq's own setting and default (7 days).
 DEAD_MESSAGE_TTL_MS = int(os.getenv("dramatiq_dead_message_ttl", 86400000 * 7))  # noqa: SIM112
+
+#: Exceptions of dead-lettered messages kept for ``join(fail_fast=True)``.
+REMEMBERED_DEAD_EXCEPTIONS = 1000
 
 #: Jobs queued for the event loop past which a batch producer waits for it.
 OUTBOX_HIGH_WATER = 20_000
@@ -194,7 +198,7 @@ class JetStreamBroker(Broker):
         self.pullers: set[Puller] = set()
         #: Exceptions of messages dead-lettered by this process, by message
         #: id, so ``join(fail_fast=True)`` re-raises the real exception.
-        self._dead_exceptions: dict[str, BaseException] = {}
+        self._dead_exceptions: OrderedDict[str, BaseException] = OrderedDict()
         self._heartbeat: Future[None] | None = None
 
     # -- connection ------------------------------------------------------
@@ -604,6 +608,8 @@ class JetStreamBroker(Broker):
         }
         if exception is not None and message_id:
             self._dead_exceptions[message_id] = exception
+            while len(self._dead_exceptions) > REMEMBERED_DEAD_EXCEPTIONS:  # a worker runs for months
+                self._dead_exceptions.popitem(last=False)
         self.run(self._publish(names.dead_subject, msg.data, headers))
         self.run(msg.term())
         self.inflight.pop(id(msg), None)
@@ -633,8 +639,7 @@ class JetStreamBroker(Broker):
         names = self._ensure_queue(queue_name)
         self.run(self.js.purge_stream(names.stream))
         self.run(self.js.purge_stream(dead_stream(self.prefix), subject=names.dead_subject))
-        for message_id in list(self._dead_exceptions):
-            self._dead_exceptions.pop(message_id, None)
+        self._dead_exceptions.clear()
 
     def flush_all(self) -> None:
         for queue_name in self.queues:
