@@ -22,7 +22,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -35,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dramatiq
 from dramatiq import Worker
+
+from pipeline.nats_server import NatsServer, reachable
 
 QUEUE = "bench"
 THREADS = 8
@@ -49,14 +50,6 @@ class Row:
     p99_ms: float = 0.0
     note: str = ""
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def reachable(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def make_broker(kind: str, nats_url: str, prefix: str) -> dramatiq.Broker:
@@ -288,8 +281,6 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="broker names to run")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
-
-    from pipeline.nats_server import NatsServer
 
     kinds = ["jetstream", "jetstream-batch", "rabbitmq", "rabbitmq-confirm", "redis", "stub", "nats-py raw"]
     if args.only:

@@ -162,9 +162,10 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _reachable(port: int) -> bool:
+def reachable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -184,7 +185,7 @@ def embedded_url(home: str | os.PathLike[str] = DEFAULT_HOME) -> str:
     with _locked(home / "nats.lock"):
         with contextlib.suppress(OSError, ValueError, KeyError):
             state = json.loads(state_file.read_text())
-            if _reachable(state["port"]):
+            if reachable(state["port"]):
                 return state["url"]
         server = NatsServer(home / "jetstream").start()
         state = {"url": server.url, "port": server.port, "monitor_url": server.monitor_url}

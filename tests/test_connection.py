@@ -14,7 +14,7 @@ from dramatiq import Worker
 from dramatiq.errors import ConnectionFailed
 
 from pipeline.broker import JetStreamBroker
-from pipeline.nats_server import NatsServer
+from pipeline.nats_server import NatsServer, reachable
 
 
 def test_without_a_url_an_embedded_server_is_started_and_shared(tmp_path, monkeypatch) -> None:
@@ -94,15 +94,7 @@ def test_token(tmp_path) -> None:
         broker.close()
 
 
-def _debian_nats_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 4222), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _debian_nats_reachable(), reason="no nats-server (e.g. Debian's 2.9) on 127.0.0.1:4222")
+@pytest.mark.skipif(not reachable(4222), reason="no nats-server (e.g. Debian's 2.9) on 127.0.0.1:4222")
 def test_delays_and_retries_on_a_server_without_message_schedules() -> None:
     broker = JetStreamBroker("nats://127.0.0.1:4222", prefix="old" + uuid.uuid4().hex[:8])
     dramatiq.set_broker(broker)
