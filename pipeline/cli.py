@@ -60,6 +60,18 @@ def up(
 
 
 @app.command()
+def schemas(directory: Path = typer.Option(Path("docs/schemas"), help="Where to write them.")) -> None:
+    """Write the JSON Schema of each event kind (the producer contract)."""
+    from pipeline.events import json_schemas
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for kind, schema in json_schemas().items():
+        path = directory / f"{kind}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
 def lag(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Print each queue's lag (num_pending + num_ack_pending): the figure KEDA scales on."""
     _nats_url()

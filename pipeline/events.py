@@ -1,0 +1,123 @@
+"""Events: how programs in any language feed the pipeline.
+
+A producer publishes plain JSON to one of these NATS subjects (``nats pub
+pipeline.events.check '{"url": "https://example.com"}'``).  Each event is
+validated here; an invalid one is dead-lettered with the validation error,
+never dropped.  The JSON Schemas in ``docs/schemas/`` are generated from
+these models (``pipeline schemas``), so the documentation cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+#: Subjects under which producers publish events, by event kind.
+SUBJECTS = {
+    "check": "pipeline.events.check",
+    "monitor": "pipeline.events.monitor",
+    "content": "pipeline.events.content",
+}
+
+#: The largest event accepted, in bytes (NATS' default max payload is 1 MiB).
+MAX_EVENT_BYTES = 1024 * 1024
+
+NotifyTarget = Annotated[str, Field(min_length=3, max_length=2048, description="An Apprise URL or https webhook")]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _WhatMatters(_Event):
+    selector: str | None = Field(None, max_length=512, description="CSS selector (or JSON path for JSON) to watch")
+    rule: str | None = Field(None, max_length=1000, description="Offline rule, e.g. `price < 100` or `/sold out/i`")
+    question: str | None = Field(None, max_length=2000, description="A question for the LLM analyser")
+    notify: list[NotifyTarget] = Field(default_factory=list, max_length=20, description="Where to send alerts")
+
+    @field_validator("notify")
+    @classmethod
+    def _known_schemes(cls, targets: list[str]) -> list[str]:
+        for target in targets:
+            if "://" not in target:
+                raise ValueError(f"notify target {target[:40]!r} is not a URL (scheme://...)")
+        return targets
+
+
+class CheckEvent(_WhatMatters):
+    """An ad-hoc check of a URL: fetch it, extract, compare, analyse, alert."""
+
+    kind: Literal["check"] = "check"
+    url: AnyHttpUrl = Field(description="http(s) URL to fetch")
+
+
+class MonitorEvent(_Event):
+    """Check a stored monitor now."""
+
+    kind: Literal["monitor"] = "monitor"
+    monitor_id: int = Field(gt=0)
+
+
+class ContentEvent(_WhatMatters):
+    """Content the producer already has: skips fetch and starts at scrape."""
+
+    kind: Literal["content"] = "content"
+    source: str = Field(min_length=1, max_length=2048, description="What the content is of: a URL or any stable name")
+    content: str = Field(max_length=MAX_EVENT_BYTES)
+    content_type: Literal["text/html", "text/plain", "application/json"] = "text/html"
+    monitor_id: int | None = Field(None, gt=0)
+
+
+Event = CheckEvent | MonitorEvent | ContentEvent
+
+MODELS: dict[str, type[_Event]] = {"check": CheckEvent, "monitor": MonitorEvent, "content": ContentEvent}
+
+
+class InvalidEventError(ValueError):
+    """An event that cannot be processed; ``reason`` says why, for the dead letter."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_event(subject: str, data: bytes) -> Event:
+    """Validate an event published on ``subject``; raise ``InvalidEventError`` with a readable reason."""
+    kind = subject.rsplit(".", 1)[-1]
+    model = MODELS.get(kind)
+    if model is None or SUBJECTS[kind] != subject:
+        raise InvalidEventError(f"unknown event subject {subject!r}; expected one of {sorted(SUBJECTS.values())}")
+    if len(data) > MAX_EVENT_BYTES:
+        raise InvalidEventError(f"event of {len(data)} bytes is over the {MAX_EVENT_BYTES} byte limit")
+    try:
+        payload = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidEventError(f"not JSON: {e}") from None
+    if not isinstance(payload, dict):
+        raise InvalidEventError(f"expected a JSON object, got {type(payload).__name__}")
+    payload.setdefault("kind", kind)
+    try:
+        return model.model_validate(payload)  # type: ignore[return-value]
+    except ValidationError as e:
+        raise InvalidEventError(_describe(e)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "event"
+        problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)
+
+
+def json_schemas() -> dict[str, dict]:
+    """The JSON Schema of each event kind, as published in ``docs/schemas/``."""
+    schemas = {}
+    for kind, model in MODELS.items():
+        schema = model.model_json_schema()
+        schema["$id"] = f"{SUBJECTS[kind]}.schema.json"
+        schema["description"] = f"Publish to NATS subject `{SUBJECTS[kind]}`. " + (model.__doc__ or "").strip()
+        schemas[kind] = schema
+    return schemas
