@@ -1,0 +1,186 @@
+"""HTTP fetching for the fetch stage: guarded, bounded, conditional.
+
+Built on httpx with limits on everything read from outside: connect and
+read time, total time, body size and redirects.  Every connection goes
+through :class:`pipeline.netguard.AddressPolicy`, and redirects are followed
+here, one hop at a time, so each hop is checked like the first.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpcore
+import httpx
+
+from pipeline.netguard import AddressPolicy, BlockedAddressError
+
+USER_AGENT = "nats-ai-pipeline/0.1 (+https://github.com/; monitoring)"
+
+
+class FetchError(Exception):
+    """The source could not be fetched; ``reason`` is safe to store and show."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TooLargeError(FetchError):
+    pass
+
+
+class RetryLaterError(FetchError):
+    """The server asked us to come back later (429/503 with ``Retry-After``)."""
+
+    def __init__(self, reason: str, after: float) -> None:
+        super().__init__(reason)
+        self.after = after
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    url: str  # after redirects
+    status: int
+    not_modified: bool
+    body: bytes
+    content_type: str
+    etag: str | None
+    last_modified: str | None
+    elapsed: float
+
+
+class _GuardedBackend(httpcore.SyncBackend):
+    """Resolves names itself and connects only to addresses the policy allows."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):  # type: ignore[no-untyped-def]
+        last_error: Exception | None = None
+        for address in self.policy.resolve(host, port):
+            try:
+                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as e:
+                last_error = e
+        raise last_error or httpcore.ConnectError(f"no address for {host}")
+
+
+class _GuardedTransport(httpx.HTTPTransport):
+    def __init__(self, policy: AddressPolicy) -> None:
+        super().__init__(trust_env=False, retries=0)
+        # httpx takes no network backend, so its pool is rebuilt with ours;
+        # TLS still verifies the original host name (SNI and certificate).
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=_GuardedBackend(policy),
+        )
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (now if now is not None else datetime.now(UTC).timestamp()))
+
+
+class Fetcher:
+    def __init__(
+        self,
+        policy: AddressPolicy | None = None,
+        *,
+        max_bytes: int = 10 * 1024 * 1024,
+        timeout: float = 15.0,
+        max_redirects: int = 5,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.max_redirects = max_redirects
+        self.client = httpx.Client(
+            transport=_GuardedTransport(policy or AddressPolicy.from_env()),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"},
+            trust_env=False,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def fetch(self, url: str, *, etag: str | None = None, last_modified: str | None = None) -> FetchResult:
+        """GET ``url``; with ``etag``/``last_modified`` a 304 comes back as ``not_modified``."""
+        started = time.monotonic()
+        headers = {}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        for _ in range(self.max_redirects + 1):
+            if not url.startswith(("http://", "https://")):
+                raise FetchError(f"refusing to fetch {url[:100]!r}: only http and https")
+            try:
+                with self.client.stream("GET", url, headers=headers) as response:
+                    if response.is_redirect and "location" in response.headers:
+                        url = str(response.url.join(response.headers["location"]))
+                        continue
+                    return self._read(response, started)
+            except BlockedAddressError as e:
+                raise FetchError(str(e)) from None
+            except httpx.InvalidURL as e:
+                raise FetchError(f"invalid URL {url[:200]!r}: {e}") from None
+            except httpx.TimeoutException:
+                raise FetchError(f"timed out after {self.timeout:g}s fetching {url[:200]}") from None
+            except httpx.HTTPError as e:
+                raise FetchError(f"{type(e).__name__} fetching {url[:200]}: {e}") from None
+            if time.monotonic() - started > self.timeout:
+                raise FetchError(f"timed out after {self.timeout:g}s fetching {url[:200]}")
+        raise FetchError(f"more than {self.max_redirects} redirects")
+
+    def _read(self, response: httpx.Response, started: float) -> FetchResult:
+        if response.status_code in (429, 503):
+            after = parse_retry_after(response.headers.get("retry-after"))
+            raise RetryLaterError(f"HTTP {response.status_code} from {response.url.host}", after or 60.0)
+        if response.status_code == 304:
+            return self._result(response, b"", started)
+        if response.status_code >= 400:
+            raise FetchError(f"HTTP {response.status_code} from {response.url.host}")
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise TooLargeError(f"body of {declared} bytes is over the {self.max_bytes} byte limit")
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise TooLargeError(f"body is over the {self.max_bytes} byte limit")
+            if time.monotonic() - started > self.timeout:
+                raise FetchError(f"timed out after {self.timeout:g}s reading the body")
+            chunks.append(chunk)
+        return self._result(response, b"".join(chunks), started)
+
+    @staticmethod
+    def _result(response: httpx.Response, body: bytes, started: float) -> FetchResult:
+        return FetchResult(
+            url=str(response.url),
+            status=response.status_code,
+            not_modified=response.status_code == 304,
+            body=body,
+            content_type=response.headers.get("content-type", "").split(";")[0].strip().lower(),
+            etag=response.headers.get("etag"),
+            last_modified=response.headers.get("last-modified"),
+            elapsed=time.monotonic() - started,
+        )

@@ -1,0 +1,118 @@
+"""Fetching: limits, conditional requests, and the SSRF guard, against a real local HTTP server."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.fetcher import Fetcher, FetchError, RetryLaterError, TooLargeError, parse_retry_after
+from pipeline.netguard import AddressPolicy, is_public
+from tests.site import Page, Site
+
+LOOPBACK_ALLOWED = AddressPolicy.from_entries(["127.0.0.1"])
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    with Site() as site:
+        yield site
+
+
+@pytest.fixture
+def fetcher() -> Iterator[Fetcher]:
+    fetcher = Fetcher(LOOPBACK_ALLOWED, max_bytes=1024 * 1024, timeout=5)
+    yield fetcher
+    fetcher.close()
+
+
+def test_fetches_a_page_with_its_validators(site: Site, fetcher: Fetcher) -> None:
+    site.routes["/p"] = Page(b"<p>price 90</p>", headers={"Content-Type": "text/html", "ETag": '"v1"'})
+    result = fetcher.fetch(site.url("/p"))
+    assert (result.status, result.body, result.etag, result.content_type) == (
+        200,
+        b"<p>price 90</p>",
+        '"v1"',
+        "text/html",
+    )
+
+
+def test_conditional_request_gives_not_modified(site: Site, fetcher: Fetcher) -> None:
+    def conditional(handler) -> Page:
+        if handler.headers.get("If-None-Match") == '"v1"':
+            return Page(b"", 304, {"ETag": '"v1"'})
+        return Page(b"body", headers={"ETag": '"v1"'})
+
+    site.routes["/c"] = conditional
+    assert fetcher.fetch(site.url("/c"), etag='"v1"').not_modified
+    assert site.requests[-1][1]["If-None-Match"] == '"v1"'
+
+
+def test_body_size_is_capped(site: Site, fetcher: Fetcher) -> None:
+    site.routes["/big"] = Page(b"x" * (1024 * 1024 + 1))
+    with pytest.raises(TooLargeError):
+        fetcher.fetch(site.url("/big"))
+
+
+def test_retry_after_is_honoured(site: Site, fetcher: Fetcher) -> None:
+    site.routes["/busy"] = Page(b"", 429, {"Retry-After": "7"})
+    with pytest.raises(RetryLaterError) as raised:
+        fetcher.fetch(site.url("/busy"))
+    assert raised.value.after == 7
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+
+
+def test_redirects_are_followed_and_capped(site: Site, fetcher: Fetcher) -> None:
+    site.routes["/a"] = Page(b"", 302, {"Location": "/b"})
+    site.routes["/b"] = Page(b"landed")
+    assert fetcher.fetch(site.url("/a")).body == b"landed"
+    site.routes["/loop"] = Page(b"", 302, {"Location": "/loop"})
+    with pytest.raises(FetchError, match="redirects"):
+        fetcher.fetch(site.url("/loop"))
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",  # loopback
+        "localhost",
+        "2130706433",  # 127.0.0.1 in decimal
+        "[::ffff:127.0.0.1]",  # IPv4-mapped IPv6
+        "[::1]",
+        "169.254.169.254",  # cloud metadata
+        "10.1.2.3",
+        "192.168.0.1",
+        "100.100.100.200",  # shared address space (a metadata service)
+        "0.0.0.0",
+    ],
+)
+def test_private_and_loopback_addresses_are_refused(site: Site, host: str) -> None:
+    guarded = Fetcher(AddressPolicy(), timeout=2)
+    with pytest.raises(FetchError, match="non-public address"):
+        guarded.fetch(f"http://{host}:{site.port}/")
+    guarded.close()
+    assert site.requests == []  # nothing ever reached the server
+
+
+def test_a_redirect_to_a_private_address_is_refused(site: Site, fetcher: Fetcher) -> None:
+    site.routes["/jump"] = Page(b"", 302, {"Location": "http://169.254.169.254/latest/meta-data/"})
+    with pytest.raises(FetchError, match=r"non-public address 169\.254\.169\.254"):
+        fetcher.fetch(site.url("/jump"))
+
+
+def test_only_http_schemes_and_valid_urls(fetcher: Fetcher) -> None:
+    with pytest.raises(FetchError, match="only http and https"):
+        fetcher.fetch("file:///etc/passwd")
+    with pytest.raises(FetchError, match="invalid URL"):
+        fetcher.fetch("http://0177.0.0.1/")  # octal: httpx refuses it before any lookup
+
+
+def test_allow_list_takes_hosts_and_networks() -> None:
+    policy = AddressPolicy.from_entries(["intranet.example", "10.0.0.0/8", " "])
+    assert policy.allows("intranet.example", ipaddress.ip_address("192.168.1.1"))
+    assert policy.allows("x", ipaddress.ip_address("10.9.9.9"))
+    assert not policy.allows("x", ipaddress.ip_address("192.168.1.1"))
+    assert is_public(ipaddress.ip_address("93.184.216.34"))
+    assert not is_public(ipaddress.ip_address("64:ff9b::a00:1"))  # NAT64 of 10.0.0.1
+    assert not is_public(ipaddress.ip_address("2002:7f00:1::"))  # 6to4 of 127.0.0.1
