@@ -1,0 +1,154 @@
+"""The offline analyser: rules that decide whether a change matters.
+
+A monitor's ``rule`` is one line, checked when the monitor is saved:
+
+==========================  ===============================================
+``changed`` (or no rule)    any change matters
+``"sold out"``              the phrase appears in what was added (any case)
+``/back in stock/i``        the regular expression matches what was added
+``price < 100``             the first number in the watched text is below
+                            100 (``<``, ``<=``, ``>``, ``>=``, ``==``, ``!=``);
+                            the name on the left is only a label
+==========================  ===============================================
+
+Rules run on normalised text, never on markup, and need no network.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+Severity = Literal["info", "warning", "critical"]
+
+
+class RuleError(ValueError):
+    """A rule that cannot be understood; the message shows what would be."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """What scrape found: the text before (None on a first check), after, and the line diff."""
+
+    before: str | None
+    after: str
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    relevant: bool
+    severity: Severity
+    summary: str
+    evidence: tuple[str, ...] = field(default_factory=tuple)
+
+
+_NUMBER = re.compile(r"-?\d+(?:[.,\s]\d+)*")
+_COMPARISON = re.compile(r"^\s*([A-Za-z_][\w ]*?)\s*(<=|>=|==|!=|<|>)\s*(-?\d[\d.,]*)\s*$")
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+_EXAMPLES = 'changed | "sold out" | /back in stock/i | price < 100'
+
+
+def parse_number(text: str) -> float | None:
+    """The first number in ``text``: ``1,299.00`` -> 1299.0, ``89,99`` -> 89.99, ``1 000`` -> 1000."""
+    match = _NUMBER.search(text)
+    if match is None:
+        return None
+    raw = re.sub(r"\s", "", match.group())
+    if "," in raw and "." in raw:
+        decimal = "," if raw.rfind(",") > raw.rfind(".") else "."
+    elif "," in raw:
+        decimal = "," if re.search(r",\d{1,2}$", raw) and raw.count(",") == 1 else ""
+    elif "." in raw:
+        decimal = "." if not re.fullmatch(r"-?\d{1,3}(\.\d{3})+", raw) else ""
+    else:
+        decimal = ""
+    thousands = {",", "."} - {decimal}
+    for separator in thousands:
+        raw = raw.replace(separator, "")
+    return float(raw.replace(decimal, ".") if decimal else raw)
+
+
+def _added_text(change: Change) -> str:
+    return "\n".join(change.added) if change.before is not None else change.after
+
+
+@dataclass(frozen=True)
+class AnyChange:
+    def evaluate(self, change: Change) -> Verdict:
+        if change.before == change.after:
+            return Verdict(False, "info", "unchanged")
+        lines = change.added[:5] or change.removed[:5]
+        return Verdict(True, "info", f"{len(change.added)} line(s) added, {len(change.removed)} removed", lines)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    regex: re.Pattern[str]
+    label: str
+
+    def evaluate(self, change: Change) -> Verdict:
+        found = [m.group() for m in self.regex.finditer(_added_text(change))][:5]
+        if not found:
+            return Verdict(False, "info", f"{self.label} not in what changed")
+        return Verdict(True, "warning", f"{self.label} appeared", tuple(found))
+
+
+@dataclass(frozen=True)
+class Threshold:
+    label: str
+    op: str
+    limit: float
+
+    def evaluate(self, change: Change) -> Verdict:
+        now = parse_number(change.after)
+        if now is None:
+            return Verdict(False, "info", f"no number found for {self.label}")
+        was = parse_number(change.before) if change.before is not None else None
+        holds = _OPERATORS[self.op](now, self.limit)
+        if not holds or now == was:
+            return Verdict(False, "info", f"{self.label} is {now:g}")
+        history = f" (was {was:g})" if was is not None else ""
+        return Verdict(True, "warning", f"{self.label} is {now:g}{history}, {self.op} {self.limit:g}", (f"{now:g}",))
+
+
+Rule = AnyChange | Pattern | Threshold
+
+
+def parse_rule(text: str | None) -> Rule:
+    text = (text or "").strip()
+    if text in ("", "changed"):
+        return AnyChange()
+    if text.startswith("/"):
+        body, slash, flags = text[1:].rpartition("/")
+        if not slash or set(flags) - {"i", "m", "s"}:
+            raise RuleError(f"regular expression rule must look like /pattern/flags (flags: i m s), got {text!r}")
+        bits = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
+        try:
+            regex = re.compile(body, sum(bits[f] for f in set(flags)))
+        except re.error as e:
+            raise RuleError(f"invalid regular expression {body!r}: {e}") from None
+        return Pattern(regex, f"/{body}/")
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        phrase = text[1:-1]
+        if not phrase.strip():
+            raise RuleError("empty phrase")
+        return Pattern(re.compile(re.escape(phrase), re.IGNORECASE), f'"{phrase}"')
+    match = _COMPARISON.match(text)
+    if match:
+        label, op, limit = match.groups()
+        number = parse_number(limit)
+        assert number is not None  # the pattern only admits numbers
+        return Threshold(label.strip(), op, number)
+    raise RuleError(f"cannot understand rule {text!r}; examples: {_EXAMPLES}")

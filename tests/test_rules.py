@@ -1,0 +1,71 @@
+"""The offline rules analyser."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.rules import AnyChange, Change, RuleError, Threshold, parse_number, parse_rule
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("Price: 1,299.00 USD", 1299.0),
+        ("89,99 €", 89.99),
+        ("1.299,50", 1299.5),
+        ("1 000 items", 1000.0),
+        ("1.000", 1000.0),
+        ("3.5 stars", 3.5),
+        ("-4 degrees", -4.0),
+        ("no digits", None),
+    ],
+)
+def test_numbers_are_read_the_way_shops_write_them(text: str, number: float | None) -> None:
+    assert parse_number(text) == number
+
+
+@given(st.integers(min_value=-(10**9), max_value=10**9))
+def test_plain_integers_round_trip(n: int) -> None:
+    assert parse_number(f"total {n} units") == n
+
+
+def test_threshold_fires_when_the_value_crosses() -> None:
+    rule = parse_rule("price < 100")
+    assert rule == Threshold("price", "<", 100)
+    crossed = rule.evaluate(Change("Price 120", "Price 95", ("Price 95",), ("Price 120",)))
+    assert crossed.relevant and crossed.summary == "price is 95 (was 120), < 100"
+    assert not rule.evaluate(Change("Price 120", "Price 110")).relevant
+    assert not rule.evaluate(Change("Price 95", "Price 95")).relevant  # no change, no alert
+    assert rule.evaluate(Change(None, "Price 95")).relevant  # a first (ad-hoc) check answers now
+
+
+def test_phrase_and_regex_look_at_what_was_added() -> None:
+    phrase = parse_rule('"Sold Out"')
+    assert phrase.evaluate(Change("in stock", "sold out", ("sold out",), ("in stock",))).relevant
+    assert not phrase.evaluate(Change("sold out\nx", "sold out\ny", ("y",), ("x",))).relevant
+
+    regex = parse_rule(r"/back\s+in\s+stock/i")
+    verdict = regex.evaluate(Change("gone", "Back in  stock", ("Back in  stock",), ("gone",)))
+    assert verdict.relevant and verdict.evidence == ("Back in  stock",)
+
+
+def test_no_rule_means_any_change() -> None:
+    assert parse_rule(None) == AnyChange() == parse_rule("changed")
+    assert AnyChange().evaluate(Change("a", "b", ("b",), ("a",))).relevant
+    assert not AnyChange().evaluate(Change("a", "a")).relevant
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("price is low", "cannot understand rule"),
+        ("/unclosed(/", "invalid regular expression"),
+        ("/x/q", "flags"),
+        ('""', "empty phrase"),
+    ],
+)
+def test_bad_rules_say_what_would_work(rule: str, message: str) -> None:
+    with pytest.raises(RuleError, match=message):
+        parse_rule(rule)
