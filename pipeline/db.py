@@ -1,0 +1,61 @@
+"""The database: SQLite (WAL) under ``.pipeline/`` by default, PostgreSQL via ``PIPELINE_DATABASE_URL``.
+
+The schema is Alembic's to manage (``pipeline/migrations``): ``migrate()``
+brings any database to the latest revision, and every process calls it on
+start-up, so a fresh machine needs no separate step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import create_engine
+
+from pipeline.nats_server import DEFAULT_HOME
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def database_url() -> str:
+    url = os.environ.get("PIPELINE_DATABASE_URL")
+    if url:
+        return url
+    DEFAULT_HOME.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(DEFAULT_HOME / 'pipeline.db').resolve()}"
+
+
+def make_engine(url: str | None = None) -> Engine:
+    url = url or database_url()
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):  # SQLAlchemy would look for psycopg2; psycopg 3 is what we install
+            url = "postgresql+psycopg://" + url.removeprefix(plain)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection, _record) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the database to the latest schema (idempotent)."""
+    command.upgrade(alembic_config(engine), "head")
