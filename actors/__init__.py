@@ -2,12 +2,18 @@
 
 ``dramatiq actors --queues <stage>`` starts a worker on the JetStream
 broker: ``PIPELINE_NATS_URL`` names the server, and without it an embedded
-``nats-server`` is started under ``.pipeline/``.
+``nats-server`` is started under ``.pipeline/``; ``PIPELINE_PREFIX`` names the
+streams and subjects (default ``pipeline``).  The actors are thin: the
+work lives in :mod:`pipeline.stages`.
 """
+
+import os
 
 import dramatiq
 
 from pipeline.broker import JetStreamBroker
 
-broker = JetStreamBroker()
+broker = JetStreamBroker(prefix=os.environ.get("PIPELINE_PREFIX", "pipeline"))
 dramatiq.set_broker(broker)
+
+from actors import stages  # noqa: E402, F401 - declares the stage actors on the broker

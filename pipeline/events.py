@@ -84,10 +84,14 @@ class InvalidEventError(ValueError):
 
 
 def parse_event(subject: str, data: bytes) -> Event:
-    """Validate an event published on ``subject``; raise ``InvalidEventError`` with a readable reason."""
-    kind = subject.rsplit(".", 1)[-1]
+    """Validate an event published on ``subject``; raise ``InvalidEventError`` with a readable reason.
+
+    The subject is ``<prefix>.events.<kind>``; the prefix is ``pipeline`` unless the
+    deployment set another (several pipelines on one NATS account).
+    """
+    *_, events, kind = ["", "", *subject.split(".")]
     model = MODELS.get(kind)
-    if model is None or SUBJECTS[kind] != subject:
+    if model is None or events != "events":
         raise InvalidEventError(f"unknown event subject {subject!r}; expected one of {sorted(SUBJECTS.values())}")
     if len(data) > MAX_EVENT_BYTES:
         raise InvalidEventError(f"event of {len(data)} bytes is over the {MAX_EVENT_BYTES} byte limit")

@@ -630,8 +630,12 @@ class JetStreamBroker(Broker):
         return result
 
     def dead_letter_count(self, queue_name: str) -> int:
-        names = self._ensure_queue(queue_name)
-        info = self.run(self.js.stream_info(dead_stream(self.prefix), subjects_filter=names.dead_subject))
+        """Dead letters kept for a queue (any name: the ingest dead-letters under ``events``)."""
+        names = self.names(queue_name)
+        try:
+            info = self.run(self.js.stream_info(dead_stream(self.prefix), subjects_filter=names.dead_subject))
+        except nats.js.errors.NotFoundError:
+            return 0
         return (info.state.subjects or {}).get(names.dead_subject, 0)
 
     def flush(self, queue_name: str) -> None:

@@ -1,0 +1,43 @@
+"""The four stage actors: fetch -> scrape -> analyse -> alert, one queue each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+
+from pipeline import stages
+from pipeline.extract import ExtractError
+from pipeline.fetcher import FetchError, RetryLaterError
+from pipeline.rules import RuleError
+from pipeline.runtime import context
+
+# Errors that retrying cannot fix go straight to the dead letters, with their reason.
+PERMANENT = (FetchError, ExtractError, RuleError)
+
+
+def _context() -> stages.Context:
+    return context(dramatiq.get_broker())  # type: ignore[arg-type]
+
+
+@dramatiq.actor(queue_name="fetch", actor_name="fetch", max_retries=5, throws=PERMANENT)
+def fetch(job: dict[str, Any]) -> None:
+    try:
+        stages.fetch(_context(), job, scrape.send)
+    except RetryLaterError as e:
+        raise dramatiq.Retry(str(e), delay=int(e.after * 1000)) from None
+
+
+@dramatiq.actor(queue_name="scrape", actor_name="scrape", max_retries=5, throws=PERMANENT)
+def scrape(job: dict[str, Any]) -> None:
+    stages.scrape(_context(), job, analyse.send)
+
+
+@dramatiq.actor(queue_name="analyse", actor_name="analyse", max_retries=5, throws=PERMANENT)
+def analyse(job: dict[str, Any]) -> None:
+    stages.analyse(_context(), job, alert.send)
+
+
+@dramatiq.actor(queue_name="alert", actor_name="alert", max_retries=8, min_backoff=2000, max_backoff=600_000)
+def alert(job: dict[str, Any]) -> None:
+    stages.alert(_context(), job)

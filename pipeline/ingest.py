@@ -1,0 +1,117 @@
+"""Ingest: JSON events from any producer become Dramatiq messages for the stages.
+
+Producers publish to ``<prefix>.events.<kind>``; a WorkQueue stream keeps
+each event until it is ingested.  A valid event is enqueued on ``fetch``
+(or on ``scrape``, for content the producer pushed) under a message id
+derived from the event's stream sequence, so an event ingested twice (a
+crash between enqueue and ack) runs once.  An invalid event is
+dead-lettered with the validation error and removed: never dropped
+silently, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import dramatiq
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+from sqlmodel import Session
+
+from pipeline.broker import JetStreamBroker, QueueNames
+from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
+from pipeline.models import Monitor
+from pipeline.stages import Context
+
+logger = logging.getLogger(__name__)
+
+CONSUMER = "ingest"
+
+
+def events_stream(prefix: str) -> str:
+    """``<prefix>-events``: a hyphen, so no Dramatiq queue's stream (``<prefix>_<queue>``) can take the name."""
+    return f"{prefix}-events"
+
+
+def job_for(event: Event, ctx: Context) -> tuple[str, dict[str, Any]]:
+    """The first stage's queue and the job for an event."""
+    if isinstance(event, MonitorEvent):
+        with Session(ctx.engine) as session:
+            monitor = session.get(Monitor, event.monitor_id)
+        if monitor is None:
+            raise InvalidEventError(f"monitor_id: no monitor {event.monitor_id}")
+        job = {
+            "source": f"monitor:{monitor.id}",
+            "url": monitor.url,
+            "selector": monitor.selector,
+            "rule": monitor.rule,
+            "question": monitor.question,
+            "notify": list(monitor.notify),
+        }
+        return "fetch", job
+    common = {"selector": event.selector, "rule": event.rule, "question": event.question, "notify": list(event.notify)}
+    if isinstance(event, CheckEvent):
+        return "fetch", {"source": str(event.url), "url": str(event.url), **common}
+    assert isinstance(event, ContentEvent)
+    key = ctx.bodies.put(event.content.encode())
+    source = f"monitor:{event.monitor_id}" if event.monitor_id else event.source
+    return "scrape", {"source": source, "body_key": key, "content_type": event.content_type, **common}
+
+
+class Ingest:
+    def __init__(self, broker: JetStreamBroker, ctx: Context) -> None:
+        self.broker = broker
+        self.ctx = ctx
+        self.stop_event = threading.Event()
+        self.dead = QueueNames(broker.prefix, "events")
+
+    def declare(self) -> None:
+        """Create the events stream and its consumer; declare the queues events go to."""
+        for queue in ("fetch", "scrape"):
+            self.broker.declare_queue(queue)
+        self.broker.lag({"fetch", "scrape"})  # creates their streams and the dead-letter stream now
+        prefix = self.broker.prefix
+        js = self.broker.js
+        config = StreamConfig(
+            name=events_stream(prefix),
+            subjects=[f"{prefix}.events.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=self.broker.storage,
+            num_replicas=self.broker.replicas,
+            max_msg_size=1024 * 1024 + 4096,
+        )
+        self.broker.run(js.add_stream(config))
+        consumer = ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)
+        self.broker.run(js.add_consumer(events_stream(prefix), consumer))
+
+    def run(self) -> None:
+        """Ingest until ``stop()``; each event is acked only once its message is stored."""
+        self.declare()
+        subscription = self.broker.run(self.broker.js.pull_subscribe_bind(CONSUMER, events_stream(self.broker.prefix)))
+        while not self.stop_event.is_set():
+            try:
+                msgs = self.broker.loop.run(subscription.fetch(64, timeout=1))
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                self.handle(msg)
+
+    def handle(self, msg: Msg) -> None:
+        try:
+            event = parse_event(msg.subject, msg.data)
+            queue, job = job_for(event, self.ctx)
+        except InvalidEventError as e:
+            logger.warning("Dead-lettering an invalid event on %s: %s", msg.subject, e.reason)
+            self.broker.dead_letter(self.dead, msg, "", e)
+            return
+        message_id = f"event-{msg.metadata.stream}-{msg.metadata.sequence.stream}"
+        message = dramatiq.Message(
+            queue_name=queue, actor_name=queue, args=(job,), kwargs={}, options={}, message_id=message_id
+        )
+        self.broker.enqueue(message)
+        self.broker.run(msg.ack())
+
+    def stop(self) -> None:
+        self.stop_event.set()

@@ -1,0 +1,52 @@
+"""What one worker process builds once and every stage shares."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from pipeline.bodies import BodyStore
+from pipeline.broker import JetStreamBroker
+from pipeline.db import make_engine, migrate
+from pipeline.fetcher import Fetcher
+from pipeline.nats_server import DEFAULT_HOME
+from pipeline.netguard import AddressPolicy
+from pipeline.stages import Context
+from pipeline.webhooks import new_secret
+
+_lock = threading.Lock()
+_context: Context | None = None
+
+
+def webhook_secret(home: Path = DEFAULT_HOME) -> str:
+    """``$PIPELINE_WEBHOOK_SECRET``, or one generated once and kept in ``.pipeline/webhook-secret``."""
+    secret = os.environ.get("PIPELINE_WEBHOOK_SECRET")
+    if secret:
+        return secret
+    path = home / "webhook-secret"
+    home.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(new_secret())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def context(broker: JetStreamBroker) -> Context:
+    global _context
+    with _lock:
+        if _context is None:
+            engine = make_engine()
+            migrate(engine)
+            _context = Context(engine, BodyStore(broker), Fetcher(AddressPolicy.from_env()), webhook_secret())
+        return _context
+
+
+def reset() -> None:
+    """Forget the shared context (tests switch databases between runs)."""
+    global _context
+    with _lock:
+        if _context is not None:
+            _context.fetcher.close()
+            _context.engine.dispose()
+        _context = None

@@ -1,0 +1,220 @@
+"""The four stages' work, separate from Dramatiq so each reads top to bottom.
+
+A *job* is the plain dict that travels from stage to stage: what to watch
+(``source``, ``url``, ``selector``, ``rule``, ``question``, ``notify``) plus
+what each stage adds (``body_key``, snapshot ids, ``finding_id``).  Every
+stage is idempotent: a redelivered message finds its own earlier writes
+(snapshots by content hash, findings and alerts by unique keys) and sends
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from pipeline import webhooks
+from pipeline.bodies import BodyStore
+from pipeline.extract import content_hash, diff, extract
+from pipeline.fetcher import Fetcher
+from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
+from pipeline.rules import parse_rule
+
+Job = dict[str, Any]
+Send = Callable[[Job], None]
+
+
+@dataclass
+class Context:
+    """What the stages share in one worker process."""
+
+    engine: Engine
+    bodies: BodyStore
+    fetcher: Fetcher
+    webhook_secret: str
+
+
+def _record(ctx: Context, job: Job, stage: str, outcome: str, started: float, detail: str = "") -> None:
+    with Session(ctx.engine) as session:
+        session.add(
+            Check(
+                source=job["source"],
+                stage=stage,
+                outcome=outcome,
+                detail=detail[:2000],
+                message_id=job.get("message_id", ""),
+                seconds=time.monotonic() - started,
+            )
+        )
+        session.commit()
+
+
+def _latest_snapshot(session: Session, source: str) -> Snapshot | None:
+    query = select(Snapshot).where(Snapshot.source == source).order_by(Snapshot.taken_at.desc(), Snapshot.id.desc())  # type: ignore[attr-defined]
+    return session.exec(query.limit(1)).first()
+
+
+def fetch(ctx: Context, job: Job, send_scrape: Send) -> None:
+    """GET the URL (conditionally); store the body; hand its key to scrape."""
+    started = time.monotonic()
+    with Session(ctx.engine) as session:
+        last = _latest_snapshot(session, job["source"])
+    result = ctx.fetcher.fetch(
+        job["url"], etag=last.etag if last else None, last_modified=last.last_modified if last else None
+    )
+    if result.not_modified:
+        _record(ctx, job, "fetch", "unchanged", started, "304 Not Modified")
+        return
+    key = ctx.bodies.put(result.body)
+    _record(ctx, job, "fetch", "fetched", started, f"{result.status} {len(result.body)} bytes")
+    send_scrape(
+        {
+            **job,
+            "body_key": key,
+            "content_type": result.content_type,
+            "etag": result.etag,
+            "last_modified": result.last_modified,
+        }
+    )
+
+
+def scrape(ctx: Context, job: Job, send_analyse: Send) -> None:
+    """Extract and normalise; an unchanged source ends here."""
+    started = time.monotonic()
+    text = extract(ctx.bodies.get(job["body_key"]), job.get("content_type", ""), job.get("selector"))
+    digest = content_hash(text)
+    with Session(ctx.engine) as session:
+        last = _latest_snapshot(session, job["source"])
+        if last is not None and last.content_hash == digest:
+            _record(ctx, job, "scrape", "unchanged", started)
+            return
+        snapshot = Snapshot(
+            source=job["source"],
+            content_hash=digest,
+            text=text,
+            etag=job.get("etag"),
+            last_modified=job.get("last_modified"),
+        )
+        session.add(snapshot)
+        session.commit()
+        before_id, after_id = (last.id if last else None), snapshot.id
+    _record(ctx, job, "scrape", "changed", started, digest)
+    send_analyse({**job, "before_id": before_id, "after_id": after_id})
+
+
+def analyse(ctx: Context, job: Job, send_alert: Send) -> None:
+    """Judge the change with the monitor's rule; a relevant finding goes to alert."""
+    started = time.monotonic()
+    rule = parse_rule(job.get("rule"))
+    with Session(ctx.engine) as session:
+        after = session.get(Snapshot, job["after_id"])
+        before = session.get(Snapshot, job["before_id"]) if job.get("before_id") else None
+        assert after is not None, f"snapshot {job['after_id']} is gone"
+        verdict = rule.evaluate(diff(before.text if before else None, after.text))
+        finding = Finding(
+            source=job["source"],
+            content_hash=after.content_hash,
+            analyser="rules",
+            relevant=verdict.relevant,
+            severity=verdict.severity,
+            summary=verdict.summary,
+            evidence=list(verdict.evidence),
+        )
+        session.add(finding)
+        try:
+            session.commit()
+        except IntegrityError:  # redelivered: the finding exists, reuse it
+            session.rollback()
+            same_change = (
+                Finding.source == job["source"],
+                Finding.content_hash == after.content_hash,
+                Finding.analyser == "rules",
+            )
+            finding = session.exec(select(Finding).where(*same_change)).one()
+        finding_id, relevant = finding.id, finding.relevant
+    _record(ctx, job, "analyse", "relevant" if relevant else "irrelevant", started, verdict.summary)
+    if relevant and job.get("notify"):
+        send_alert({**job, "finding_id": finding_id})
+
+
+def alert(ctx: Context, job: Job) -> None:
+    """Deliver a finding to each target once; raise (to retry) while any delivery fails."""
+    started = time.monotonic()
+    failures = []
+    with Session(ctx.engine) as session:
+        finding = session.get(Finding, job["finding_id"])
+        assert finding is not None
+        for target in job.get("notify", []):
+            record = _alert_row(session, finding.id, target)  # type: ignore[arg-type]
+            if record.status == "sent":
+                continue  # redelivered message: never a second alert
+            attempt = len(session.exec(select(Delivery).where(Delivery.alert_id == record.id)).all()) + 1
+            ok, status, error = _deliver(ctx, record, finding, job)
+            session.add(Delivery(alert_id=record.id, attempt=attempt, ok=ok, status_code=status, error=error))  # type: ignore[arg-type]
+            record.status = "sent" if ok else "failed"
+            session.add(record)
+            session.commit()
+            if not ok:
+                failures.append(f"{redact(target)}: {error}")
+    _record(ctx, job, "alert", "error" if failures else "sent", started, "; ".join(failures))
+    if failures:
+        raise DeliveryError("; ".join(failures))
+
+
+class DeliveryError(RuntimeError):
+    pass
+
+
+def redact(target: str) -> str:
+    """A notification URL without credentials, paths or query: safe for logs and dead letters."""
+    scheme, _, rest = target.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/…"
+
+
+def _alert_row(session: Session, finding_id: int, target: str) -> Alert:
+    target_hash = hashlib.sha256(target.encode()).hexdigest()
+    existing = session.exec(
+        select(Alert).where(Alert.finding_id == finding_id, Alert.target_hash == target_hash)
+    ).first()
+    if existing is not None:
+        return existing
+    record = Alert(finding_id=finding_id, target=redact(target), target_hash=target_hash)
+    session.add(record)
+    session.commit()
+    return record
+
+
+def _deliver(ctx: Context, record: Alert, finding: Finding, job: Job) -> tuple[bool, int | None, str]:
+    payload = {
+        "type": "pipeline.alert",
+        "timestamp": utcnow().isoformat(),
+        "data": {
+            "source": job["source"],
+            "url": job.get("url"),
+            "severity": finding.severity,
+            "summary": finding.summary,
+            "evidence": finding.evidence,
+            "finding_id": finding.id,
+        },
+    }
+    body = json.dumps(payload, sort_keys=True).encode()
+    target = next(t for t in job["notify"] if hashlib.sha256(t.encode()).hexdigest() == record.target_hash)
+    if not target.startswith(("http://", "https://")):
+        return False, None, f"unsupported notification scheme in {redact(target)}"
+    headers = webhooks.signed_headers(ctx.webhook_secret, f"alert-{record.id}", body)
+    try:
+        response = ctx.fetcher.client.post(
+            target, content=body, headers={**headers, "Content-Type": "application/json"}
+        )
+    except Exception as e:  # the guard and httpx say why; nothing secret in the message
+        return False, None, f"{type(e).__name__}: {e}"[:500]
+    return response.is_success, response.status_code, "" if response.is_success else f"HTTP {response.status_code}"
