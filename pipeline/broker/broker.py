@@ -189,6 +189,7 @@ class JetStreamBroker(Broker):
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._outbox: Outbox | None = None
+        self._batch_outbox: Outbox | None = None
         self._publisher: Publisher | None = None
         self._schedules = True
         self._batch = threading.local()
@@ -239,11 +240,12 @@ class JetStreamBroker(Broker):
                 raise ConnectionFailed(f"cannot connect to NATS at {self.safe_url}: {e}") from None
             self._nc = nc
             self._schedules = _server_version(nc) >= (2, 12)
-            self._js = nc.jetstream(timeout=5)
             self._outbox = Outbox(self._loop.loop)
-            self._publisher = Publisher(nc)
+            self._batch_outbox = Outbox(self._loop.loop)  # batch publishes never hold up acks
+            self._publisher = Publisher(nc, reply_timeout=self.publish_timeout)
             self._loop.run(self._publisher.start())
             self._heartbeat = self._loop.spawn(self._heartbeat_loop())
+            self._js = nc.jetstream(timeout=5)  # last: other threads take it to mean "ready"
 
     @property
     def safe_url(self) -> str:
@@ -280,8 +282,7 @@ class JetStreamBroker(Broker):
         async def on_reconnect() -> None:
             self.logger.info("Reconnected to NATS.")
             for puller in list(self.pullers):
-                puller.forget_requests()
-                await puller.pull()
+                await puller.reconnected()
 
         options = {k: v for k, v in self.connect_options.items() if v is not None}
         options.setdefault("name", f"dramatiq-{self.prefix}-{os.getpid()}")
@@ -415,7 +416,9 @@ class JetStreamBroker(Broker):
                     ack_policy=AckPolicy.EXPLICIT,
                     ack_wait=self.ack_wait,
                     max_deliver=-1,
-                    max_ack_pending=self.max_ack_pending,
+                    # Every waiting delay is ack-pending here: no cap, or a thousand
+                    # long delays would hold up a one-second retry behind them.
+                    max_ack_pending=-1,
                 ),
             )
         await self._add_or_update_stream(
@@ -456,10 +459,12 @@ class JetStreamBroker(Broker):
         data = message.encode()
         batch: Batch | None = getattr(self._batch, "current", None)
         if batch is not None:
-            assert self._outbox is not None and self._publisher is not None
-            while len(self._outbox.jobs) > OUTBOX_HIGH_WATER:
+            assert self._batch_outbox is not None and self._publisher is not None
+            while len(self._batch_outbox.jobs) > OUTBOX_HIGH_WATER:
                 time.sleep(0.001)  # let the loop catch up: memory stays bounded
-            self._outbox.put(partial(self._publisher.publish, Pending(message, subject, data, headers, batch)))
+            pending = Pending(message, subject, data, headers, batch)
+            batch.items.append(pending)
+            self._batch_outbox.put(partial(self._publisher.publish, pending))
         else:
             try:
                 self.run(self._publish(subject, data, headers))
@@ -534,11 +539,13 @@ class JetStreamBroker(Broker):
                 raise BatchPublishError(failed)
 
     async def _settle(self, batch: Batch) -> list[tuple[Message, BaseException]]:
-        assert self._outbox is not None and self._publisher is not None
-        await self._outbox.flushed()
+        assert self._batch_outbox is not None and self._publisher is not None
+        deadline = time.monotonic() + self.publish_timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._batch_outbox.flushed(), self.publish_timeout)
         if batch.unanswered:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(batch.answered.wait(), self.publish_timeout)
+                await asyncio.wait_for(batch.answered.wait(), max(0.1, deadline - time.monotonic()))
         self._publisher.abandon(batch)
         unconfirmed = [p for p in batch.items if not p.stored]
         retried = await asyncio.gather(
@@ -591,16 +598,25 @@ class JetStreamBroker(Broker):
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         names = self._ensure_queue(queue_name)
         if queue_name.endswith(".DQ"):
-            if self._schedules:
+            if self._schedules and not self._has_delayed_consumer(names):
                 return IdleConsumer(timeout)
             return DelayedConsumer(self, names, prefetch, timeout)
         return QueueConsumer(self, names, prefetch, timeout)
+
+    def _has_delayed_consumer(self, names: QueueNames) -> bool:
+        """True where a server upgraded past 2.12 still holds delays stored the old way: drain them."""
+        try:
+            self.run(self.js.consumer_info(names.stream, DELAYED_CONSUMER))
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
 
     def dead_letter(self, names: QueueNames, msg: Msg, message_id: str, exception: BaseException | None) -> None:
         """Store a failed message on the dead-letter stream with its reason, then terminate it."""
         reason = describe_exception(exception)
         headers = {
-            "Nats-Msg-Id": f"dead-{msg.metadata.stream}-{msg.metadata.sequence.stream}",
+            # Unique even when a stream is re-created and its sequences start again.
+            "Nats-Msg-Id": f"dead-{msg.metadata.stream}-{msg.metadata.sequence.stream}-{message_id or time.time_ns()}",
             "Pipeline-Dead-Reason": reason.replace("\r", " ").replace("\n", " "),
             "Pipeline-Queue": names.queue,
             "Pipeline-Message-Id": message_id,

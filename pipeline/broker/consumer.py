@@ -32,9 +32,16 @@ DELAYED_CONSUMER = "delayed"
 
 
 class JetStreamMessageProxy(MessageProxy):
-    def __init__(self, message: Message, nats_msg: Msg) -> None:
+    """A message and what settles it: its NATS message and the puller that counted it.
+
+    Dramatiq may settle a message through a newer consumer than the one that
+    fetched it (after a consumer restart), so the puller travels with it.
+    """
+
+    def __init__(self, message: Message, nats_msg: Msg, puller: Puller) -> None:
         super().__init__(message)
         self._nats_msg = nats_msg
+        self._puller = puller
 
 
 class QueueConsumer(Consumer):
@@ -72,28 +79,37 @@ class QueueConsumer(Consumer):
             message = Message.decode(msg.data)
         except DecodeError as e:
             self.broker.logger.error("Dead-lettering an undecodable message on %r: %s", self.names.queue, e)
-            self.broker.dead_letter(self.names, msg, "", e)
-            self.broker.settle(self.puller)
+            try:
+                self.broker.dead_letter(self.names, msg, "", e)
+            finally:
+                self.broker.inflight.pop(id(msg), None)  # on failure it comes back after ack_wait
+                self.broker.settle(self.puller)
             return None
-        return JetStreamMessageProxy(message, msg)
+        return JetStreamMessageProxy(message, msg, self.puller)
 
     def ack(self, message: JetStreamMessageProxy) -> None:  # type: ignore[override]
-        self.broker.ack(message._nats_msg, self.puller)
+        self.broker.ack(message._nats_msg, message._puller)
 
     def nack(self, message: JetStreamMessageProxy) -> None:  # type: ignore[override]
         self.broker.dead_letter(self.names, message._nats_msg, message.message_id, message._exception)
-        self.broker.settle(self.puller)
+        self.broker.settle(message._puller)
 
     def requeue(self, messages: Iterable[JetStreamMessageProxy]) -> None:  # type: ignore[override]
-        """Give messages back for immediate redelivery (shutdown, lost connection)."""
+        """Give messages back for immediate redelivery.
+
+        Dramatiq requeues only on the way to ``close()`` (shutdown, lost
+        connection), so pulling stops first: the room freed here must not
+        be filled again.
+        """
+        self.puller.stopping = True
         for message in messages:
-            self.broker.nak(message._nats_msg, self.puller)
+            self.broker.nak(message._nats_msg, message._puller)
 
     def close(self) -> None:
         """Stop pulling and hand back, at once, everything delivered but not started."""
         self.broker.pullers.discard(self.puller)
         with contextlib.suppress(Exception):
-            self.broker.run(self.puller.stop(), timeout=5)
+            self.broker.run(self.puller.stop(), timeout=10)
         while True:
             try:
                 msg = self.arrivals.get_nowait()

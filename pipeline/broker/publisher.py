@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 
 from dramatiq.message import Message
@@ -33,6 +34,7 @@ class Pending:
     batch: Batch
     stored: bool = False
     error: str | None = None
+    sent_at: float = 0.0
 
 
 @dataclass(eq=False)
@@ -48,8 +50,9 @@ class Batch:
 
 
 class Publisher:
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, reply_timeout: float) -> None:
         self.nc = nc
+        self.reply_timeout = reply_timeout
         self.inbox = nc.new_inbox()
         self.sequence = 0
         self.waiting: dict[str, Pending] = {}
@@ -60,11 +63,16 @@ class Publisher:
         self._subscription = await self.nc.subscribe(f"{self.inbox}.*", cb=self._on_reply)
 
     async def publish(self, pending: Pending) -> None:
-        await self.room.acquire()
+        while True:
+            try:
+                await asyncio.wait_for(self.room.acquire(), self.reply_timeout)
+                break
+            except TimeoutError:
+                self._expire()  # replies lost in a disconnect must not hold the room for ever
         self.sequence += 1
         token = str(self.sequence)
+        pending.sent_at = time.monotonic()
         self.waiting[token] = pending
-        pending.batch.items.append(pending)
         pending.batch.unanswered += 1
         pending.batch.answered.clear()
         try:
@@ -90,6 +98,12 @@ class Publisher:
         pending.stored = error is None
         pending.error = error
         pending.batch.answer()
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self.reply_timeout
+        for token, pending in list(self.waiting.items()):
+            if pending.sent_at < cutoff:
+                self._answered(token, error="no PubAck in time")
 
     def abandon(self, batch: Batch) -> None:
         """Stop waiting for a batch's missing answers (they are re-published instead)."""
