@@ -94,8 +94,10 @@ class Puller:
         if self.stopping or self.broken:
             return
         wanted = self.prefetch - self.held - self.asked
-        if wanted <= 0 or (wanted < self.min_pull and self.requests):
-            return  # let room build up: one request per few acks, not one per ack
+        if wanted < self.min_pull:
+            # Let room build up: one request per several acks, not one per ack.  This
+            # never stalls: less room than min_pull means held or asked messages will free it.
+            return
         self.sequence += 1
         token = str(self.sequence)
         self.requests[token] = _Request(wanted, time.monotonic() + PULL_EXPIRES)
