@@ -63,12 +63,13 @@ class Publisher:
         self._subscription = await self.nc.subscribe(f"{self.inbox}.*", cb=self._on_reply)
 
     async def publish(self, pending: Pending) -> None:
-        while True:
+        while self.room.locked():  # full: wait, but not for ever
             try:
                 await asyncio.wait_for(self.room.acquire(), self.reply_timeout)
-                break
+                self.room.release()
             except TimeoutError:
                 self._expire()  # replies lost in a disconnect must not hold the room for ever
+        await self.room.acquire()  # free now: returns at once
         self.sequence += 1
         token = str(self.sequence)
         pending.sent_at = time.monotonic()
