@@ -262,3 +262,24 @@ def test_streams_take_replicas_and_storage_settings(make_broker) -> None:
     assert info.config.num_replicas == 1
     with pytest.raises(ValueError, match="storage"):
         JetStreamBroker("nats://127.0.0.1:1", storage="disk")
+
+
+def test_messages_settle_against_the_consumer_that_fetched_them(broker: JetStreamBroker) -> None:
+    """After a consumer restart Dramatiq acks old messages through the new consumer."""
+    broker.declare_queue("handover")
+    for n in range(6):
+        broker.enqueue(dramatiq.Message(queue_name="handover", actor_name="x", args=(n,), kwargs={}, options={}))
+    first = broker.consume("handover", prefetch=2, timeout=200)
+    held = [next(first), next(first)]
+    first.close()  # the consumer thread restarts; its two messages are still being worked on
+    second = broker.consume("handover", prefetch=2, timeout=500)
+    assert next(second) is not None and next(second) is not None
+
+    for message in held:
+        second.ack(message)
+
+    assert wait_for(lambda: first.puller.held == 0, 5)
+    assert second.puller.held == 2  # its own two, still unacked: its window is not overrun
+    info = broker.run(broker.js.consumer_info(broker.names("handover").stream, "workers"))
+    assert info.num_ack_pending == 2
+    second.close()
