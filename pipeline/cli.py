@@ -27,6 +27,19 @@ def _load_broker():
     return actors.broker
 
 
+def _start_ingest(broker):
+    """Events from NATS subjects into the stages, in a thread of this process."""
+    import threading
+
+    from pipeline.ingest import Ingest
+    from pipeline.runtime import context
+
+    ingest = Ingest(broker, context(broker))
+    ingest.declare()  # before anyone publishes: core NATS drops what no stream captures
+    threading.Thread(target=ingest.run, name="ingest", daemon=True).start()
+    return ingest
+
+
 @app.command()
 def up(
     threads: int = typer.Option(8, help="Worker threads per process."),
@@ -44,6 +57,8 @@ def up(
     pools = [WorkerPool(q, env=dict(os.environ), threads=threads, log_dir=Path(DEFAULT_HOME) / "logs") for q in queues]
     for pool in pools:
         pool.resize(processes)
+    ingest = _start_ingest(broker)
+    typer.echo(f"Publish events to {broker.prefix}.events.check | .monitor | .content (JSON; see docs/schemas/)")
     started = time.monotonic()
     try:
         while not duration or time.monotonic() - started < duration:
@@ -54,6 +69,7 @@ def up(
     except KeyboardInterrupt:
         typer.echo("Stopping: workers finish or return their messages...")
     finally:
+        ingest.stop()
         for pool in pools:
             pool.stop()
         broker.close()
