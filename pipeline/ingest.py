@@ -81,6 +81,7 @@ class Ingest:
             storage=self.broker.storage,
             num_replicas=self.broker.replicas,
             max_msg_size=1024 * 1024 + 4096,
+            duplicate_window=600,  # schedulers' slot ids stay unique for 10 minutes
         )
         self.broker.run(js.add_stream(config))
         consumer = ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)

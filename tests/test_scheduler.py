@@ -1,0 +1,48 @@
+"""The scheduler: due monitors become events, once per slot however many schedulers run."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlmodel import Session, select
+
+from pipeline.bodies import BodyStore
+from pipeline.broker import JetStreamBroker
+from pipeline.db import make_engine, migrate
+from pipeline.fetcher import Fetcher
+from pipeline.ingest import Ingest, events_stream
+from pipeline.models import Monitor
+from pipeline.scheduler import Scheduler
+from pipeline.stages import Context
+
+
+def test_two_schedulers_publish_each_due_monitor_once(broker: JetStreamBroker, tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    ctx = Context(engine, BodyStore(broker), Fetcher(), "whsec_" + "A" * 32)
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        for n in range(20):
+            session.add(Monitor(name=f"m{n}", url=f"https://example.com/{n}", interval_seconds=600,
+                                next_check_at=now - timedelta(seconds=n)))  # fmt: skip
+        session.add(Monitor(name="later", url="https://example.com/later", next_check_at=now + timedelta(hours=1)))
+        session.add(Monitor(name="paused", url="https://example.com/paused", paused=True, next_check_at=now))
+        session.commit()
+    Ingest(broker, ctx).declare()
+
+    first, second = Scheduler(broker, ctx), Scheduler(broker, ctx)
+    threads = [threading.Thread(target=s.run_once, args=(now,)) for s in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    info = broker.run(broker.js.stream_info(events_stream(broker.prefix)))
+    assert info.state.messages == 20  # not 40: the slot id made the second publish a duplicate
+    with Session(engine) as session:
+        rescheduled = session.exec(select(Monitor).where(Monitor.name.startswith("m"))).all()  # type: ignore[attr-defined]
+    assert all(now + timedelta(seconds=540) <= m.next_check_at <= now + timedelta(seconds=660) for m in rescheduled)
+    assert first.run_once(now) == 0  # nothing due any more
+    ctx.fetcher.close()
