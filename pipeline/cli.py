@@ -27,6 +27,18 @@ def _load_broker():
     return actors.broker
 
 
+def _start_scheduler(broker):
+    """Due monitors become events, in a thread of this process."""
+    import threading
+
+    from pipeline.runtime import context
+    from pipeline.scheduler import Scheduler
+
+    scheduler = Scheduler(broker, context(broker))
+    threading.Thread(target=scheduler.run, name="scheduler", daemon=True).start()
+    return scheduler
+
+
 def _start_ingest(broker):
     """Events from NATS subjects into the stages, in a thread of this process."""
     import threading
@@ -58,6 +70,7 @@ def up(
     for pool in pools:
         pool.resize(processes)
     ingest = _start_ingest(broker)
+    scheduler = _start_scheduler(broker)
     typer.echo(f"Publish events to {broker.prefix}.events.check | .monitor | .content (JSON; see docs/schemas/)")
     started = time.monotonic()
     try:
@@ -69,6 +82,7 @@ def up(
     except KeyboardInterrupt:
         typer.echo("Stopping: workers finish or return their messages...")
     finally:
+        scheduler.stop()
         ingest.stop()
         for pool in pools:
             pool.stop()
@@ -99,3 +113,108 @@ def lag(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
     else:
         for queue, value in figures.items():
             typer.echo(f"{queue}\t{value}")
+
+
+monitor_app = typer.Typer(help="Add, list, pause, resume and remove monitors.", no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
+
+
+def _engine():
+    from pipeline.db import make_engine, migrate
+
+    engine = make_engine()
+    migrate(engine)
+    return engine
+
+
+@monitor_app.command("add")
+def monitor_add(
+    url: str = typer.Argument(..., help="http(s) URL to watch."),
+    name: str = typer.Option("", help="A name to show (default: the URL)."),
+    selector: str = typer.Option(None, help="CSS selector (or JSON path) of the part to watch."),
+    rule: str = typer.Option(None, help='When a change matters: changed | "phrase" | /regex/i | price < 100.'),
+    every: int = typer.Option(3600, help="Seconds between checks (at least 30)."),
+    notify: list[str] = typer.Option([], help="Webhook URL to alert (repeatable)."),
+) -> None:
+    """Watch a URL; prints the new monitor's id."""
+    from pydantic import ValidationError
+    from sqlmodel import Session
+
+    from pipeline.events import CheckEvent
+    from pipeline.models import Monitor
+    from pipeline.rules import RuleError, parse_rule
+
+    try:
+        CheckEvent(url=url, selector=selector, rule=rule, notify=notify)
+        parse_rule(rule)
+    except (ValidationError, RuleError) as e:
+        raise typer.BadParameter(str(e).splitlines()[0] if isinstance(e, RuleError) else _first_error(e)) from None
+    if every < 30:
+        raise typer.BadParameter("--every must be at least 30 seconds")
+    with Session(_engine()) as session:
+        monitor = Monitor(name=name or url, url=url, selector=selector, rule=rule, interval_seconds=every,
+                          notify=list(notify))  # fmt: skip
+        session.add(monitor)
+        session.commit()
+        typer.echo(monitor.id)
+
+
+def _first_error(error) -> str:
+    item = error.errors()[0]
+    return f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+
+
+@monitor_app.command("list")
+def monitor_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every monitor, with its state and next check."""
+    from sqlmodel import Session, select
+
+    from pipeline.models import Monitor
+
+    with Session(_engine()) as session:
+        monitors = session.exec(select(Monitor).order_by(Monitor.id)).all()
+    rows = [{"id": m.id, "name": m.name, "url": m.url, "rule": m.rule, "every": m.interval_seconds,
+             "paused": m.paused, "next_check_at": m.next_check_at.isoformat(timespec="seconds")}
+            for m in monitors]  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        state = "paused" if row["paused"] else f"next {row['next_check_at']}"
+        typer.echo(f"{row['id']}\t{row['name']}\t{row['rule'] or 'changed'}\tevery {row['every']}s\t{state}")
+
+
+def _set_paused(monitor_id: int, paused: bool | None) -> None:
+    from sqlmodel import Session
+
+    from pipeline.models import Monitor
+
+    with Session(_engine()) as session:
+        monitor = session.get(Monitor, monitor_id)
+        if monitor is None:
+            typer.echo(f"no monitor {monitor_id}", err=True)
+            raise typer.Exit(1)
+        if paused is None:
+            session.delete(monitor)
+        else:
+            monitor.paused = paused
+            session.add(monitor)
+        session.commit()
+
+
+@monitor_app.command("pause")
+def monitor_pause(monitor_id: int) -> None:
+    """Stop checking a monitor (it keeps its history)."""
+    _set_paused(monitor_id, True)
+
+
+@monitor_app.command("resume")
+def monitor_resume(monitor_id: int) -> None:
+    """Check a paused monitor again."""
+    _set_paused(monitor_id, False)
+
+
+@monitor_app.command("rm")
+def monitor_rm(monitor_id: int) -> None:
+    """Remove a monitor."""
+    _set_paused(monitor_id, None)

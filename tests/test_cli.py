@@ -1,0 +1,62 @@
+"""The `pipeline monitor` commands on a real SQLite, with the exit codes scripts rely on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_add_list_pause_resume_remove() -> None:
+    code, out = run("monitor", "add", "https://example.com/kettle", "--rule", "price < 100", "--every", "600",
+                    "--notify", "https://hooks.example.com/a")  # fmt: skip
+    assert code == 0 and out.strip() == "1"
+    assert run("monitor", "pause", "1")[0] == 0
+    code, out = run("monitor", "list", "--json")
+    [row] = json.loads(out)
+    assert (row["url"], row["rule"], row["every"], row["paused"]) == (
+        "https://example.com/kettle",
+        "price < 100",
+        600,
+        True,
+    )
+    assert run("monitor", "resume", "1")[0] == 0
+    assert json.loads(run("monitor", "list", "--json")[1])[0]["paused"] is False
+    assert run("monitor", "rm", "1")[0] == 0
+    assert json.loads(run("monitor", "list", "--json")[1]) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ftp://example.com"], "URL scheme should be 'http' or 'https'"),
+        (["https://example.com", "--rule", "price is low"], "cannot understand rule"),
+        (["https://example.com", "--every", "5"], "at least 30 seconds"),
+        (["https://example.com", "--notify", "nobody"], "is not a URL"),
+    ],
+)
+def test_bad_input_is_refused_with_exit_code_2(args: list[str], message: str) -> None:
+    code, out = run("monitor", "add", *args)
+    assert code == 2
+    assert message in " ".join(out.split())
+
+
+def test_unknown_monitor_exits_1() -> None:
+    code, out = run("monitor", "pause", "99")
+    assert code == 1 and "no monitor 99" in out
