@@ -29,26 +29,22 @@ def _load_broker():
 
 def _start_scheduler(broker):
     """Due monitors become events, in a thread of this process."""
-    import threading
-
     from pipeline.runtime import context
     from pipeline.scheduler import Scheduler
 
     scheduler = Scheduler(broker, context(broker))
-    threading.Thread(target=scheduler.run, name="scheduler", daemon=True).start()
+    scheduler.start()
     return scheduler
 
 
 def _start_ingest(broker):
     """Events from NATS subjects into the stages, in a thread of this process."""
-    import threading
-
     from pipeline.ingest import Ingest
     from pipeline.runtime import context
 
     ingest = Ingest(broker, context(broker))
     ingest.declare()  # before anyone publishes: core NATS drops what no stream captures
-    threading.Thread(target=ingest.run, name="ingest", daemon=True).start()
+    ingest.start()
     return ingest
 
 

@@ -68,5 +68,14 @@ class Scheduler:
                 logger.exception("Scheduling pass failed; trying again in %ss.", self.tick)
             self.stop_event.wait(self.tick)
 
-    def stop(self) -> None:
+    def start(self) -> threading.Thread:
+        """Run in a daemon thread of this process."""
+        self.thread = threading.Thread(target=self.run, name=type(self).__name__.lower(), daemon=True)
+        self.thread.start()
+        return self.thread
+
+    def stop(self, timeout: float = 10.0) -> None:
         self.stop_event.set()
+        thread = getattr(self, "thread", None)
+        if thread is not None:
+            thread.join(timeout)

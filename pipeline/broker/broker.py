@@ -330,7 +330,9 @@ class JetStreamBroker(Broker):
             self._heartbeat.cancel()
         if nc is not None:
             with contextlib.suppress(Exception):
-                loop.run(nc.drain(), timeout=10)
+                if self._outbox is not None:
+                    loop.run(self._outbox.flushed(), timeout=5)  # queued acks leave first
+                loop.run(nc.close(), timeout=10)
         loop.stop()
 
     def run(self, coro: Any, timeout: float | None = None) -> Any:
