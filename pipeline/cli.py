@@ -100,8 +100,7 @@ def schemas(directory: Path = typer.Option(Path("docs/schemas"), help="Where to 
 @app.command()
 def lag(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Print each queue's lag (num_pending + num_ack_pending): the figure KEDA scales on."""
-    _nats_url()
-    broker = _load_broker()
+    broker = _connected_broker()
     figures = broker.lag()
     broker.close()
     if as_json:
@@ -214,3 +213,111 @@ def monitor_resume(monitor_id: int) -> None:
 def monitor_rm(monitor_id: int) -> None:
     """Remove a monitor."""
     _set_paused(monitor_id, None)
+
+
+dlq_app = typer.Typer(help="Dead letters: list, replay, purge.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+def _connected_broker():
+    """A broker for inspection: the stage queues declared, no actors imported."""
+    from pipeline.broker import JetStreamBroker
+    from pipeline.stages import STAGES
+
+    broker = JetStreamBroker(_nats_url(), prefix=os.environ.get("PIPELINE_PREFIX", "pipeline"))
+    for stage in STAGES:
+        broker.declare_queue(stage)
+    return broker
+
+
+@dlq_app.command("list")
+def dlq_list(
+    queue: str = typer.Option(None, help="Only this queue (events: invalid events)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Dead letters, oldest first, with why they failed."""
+    from pipeline.deadletters import list_dead
+
+    broker = _connected_broker()
+    letters = list_dead(broker, queue)
+    broker.close()
+    if as_json:
+        keys = ("sequence", "queue", "subject", "message_id", "reason", "failed_at")
+        typer.echo(json.dumps([{k: getattr(letter, k) for k in keys} for letter in letters]))
+        return
+    for letter in letters:
+        typer.echo(f"{letter.sequence}\t{letter.failed_at}\t{letter.queue}\t{letter.reason}")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    sequences: list[int] = typer.Argument(None, help="Dead letters to replay (default: all, or all of --queue)."),
+    queue: str = typer.Option(None, help="Only this queue."),
+) -> None:
+    """Publish dead letters again where they came from, with their retries reset."""
+    from pipeline.deadletters import list_dead, replay
+
+    broker = _connected_broker()
+    letters = [x for x in list_dead(broker, queue, limit=100_000) if not sequences or x.sequence in sequences]
+    missing = set(sequences or ()) - {letter.sequence for letter in letters}
+    for letter in letters:
+        replay(broker, letter)
+    broker.close()
+    typer.echo(f"replayed {len(letters)}")
+    if missing:
+        typer.echo(f"no dead letter {', '.join(map(str, sorted(missing)))}", err=True)
+        raise typer.Exit(1)
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    queue: str = typer.Option(None, help="Only this queue."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask."),
+) -> None:
+    """Delete dead letters for good."""
+    from pipeline.deadletters import purge
+
+    if not yes:
+        typer.confirm(f"Delete the dead letters of {queue or 'every queue'}?", abort=True)
+    broker = _connected_broker()
+    purge(broker, queue)
+    broker.close()
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Each queue's lag and dead letters, and the monitors' state."""
+    from sqlmodel import Session, func, select
+
+    from pipeline.models import Monitor
+
+    broker = _connected_broker()
+    queues = {q: {"lag": lag, "dead": broker.dead_letter_count(q)} for q, lag in broker.lag().items()}
+    queues["events"] = {"lag": 0, "dead": broker.dead_letter_count("events")}
+    broker.close()
+    with Session(_engine()) as session:
+        total = session.exec(select(func.count()).select_from(Monitor)).one()
+        paused = session.exec(select(func.count()).select_from(Monitor).where(Monitor.paused == True)).one()  # noqa: E712
+    report = {"queues": queues, "monitors": {"total": total, "paused": paused}}
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    for queue, figures in queues.items():
+        typer.echo(f"{queue}\tlag {figures['lag']}\tdead {figures['dead']}")
+    typer.echo(f"monitors\t{total} ({paused} paused)")
+
+
+@app.command()
+def alerts(limit: int = typer.Option(20, help="How many, newest first.")) -> None:
+    """Recent alerts and how their delivery went."""
+    from sqlmodel import Session, select
+
+    from pipeline.models import Alert, Finding
+
+    with Session(_engine()) as session:
+        rows = session.exec(
+            select(Alert, Finding).join(Finding).order_by(Alert.created_at.desc()).limit(limit)  # type: ignore[attr-defined]
+        ).all()
+    for alert_row, finding in rows:
+        when = alert_row.created_at.isoformat(timespec="seconds")
+        typer.echo(f"{when}\t{alert_row.status}\t{finding.source}\t{finding.summary}\t{alert_row.target}")

@@ -28,6 +28,9 @@ from pipeline.fetcher import Fetcher
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
 from pipeline.rules import parse_rule
 
+#: The stages, in order; each is a Dramatiq queue of the same name.
+STAGES = ("fetch", "scrape", "analyse", "alert")
+
 Job = dict[str, Any]
 Send = Callable[[Job], None]
 

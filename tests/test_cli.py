@@ -60,3 +60,31 @@ def test_bad_input_is_refused_with_exit_code_2(args: list[str], message: str) ->
 def test_unknown_monitor_exits_1() -> None:
     code, out = run("monitor", "pause", "99")
     assert code == 1 and "no monitor 99" in out
+
+
+def test_status_and_dlq_on_a_live_server(nats_server, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dramatiq
+
+    from pipeline.broker import JetStreamBroker
+
+    monkeypatch.setenv("PIPELINE_NATS_URL", nats_server.url)
+    monkeypatch.setenv("PIPELINE_PREFIX", prefix)
+    broker = JetStreamBroker(nats_server.url, prefix=prefix)
+    broker.declare_queue("fetch")
+    broker.enqueue(dramatiq.Message(queue_name="fetch", actor_name="fetch", args=({},), kwargs={}, options={}))
+    consumer = broker.consume("fetch", prefetch=1, timeout=2000)
+    message = next(consumer)
+    message.stuff_exception(ValueError("broken page"))
+    consumer.nack(message)
+    consumer.close()
+
+    code, out = run("status", "--json")
+    assert code == 0
+    assert json.loads(out)["queues"]["fetch"] == {"lag": 0, "dead": 1}
+    code, out = run("dlq", "list", "--json")
+    [letter] = json.loads(out)
+    assert (letter["queue"], letter["reason"]) == ("fetch", "ValueError: broken page")
+    assert run("dlq", "replay", str(letter["sequence"]))[0] == 0
+    assert broker.lag() == {"fetch": 1}  # back where it came from
+    assert json.loads(run("dlq", "list", "--json")[1]) == []
+    broker.close()

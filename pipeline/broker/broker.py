@@ -623,6 +623,7 @@ class JetStreamBroker(Broker):
             "Pipeline-Queue": names.queue,
             "Pipeline-Message-Id": message_id,
             "Pipeline-Failed-At": datetime.now(UTC).isoformat(timespec="seconds"),
+            "Pipeline-Subject": msg.subject,  # where a replay sends it back
         }
         if exception is not None and message_id:
             self._dead_exceptions[message_id] = exception
