@@ -27,6 +27,32 @@ def _load_broker():
     return actors.broker
 
 
+def _start_demo():
+    """The demo site, its monitors, and alerts printed as they arrive (signature checked)."""
+    from pipeline import webhooks
+    from pipeline.demo import DemoSite, install_monitors
+    from pipeline.runtime import webhook_secret
+
+    allowed = os.environ.get("PIPELINE_FETCH_ALLOW_HOSTS", "")
+    os.environ["PIPELINE_FETCH_ALLOW_HOSTS"] = ",".join(filter(None, [allowed, "127.0.0.1"]))
+    secret = webhook_secret()
+
+    def show(headers: dict[str, str], body: bytes) -> None:
+        try:
+            webhooks.verify(secret, headers, body)
+            signed = "signature ok"
+        except webhooks.WebhookVerificationError as e:
+            signed = f"BAD SIGNATURE: {e}"
+        data = json.loads(body)["data"]
+        typer.echo(f"ALERT [{data['severity']}] {data['summary']}  <- {data['url']}  ({signed})")
+
+    site = DemoSite(show)
+    site.start()
+    install_monitors(_engine(), site)
+    typer.echo(f"Demo site at {site.url} (/kettle, /status, /changelog): pages change every 20 s")
+    return site
+
+
 def _start_scheduler(broker):
     """Due monitors become events, in a thread of this process."""
     from pipeline.runtime import context
@@ -54,10 +80,12 @@ def up(
     processes: int = typer.Option(1, help="Worker processes per queue."),
     interval: float = typer.Option(2.0, help="Seconds between status lines."),
     duration: float = typer.Option(0, help="Stop after this many seconds (0: run until Ctrl-C)."),
+    demo: bool = typer.Option(False, "--demo", help="Also serve a local site whose pages change, with monitors on it."),
 ) -> None:
     """Run the pipeline on this machine: NATS, one worker pool per queue, and a live status."""
     from pipeline.workers import WorkerPool
 
+    site = _start_demo() if demo else None
     _nats_url()
     broker = _load_broker()
     queues = sorted(broker.get_declared_queues())
@@ -78,6 +106,8 @@ def up(
     except KeyboardInterrupt:
         typer.echo("Stopping: workers finish or return their messages...")
     finally:
+        if site is not None:
+            site.stop()
         scheduler.stop()
         ingest.stop()
         for pool in pools:

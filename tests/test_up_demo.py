@@ -1,0 +1,35 @@
+"""The README's main-job command: `pipeline up --demo` shows signed alerts within a minute."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def test_up_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}  # the embedded defaults
+    up = subprocess.Popen(
+        [str(Path(sys.executable).parent / "pipeline"), "up", "--demo", "--interval", "5"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 60 and not any(line.startswith("ALERT") for line in lines):
+            time.sleep(0.2)
+        alerts = [line for line in lines if line.startswith("ALERT")]
+        assert alerts, "no alert within a minute:\n" + "".join(lines)
+        assert "(signature ok)" in alerts[0]
+    finally:
+        os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C does
+        assert up.wait(60) == 0
+    reader.join(5)
+    assert any("Stopping" in line for line in lines)
+    assert (tmp_path / ".pipeline" / "pipeline.db").exists()
