@@ -1,0 +1,117 @@
+"""The stages' work on real parts (SQLite, NATS Object Store, a local site), one stage at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from pipeline import stages
+from pipeline.bodies import BodyStore
+from pipeline.broker import JetStreamBroker
+from pipeline.db import make_engine, migrate
+from pipeline.fetcher import Fetcher
+from pipeline.models import Check, Delivery
+from pipeline.netguard import AddressPolicy
+from pipeline.stages import Context
+from pipeline.webhooks import new_secret
+from tests.site import Page, Site
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    with Site() as site:
+        yield site
+
+
+@pytest.fixture
+def ctx(broker: JetStreamBroker, tmp_path: Path) -> Iterator[Context]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'stages.db'}")
+    migrate(engine)
+    ctx = Context(engine, BodyStore(broker), Fetcher(AddressPolicy.from_entries(["127.0.0.1"])), new_secret())
+    yield ctx
+    ctx.fetcher.close()
+    engine.dispose()
+
+
+def run_through(ctx: Context, job: dict) -> list[tuple[str, dict]]:
+    """fetch -> scrape -> analyse -> alert in this thread; returns each hand-over."""
+    handed: list[tuple[str, dict]] = []
+
+    def to(stage_name: str, stage) -> stages.Send:
+        def send(next_job: dict) -> None:
+            handed.append((stage_name, next_job))
+            stage(next_job)
+
+        return send
+
+    def alert(j: dict) -> None:
+        stages.alert(ctx, j)
+
+    def analyse(j: dict) -> None:
+        stages.analyse(ctx, j, to("alert", alert))
+
+    def scrape(j: dict) -> None:
+        stages.scrape(ctx, j, to("analyse", analyse))
+
+    stages.fetch(ctx, job, to("scrape", scrape))
+    return handed
+
+
+def outcomes(ctx: Context) -> list[tuple[str, str]]:
+    with Session(ctx.engine) as session:
+        return [(c.stage, c.outcome) for c in session.exec(select(Check).order_by(Check.id)).all()]
+
+
+def job(site: Site, **extra: object) -> dict:
+    return {"source": site.url("/p"), "url": site.url("/p"), "selector": ".price", "notify": [site.url("/hook")],
+            **extra}  # fmt: skip
+
+
+def test_a_304_stops_at_fetch(ctx: Context, site: Site) -> None:
+    def conditional(handler) -> Page:
+        if handler.headers.get("If-None-Match") == '"v1"':
+            return Page(b"", 304, {"ETag": '"v1"'})
+        return Page(b"<p class='price'>Price 50</p>", headers={"Content-Type": "text/html", "ETag": '"v1"'})
+
+    site.routes["/p"] = conditional
+    assert [stage for stage, _ in run_through(ctx, job(site))] == ["scrape", "analyse", "alert"]
+    assert run_through(ctx, job(site)) == []  # second check: If-None-Match, 304
+    assert outcomes(ctx)[-1] == ("fetch", "unchanged")
+
+
+def test_unchanged_content_stops_at_scrape(ctx: Context, site: Site) -> None:
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p><p>ad 1</p>")
+    run_through(ctx, job(site))
+    site.routes["/p"] = Page(b"<p class='price'>  Price   50 </p><p>ad 2</p>")  # only whitespace and an ad changed
+    assert [stage for stage, _ in run_through(ctx, job(site))] == ["scrape"]  # and no further
+    assert outcomes(ctx)[-2:] == [("fetch", "fetched"), ("scrape", "unchanged")]
+
+
+def test_a_redelivered_message_sends_no_second_alert(ctx: Context, site: Site) -> None:
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    handed = run_through(ctx, job(site, rule="price < 100"))
+    analyse_job = dict(handed[1][1])
+    alert_job = dict(handed[2][1])
+    assert len(site.posts) == 1
+
+    stages.analyse(ctx, analyse_job, lambda j: stages.alert(ctx, j))  # analyse redelivered
+    stages.alert(ctx, alert_job)  # alert redelivered
+    assert len(site.posts) == 1
+    with Session(ctx.engine) as session:
+        assert len(session.exec(select(Delivery)).all()) == 1
+
+
+def test_a_failed_delivery_is_recorded_and_retried(ctx: Context, site: Site) -> None:
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    site.post_status = 503
+    with pytest.raises(stages.DeliveryError, match="HTTP 503"):
+        run_through(ctx, job(site, rule="price < 100"))
+    site.post_status = 200
+    alert_job = {**job(site, rule="price < 100"), "finding_id": 1}
+    stages.alert(ctx, alert_job)  # Dramatiq's retry
+    with Session(ctx.engine) as session:
+        attempts = [(d.attempt, d.ok, d.status_code) for d in session.exec(select(Delivery)).all()]
+    assert attempts == [(1, False, 503), (2, True, 200)]
