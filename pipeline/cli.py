@@ -351,3 +351,45 @@ def alerts(limit: int = typer.Option(20, help="How many, newest first.")) -> Non
     for alert_row, finding in rows:
         when = alert_row.created_at.isoformat(timespec="seconds")
         typer.echo(f"{when}\t{alert_row.status}\t{finding.source}\t{finding.summary}\t{alert_row.target}")
+
+
+@app.command()
+def check(
+    url: str = typer.Argument(..., help="http(s) URL to check now."),
+    selector: str = typer.Option(None, help="CSS selector (or JSON path) of the part to watch."),
+    rule: str = typer.Option(None, help='When a change matters: changed | "phrase" | /regex/i | price < 100.'),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Fetch a URL now and show what a monitor would watch and what its rule says (nothing is stored).
+
+    Exit codes: 0 the rule matches, 3 it does not, 1 the page could not be read, 2 bad input.
+    """
+    from pydantic import ValidationError
+
+    from pipeline.events import CheckEvent
+    from pipeline.extract import ExtractError, diff, extract
+    from pipeline.fetcher import Fetcher, FetchError
+    from pipeline.rules import RuleError, parse_rule
+
+    try:
+        CheckEvent(url=url, selector=selector, rule=rule)
+        parsed = parse_rule(rule)
+    except (ValidationError, RuleError) as e:
+        raise typer.BadParameter(str(e) if isinstance(e, RuleError) else _first_error(e)) from None
+    fetcher = Fetcher()
+    try:
+        result = fetcher.fetch(url)
+        text = extract(result.body, result.content_type, selector)
+    except (FetchError, ExtractError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        fetcher.close()
+    verdict = parsed.evaluate(diff(None, text))
+    if as_json:
+        typer.echo(json.dumps({"text": text, "relevant": verdict.relevant, "summary": verdict.summary,
+                               "evidence": list(verdict.evidence), "status": result.status}))  # fmt: skip
+    else:
+        typer.echo(text[:2000] + ("\n…" if len(text) > 2000 else ""))
+        typer.echo(f"\n{'MATCHES' if verdict.relevant else 'no match'}: {verdict.summary}")
+    raise typer.Exit(0 if verdict.relevant else 3)

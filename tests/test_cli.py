@@ -88,3 +88,20 @@ def test_status_and_dlq_on_a_live_server(nats_server, prefix: str, monkeypatch: 
     assert broker.lag() == {"fetch": 1}  # back where it came from
     assert json.loads(run("dlq", "list", "--json")[1]) == []
     broker.close()
+
+
+def test_check_shows_the_watched_text_and_the_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.site import Page, Site
+
+    monkeypatch.setenv("PIPELINE_FETCH_ALLOW_HOSTS", "127.0.0.1")
+    with Site() as site:
+        site.routes["/k"] = Page(b"<nav>menu</nav><p class='price'>Price: 89.90 EUR</p>")
+        code, out = run("check", site.url("/k"), "--selector", ".price", "--rule", "price < 100", "--json")
+        assert code == 0
+        assert json.loads(out)["text"] == "Price: 89.90 EUR"
+        assert run("check", site.url("/k"), "--selector", ".price", "--rule", "price < 50")[0] == 3
+        code, out = run("check", site.url("/missing"))
+        assert code == 1 and "HTTP 404" in out
+    monkeypatch.delenv("PIPELINE_FETCH_ALLOW_HOSTS")
+    code, out = run("check", "http://169.254.169.254/latest/meta-data/")
+    assert code == 1 and "non-public address" in out
