@@ -111,8 +111,9 @@ class Fetcher:
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.max_redirects = max_redirects
+        self.policy = policy or AddressPolicy.from_env()
         self.client = httpx.Client(
-            transport=_GuardedTransport(policy or AddressPolicy.from_env()),
+            transport=_GuardedTransport(self.policy),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             follow_redirects=False,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"},

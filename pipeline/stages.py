@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from pipeline import webhooks
+from pipeline import notify, webhooks
 from pipeline.bodies import BodyStore
 from pipeline.extract import content_hash, diff, extract
 from pipeline.fetcher import Fetcher
@@ -179,6 +179,8 @@ class DeliveryError(RuntimeError):
 def redact(target: str) -> str:
     """A notification URL without credentials, paths or query: safe for logs and dead letters."""
     scheme, _, rest = target.partition("://")
+    if scheme not in ("http", "https"):
+        return f"{scheme}://…"  # in service URLs (slack://T/B/X) the "host" is part of the secret
     host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
     return f"{scheme}://{host}/…"
 
@@ -212,7 +214,7 @@ def _deliver(ctx: Context, record: Alert, finding: Finding, job: Job) -> tuple[b
     body = json.dumps(payload, sort_keys=True).encode()
     target = next(t for t in job["notify"] if hashlib.sha256(t.encode()).hexdigest() == record.target_hash)
     if not target.startswith(("http://", "https://")):
-        return False, None, f"unsupported notification scheme in {redact(target)}"
+        return notify.send(target, finding, job, ctx.fetcher.policy)
     headers = webhooks.signed_headers(ctx.webhook_secret, f"alert-{record.id}", body)
     try:
         response = ctx.fetcher.client.post(

@@ -115,3 +115,17 @@ def test_a_failed_delivery_is_recorded_and_retried(ctx: Context, site: Site) -> 
     with Session(ctx.engine) as session:
         attempts = [(d.attempt, d.ok, d.status_code) for d in session.exec(select(Delivery)).all()]
     assert attempts == [(1, False, 503), (2, True, 200)]
+
+
+def test_apprise_targets_are_delivered_and_guarded(ctx: Context, site: Site) -> None:
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    target = site.url("/json-hook").replace("http://", "json://")
+    run_through(ctx, job(site, rule="price < 100", notify=[target]))
+    [(path, _, body)] = site.posts
+    assert path == "/json-hook" and b"price is 50" in body
+
+    guarded = Context(ctx.engine, ctx.bodies, Fetcher(AddressPolicy()), ctx.webhook_secret)
+    with pytest.raises(stages.DeliveryError, match="non-public address"):
+        stages.alert(guarded, {**job(site, rule="price < 100", notify=["json://169.254.169.254/x"]), "finding_id": 1})
+    guarded.fetcher.close()
+    assert len(site.posts) == 1
