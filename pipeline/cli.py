@@ -27,6 +27,30 @@ def _load_broker():
     return actors.broker
 
 
+def _recent_checks(seconds: float) -> tuple[dict[str, int], dict[str, int]]:
+    """Per stage: checks finished, and how many failed, in the last ``seconds``."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlmodel import Session, func, select
+
+    from pipeline.models import Check
+
+    since = datetime.now(UTC) - timedelta(seconds=seconds)
+    with Session(_engine()) as session:
+        rows = session.exec(
+            select(Check.stage, Check.outcome, func.count())
+            .where(Check.started_at >= since)
+            .group_by(Check.stage, Check.outcome)
+        ).all()
+    done: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for stage, outcome, count in rows:
+        done[stage] = done.get(stage, 0) + count
+        if outcome == "error":
+            errors[stage] = errors.get(stage, 0) + count
+    return done, errors
+
+
 def _start_demo():
     """The demo site, its monitors, and alerts printed as they arrive (signature checked)."""
     from pipeline import webhooks
@@ -100,7 +124,12 @@ def up(
     try:
         while not duration or time.monotonic() - started < duration:
             lag = broker.lag()
-            status = "  ".join(f"{pool.queue}: lag {lag.get(pool.queue, 0)} workers {pool.size}" for pool in pools)
+            done, errors = _recent_checks(interval)
+            status = "  ".join(
+                f"{pool.queue}: lag {lag.get(pool.queue, 0)} done {done.get(pool.queue, 0)}"
+                f"{' errors ' + str(errors[pool.queue]) if errors.get(pool.queue) else ''} workers {pool.size}"
+                for pool in pools
+            )
             typer.echo(time.strftime("%H:%M:%S ") + (status or "no queues declared in actors/"))
             time.sleep(interval)
     except KeyboardInterrupt:
@@ -187,6 +216,34 @@ def monitor_add(
 def _first_error(error) -> str:
     item = error.errors()[0]
     return f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+
+
+@monitor_app.command("show")
+def monitor_show(monitor_id: int) -> None:
+    """One monitor in full, with its latest checks and findings."""
+    from sqlmodel import Session, select
+
+    from pipeline.models import Check, Finding, Monitor
+
+    with Session(_engine()) as session:
+        monitor = session.get(Monitor, monitor_id)
+        if monitor is None:
+            typer.echo(f"no monitor {monitor_id}", err=True)
+            raise typer.Exit(1)
+        source = f"monitor:{monitor.id}"
+        checks = session.exec(select(Check).where(Check.source == source).order_by(Check.id.desc()).limit(8)).all()  # type: ignore[union-attr]
+        findings = session.exec(
+            select(Finding).where(Finding.source == source).order_by(Finding.id.desc()).limit(5)
+        ).all()  # type: ignore[union-attr]
+        data = monitor.model_dump(mode="json")
+    for key, value in data.items():
+        typer.echo(f"{key}: {value}")
+    typer.echo("recent checks:")
+    for c in checks:
+        typer.echo(f"  {c.started_at.isoformat(timespec='seconds')} {c.stage} {c.outcome} {c.detail[:80]}")
+    typer.echo("recent findings:")
+    for f in findings:
+        typer.echo(f"  {f.created_at.isoformat(timespec='seconds')} {'relevant' if f.relevant else '-'} {f.summary}")
 
 
 @monitor_app.command("list")

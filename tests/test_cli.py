@@ -27,6 +27,9 @@ def test_add_list_pause_resume_remove() -> None:
     code, out = run("monitor", "add", "https://example.com/kettle", "--rule", "price < 100", "--every", "600",
                     "--notify", "https://hooks.example.com/a")  # fmt: skip
     assert code == 0 and out.strip() == "1"
+    code, out = run("monitor", "show", "1")
+    assert code == 0 and "url: https://example.com/kettle" in out and "recent checks:" in out
+    assert run("monitor", "show", "2")[0] == 1
     assert run("monitor", "pause", "1")[0] == 0
     code, out = run("monitor", "list", "--json")
     [row] = json.loads(out)

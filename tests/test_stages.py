@@ -129,3 +129,17 @@ def test_apprise_targets_are_delivered_and_guarded(ctx: Context, site: Site) -> 
         stages.alert(guarded, {**job(site, rule="price < 100", notify=["json://169.254.169.254/x"]), "finding_id": 1})
     guarded.fetcher.close()
     assert len(site.posts) == 1
+
+
+def test_a_5_mb_page_never_rides_in_a_message(ctx: Context, site: Site) -> None:
+    big = b"<html><body><p class='price'>Price 50</p>" + b"<p>filler text</p>" * 300_000 + b"</body></html>"
+    assert len(big) > 5_000_000
+    site.routes["/p"] = Page(big)
+    ctx.fetcher.max_bytes = 8 * 1024 * 1024
+    handed = run_through(ctx, job(site))
+    scrape_job = handed[0][1]
+    import dramatiq
+
+    message = dramatiq.Message(queue_name="scrape", actor_name="scrape", args=(scrape_job,), kwargs={}, options={})
+    assert len(message.encode()) < 2000  # the body went to the Object Store; the message carries its key
+    assert ctx.bodies.get(scrape_job["body_key"]) == big
