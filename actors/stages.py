@@ -24,6 +24,8 @@ def _context() -> stages.Context:
 def fetch(job: dict[str, Any]) -> None:
     try:
         stages.fetch(_context(), job, scrape.send)
+    except stages.NotYetError as e:  # politeness: come back later, without using up a retry
+        fetch.send_with_options(args=(job,), delay=int(e.after * 1000))
     except RetryLaterError as e:
         raise dramatiq.Retry(str(e), delay=int(e.after * 1000)) from None
 

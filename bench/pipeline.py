@@ -84,6 +84,7 @@ def main() -> None:
             PIPELINE_PREFIX="bench",
             PIPELINE_DATABASE_URL=f"sqlite:///{home}/bench.db",
             PIPELINE_FETCH_ALLOW_HOSTS="127.0.0.1",
+            PIPELINE_FETCH_DOMAIN_INTERVAL="0",  # every page is on one local host: politeness off
         )
         from pipeline.runtime import context
 

@@ -12,6 +12,7 @@ from pipeline.db import make_engine, migrate
 from pipeline.fetcher import Fetcher
 from pipeline.nats_server import DEFAULT_HOME
 from pipeline.netguard import AddressPolicy
+from pipeline.politeness import Politeness
 from pipeline.stages import Context
 from pipeline.webhooks import new_secret
 
@@ -38,7 +39,9 @@ def context(broker: JetStreamBroker) -> Context:
         if _context is None:
             engine = make_engine()
             migrate(engine)
-            _context = Context(engine, BodyStore(broker), Fetcher(AddressPolicy.from_env()), webhook_secret())
+            _context = Context(
+                engine, BodyStore(broker), Fetcher(AddressPolicy.from_env()), webhook_secret(), Politeness(broker)
+            )
         return _context
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -26,6 +27,7 @@ from pipeline.bodies import BodyStore
 from pipeline.extract import content_hash, diff, extract
 from pipeline.fetcher import Fetcher
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
+from pipeline.politeness import Politeness
 from pipeline.rules import parse_rule
 
 #: The stages, in order; each is a Dramatiq queue of the same name.
@@ -43,6 +45,7 @@ class Context:
     bodies: BodyStore
     fetcher: Fetcher
     webhook_secret: str
+    politeness: Politeness | None = None
 
 
 def _record(ctx: Context, job: Job, stage: str, outcome: str, started: float, detail: str = "") -> None:
@@ -65,8 +68,20 @@ def _latest_snapshot(session: Session, source: str) -> Snapshot | None:
     return session.exec(query.limit(1)).first()
 
 
+class NotYetError(Exception):
+    """Politeness: this host was fetched moments ago; come back after ``after`` seconds."""
+
+    def __init__(self, after: float) -> None:
+        super().__init__(f"host busy for {after:.2f}s")
+        self.after = after
+
+
 def fetch(ctx: Context, job: Job, send_scrape: Send) -> None:
     """GET the URL (conditionally); store the body; hand its key to scrape."""
+    if ctx.politeness is not None:
+        wait = ctx.politeness.wait_for(urlsplit(job["url"]).hostname or "")
+        if wait > 0:
+            raise NotYetError(wait)
     started = time.monotonic()
     with Session(ctx.engine) as session:
         last = _latest_snapshot(session, job["source"])

@@ -143,3 +143,28 @@ def test_a_5_mb_page_never_rides_in_a_message(ctx: Context, site: Site) -> None:
     message = dramatiq.Message(queue_name="scrape", actor_name="scrape", args=(scrape_job,), kwargs={}, options={})
     assert len(message.encode()) < 2000  # the body went to the Object Store; the message carries its key
     assert ctx.bodies.get(scrape_job["body_key"]) == big
+
+
+def test_politeness_spaces_requests_to_one_host_across_workers(broker: JetStreamBroker, make_broker) -> None:
+    from pipeline.politeness import Politeness
+
+    first, second = Politeness(broker, interval=1.0), Politeness(make_broker(), interval=1.0)  # two machines
+    assert first.wait_for("shop.example") == 0
+    wait = second.wait_for("shop.example")
+    assert 0.5 < wait <= 1.0
+    assert second.wait_for("other.example") == 0  # hosts are independent
+    import time
+
+    time.sleep(wait + 0.3)
+    assert second.wait_for("shop.example") == 0
+
+
+def test_fetch_says_not_yet_when_the_host_was_just_fetched(ctx: Context, site: Site, broker: JetStreamBroker) -> None:
+    from pipeline.politeness import Politeness
+
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    polite = Context(ctx.engine, ctx.bodies, ctx.fetcher, ctx.webhook_secret, Politeness(broker, interval=5.0))
+    stages.fetch(polite, job(site), lambda j: None)
+    with pytest.raises(stages.NotYetError):
+        stages.fetch(polite, job(site), lambda j: None)
+    assert len([r for r in site.requests if r[0] == "/p"]) == 1
