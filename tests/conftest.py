@@ -14,8 +14,11 @@ from pathlib import Path
 import dramatiq
 import pytest
 from dramatiq import Worker
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from pipeline.broker import JetStreamBroker
+from pipeline.db import make_engine, migrate
 from pipeline.nats_server import NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,3 +145,29 @@ def spawn_workers(nats_server: NatsServer, prefix: str, record_file: Path) -> It
     yield spawn
     for process in processes:
         process.kill()
+
+
+BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("PIPELINE_TEST_POSTGRES_URL") else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def db_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
+        migrate(engine)
+        yield engine
+        engine.dispose()
+        return
+    # A schema of its own per test, so runs never see each other's rows.
+    schema = "t_" + uuid.uuid4().hex[:10]
+    admin = make_engine(os.environ["PIPELINE_TEST_POSTGRES_URL"])
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    url = os.environ["PIPELINE_TEST_POSTGRES_URL"]
+    engine = make_engine(url + ("&" if "?" in url else "?") + f"options=-csearch_path%3D{schema}")
+    migrate(engine)
+    yield engine
+    engine.dispose()
+    with admin.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,33 +14,9 @@ from sqlmodel import Session, select
 from pipeline.db import make_engine, migrate
 from pipeline.models import Alert, Finding, Monitor
 
-BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("PIPELINE_TEST_POSTGRES_URL") else [])
 
-
-@pytest.fixture(params=BACKENDS)
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
-        migrate(engine)
-        yield engine
-        engine.dispose()
-        return
-    # A schema of its own per test, so runs never see each other's rows.
-    schema = "t_" + uuid.uuid4().hex[:10]
-    admin = make_engine(os.environ["PIPELINE_TEST_POSTGRES_URL"])
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    url = os.environ["PIPELINE_TEST_POSTGRES_URL"]
-    engine = make_engine(url + ("&" if "?" in url else "?") + f"options=-csearch_path%3D{schema}")
-    migrate(engine)
-    yield engine
-    engine.dispose()
-    with admin.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
-
-
-def test_migrations_create_every_table_and_index(engine: Engine) -> None:
+def test_migrations_create_every_table_and_index(db_engine: Engine) -> None:
+    engine = db_engine
     inspector = inspect(engine)
     tables = set(inspector.get_table_names())
     assert {"monitors", "snapshots", "checks", "findings", "alerts", "deliveries", "alembic_version"} <= tables
@@ -58,7 +31,8 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_due_monitors_are_found(engine: Engine) -> None:
+def test_due_monitors_are_found(db_engine: Engine) -> None:
+    engine = db_engine
     now = datetime.now(UTC)
     with Session(engine) as session:
         session.add(Monitor(name="due", url="https://a.example", next_check_at=now - timedelta(minutes=1)))
@@ -70,7 +44,8 @@ def test_due_monitors_are_found(engine: Engine) -> None:
     assert due[0].next_check_at.tzinfo is not None
 
 
-def test_a_change_gets_one_finding_and_a_target_one_alert(engine: Engine) -> None:
+def test_a_change_gets_one_finding_and_a_target_one_alert(db_engine: Engine) -> None:
+    engine = db_engine
     with Session(engine) as session:
         finding = Finding(source="monitor:1", content_hash="ab" * 32, analyser="rules", relevant=True,
                           severity="warning", summary="price is 95", evidence=["95"])  # fmt: skip

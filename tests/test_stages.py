@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
@@ -11,7 +10,6 @@ from sqlmodel import Session, select
 from pipeline import stages
 from pipeline.bodies import BodyStore
 from pipeline.broker import JetStreamBroker
-from pipeline.db import make_engine, migrate
 from pipeline.fetcher import Fetcher
 from pipeline.models import Check, Delivery
 from pipeline.netguard import AddressPolicy
@@ -27,13 +25,11 @@ def site() -> Iterator[Site]:
 
 
 @pytest.fixture
-def ctx(broker: JetStreamBroker, tmp_path: Path) -> Iterator[Context]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'stages.db'}")
-    migrate(engine)
+def ctx(broker: JetStreamBroker, db_engine) -> Iterator[Context]:
+    engine = db_engine
     ctx = Context(engine, BodyStore(broker), Fetcher(AddressPolicy.from_entries(["127.0.0.1"])), new_secret())
     yield ctx
     ctx.fetcher.close()
-    engine.dispose()
 
 
 def run_through(ctx: Context, job: dict) -> list[tuple[str, dict]]:
