@@ -16,6 +16,23 @@ from pipeline.runtime import context
 PERMANENT = (FetchError, ExtractError, RuleError)
 
 
+def _next(actor: dramatiq.Actor) -> stages.Send:
+    """Send to the next stage under an id derived from the check's trace.
+
+    A redelivered stage then publishes the same message id again, and
+    JetStream drops the duplicate: one check never becomes two downstream.
+    """
+
+    def send(job: dict[str, Any]) -> None:
+        trace = job.get("trace")
+        if trace:
+            actor.send_with_options(args=(job,), message_id=f"{trace}-{actor.actor_name}")
+        else:
+            actor.send(job)
+
+    return send
+
+
 def _context() -> stages.Context:
     return context(dramatiq.get_broker())  # type: ignore[arg-type]
 
@@ -23,7 +40,7 @@ def _context() -> stages.Context:
 @dramatiq.actor(queue_name="fetch", actor_name="fetch", max_retries=5, throws=PERMANENT)
 def fetch(job: dict[str, Any]) -> None:
     try:
-        stages.fetch(_context(), job, scrape.send)
+        stages.fetch(_context(), job, _next(scrape))
     except stages.NotYetError as e:  # politeness: come back later, without using up a retry
         fetch.send_with_options(args=(job,), delay=int(e.after * 1000))
     except RetryLaterError as e:
@@ -32,12 +49,12 @@ def fetch(job: dict[str, Any]) -> None:
 
 @dramatiq.actor(queue_name="scrape", actor_name="scrape", max_retries=5, throws=PERMANENT)
 def scrape(job: dict[str, Any]) -> None:
-    stages.scrape(_context(), job, analyse.send)
+    stages.scrape(_context(), job, _next(analyse))
 
 
 @dramatiq.actor(queue_name="analyse", actor_name="analyse", max_retries=5, throws=PERMANENT)
 def analyse(job: dict[str, Any]) -> None:
-    stages.analyse(_context(), job, alert.send)
+    stages.analyse(_context(), job, _next(alert))
 
 
 @dramatiq.actor(queue_name="alert", actor_name="alert", max_retries=8, min_backoff=2000, max_backoff=600_000)

@@ -7,12 +7,13 @@ start-up, so a fresh machine needs no separate step.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import create_engine
 
@@ -57,5 +58,24 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def migrate(engine: Engine) -> None:
-    """Upgrade the database to the latest schema (idempotent)."""
-    command.upgrade(alembic_config(engine), "head")
+    """Upgrade the database to the latest schema (idempotent; safe when workers start together)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(7301)"))  # held by this connection
+            try:
+                command.upgrade(alembic_config(engine), "head")
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(7301)"))
+                connection.commit()
+        return
+    database = engine.url.database
+    lock_path = Path(f"{database}.migrate-lock") if database and database != ":memory:" else None
+    if lock_path is None:
+        command.upgrade(alembic_config(engine), "head")
+        return
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            command.upgrade(alembic_config(engine), "head")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -21,6 +21,16 @@ from pipeline.netguard import AddressPolicy, BlockedAddressError
 USER_AGENT = "nats-ai-pipeline/0.1 (+https://github.com/; monitoring)"
 
 
+def redact_url(url: str) -> str:
+    """Scheme, host and port only: no credentials, path or query (they may hold keys)."""
+    try:
+        parts = httpx.URL(url)
+    except Exception:
+        return "<invalid URL>"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.host}{port}/…"
+
+
 class FetchError(Exception):
     """The source could not be fetched; ``reason`` is safe to store and show."""
 
@@ -133,7 +143,7 @@ class Fetcher:
             headers["If-Modified-Since"] = last_modified
         for _ in range(self.max_redirects + 1):
             if not url.startswith(("http://", "https://")):
-                raise FetchError(f"refusing to fetch {url[:100]!r}: only http and https")
+                raise FetchError(f"refusing to fetch {url.split(':', 1)[0]!r} URLs: only http and https")
             try:
                 with self.client.stream("GET", url, headers=headers) as response:
                     if response.is_redirect and "location" in response.headers:
@@ -143,13 +153,15 @@ class Fetcher:
             except BlockedAddressError as e:
                 raise FetchError(str(e)) from None
             except httpx.InvalidURL as e:
-                raise FetchError(f"invalid URL {url[:200]!r}: {e}") from None
+                raise FetchError(f"invalid URL: {e}") from None
+            except (OSError, UnicodeError) as e:  # name resolution and the like
+                raise FetchError(f"{type(e).__name__} fetching {redact_url(url)}: {e}") from None
             except httpx.TimeoutException:
-                raise FetchError(f"timed out after {self.timeout:g}s fetching {url[:200]}") from None
+                raise FetchError(f"timed out after {self.timeout:g}s fetching {redact_url(url)}") from None
             except httpx.HTTPError as e:
-                raise FetchError(f"{type(e).__name__} fetching {url[:200]}: {e}") from None
+                raise FetchError(f"{type(e).__name__} fetching {redact_url(url)}") from None
             if time.monotonic() - started > self.timeout:
-                raise FetchError(f"timed out after {self.timeout:g}s fetching {url[:200]}")
+                raise FetchError(f"timed out after {self.timeout:g}s fetching {redact_url(url)}")
         raise FetchError(f"more than {self.max_redirects} redirects")
 
     def _read(self, response: httpx.Response, started: float) -> FetchResult:

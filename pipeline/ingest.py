@@ -11,6 +11,7 @@ silently, never a crash.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -96,8 +97,17 @@ class Ingest:
                 msgs = self.broker.loop.run(subscription.fetch(64, timeout=1))
             except TimeoutError:
                 continue
+            except Exception:
+                logger.warning("Fetching events failed; trying again.", exc_info=True)
+                self.stop_event.wait(1)
+                continue
             for msg in msgs:
-                self.handle(msg)
+                try:
+                    self.handle(msg)
+                except Exception:  # NATS or the database is away: the event comes back, we go on
+                    logger.warning("Could not ingest an event on %s; it will be retried.", msg.subject, exc_info=True)
+                    with contextlib.suppress(Exception):
+                        self.broker.run(msg.nak(delay=5))
 
     def handle(self, msg: Msg) -> None:
         try:
@@ -108,6 +118,7 @@ class Ingest:
             self.broker.dead_letter(self.dead, msg, "", e)
             return
         message_id = f"event-{msg.metadata.stream}-{msg.metadata.sequence.stream}"
+        job["trace"] = message_id  # one check, end to end: stages derive their message ids from it
         message = dramatiq.Message(
             queue_name=queue, actor_name=queue, args=(job,), kwargs={}, options={}, message_id=message_id
         )

@@ -49,6 +49,10 @@ class Snapshot(SQLModel, table=True):
     etag: str | None = Field(default=None, max_length=512)
     last_modified: str | None = Field(default=None, max_length=128)
     taken_at: datetime = Field(default_factory=utcnow)
+    #: The check that took it, and the snapshot it was compared with: a redelivered
+    #: scrape finds its own snapshot and hands the same change on again.
+    trace: str = Field(default="", max_length=128, index=True)
+    before_id: int | None = None
 
 
 class Check(SQLModel, table=True):
@@ -71,9 +75,12 @@ class Finding(SQLModel, table=True):
     """The analyser's verdict on one change."""
 
     __tablename__ = "findings"
-    __table_args__ = (UniqueConstraint("source", "content_hash", "analyser", name="uq_findings_change"),)
+    # One verdict per change (the snapshot that ended it) and analyser: content that
+    # comes back later is a new change with a new finding.
+    __table_args__ = (UniqueConstraint("snapshot_id", "analyser", name="uq_findings_change"),)
 
     id: int | None = Field(default=None, primary_key=True)
+    snapshot_id: int = Field(foreign_key="snapshots.id")
     source: str = Field(max_length=2048)
     content_hash: str = Field(max_length=64)
     analyser: str = Field(max_length=32)  # "rules" or "llm"
@@ -94,7 +101,8 @@ class Alert(SQLModel, table=True):
     finding_id: int = Field(foreign_key="findings.id", index=True)
     target: str = Field(max_length=2048)  # shown redacted; the hash is what dedupes
     target_hash: str = Field(max_length=64)
-    status: str = Field(default="pending", max_length=16)  # pending, sent, failed
+    status: str = Field(default="pending", max_length=16)  # pending, sending, sent, failed
+    claimed_at: datetime | None = None  # when a worker took it for sending (a lease)
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 
@@ -102,6 +110,7 @@ class Delivery(SQLModel, table=True):
     """Every attempt to deliver an alert, successful or not."""
 
     __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("alert_id", "attempt", name="uq_deliveries_attempt"),)
 
     id: int | None = Field(default=None, primary_key=True)
     alert_id: int = Field(foreign_key="alerts.id", index=True)

@@ -40,11 +40,13 @@ class Politeness:
         async with self._lock:
             if self._kv is None:
                 js = self.broker.js
+                # Create, or update the TTL when the configured interval changed.
+                config = KeyValueConfig(bucket=self.bucket, ttl=self.interval, storage=StorageType.MEMORY)
                 try:
-                    self._kv = await js.key_value(self.bucket)
-                except nats.js.errors.BucketNotFoundError:
-                    config = KeyValueConfig(bucket=self.bucket, ttl=self.interval, storage=StorageType.MEMORY)
                     self._kv = await js.create_key_value(config)
+                except nats.js.errors.BadRequestError:
+                    await js.update_stream(name=f"KV_{self.bucket}", max_age=self.interval)
+                    self._kv = await js.key_value(self.bucket)
             return self._kv
 
     async def _claim(self, host: str) -> float:

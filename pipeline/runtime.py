@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 from pipeline.bodies import BodyStore
@@ -27,10 +28,19 @@ def webhook_secret(home: Path = DEFAULT_HOME) -> str:
         return secret
     path = home / "webhook-secret"
     home.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.write_text(new_secret())
-        path.chmod(0o600)
-    return path.read_text().strip()
+    try:  # exactly one process creates it, readable by its owner only from the start
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(new_secret())
+    for _ in range(50):  # a process that lost the race may read before the winner has written
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+        time.sleep(0.02)
+    raise RuntimeError(f"{path} is empty")
 
 
 def context(broker: JetStreamBroker) -> Context:

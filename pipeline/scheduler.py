@@ -60,9 +60,12 @@ class Scheduler:
         return len(due)
 
     def run(self) -> None:
-        Ingest(self.broker, self.ctx).declare()  # the events stream must exist before publishing
+        declared = False
         while not self.stop_event.is_set():
             try:
+                if not declared:
+                    Ingest(self.broker, self.ctx).declare()  # the events stream must exist before publishing
+                    declared = True
                 self.run_once()
             except Exception:
                 logger.exception("Scheduling pass failed; trying again in %ss.", self.tick)

@@ -15,12 +15,14 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy import and_, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from pipeline import notify, webhooks
 from pipeline.bodies import BodyStore
@@ -111,6 +113,11 @@ def scrape(ctx: Context, job: Job, send_analyse: Send) -> None:
     digest = content_hash(text)
     with Session(ctx.engine) as session:
         last = _latest_snapshot(session, job["source"])
+        if last is not None and job.get("trace") and last.trace == job["trace"]:
+            # Redelivered after our own snapshot was stored: hand the same change on again.
+            _record(ctx, job, "scrape", "changed", started, "redelivered")
+            send_analyse({**job, "before_id": last.before_id, "after_id": last.id})
+            return
         if last is not None and last.content_hash == digest:
             _record(ctx, job, "scrape", "unchanged", started)
             return
@@ -120,10 +127,12 @@ def scrape(ctx: Context, job: Job, send_analyse: Send) -> None:
             text=text,
             etag=job.get("etag"),
             last_modified=job.get("last_modified"),
+            trace=job.get("trace", ""),
+            before_id=last.id if last else None,
         )
         session.add(snapshot)
         session.commit()
-        before_id, after_id = (last.id if last else None), snapshot.id
+        before_id, after_id = snapshot.before_id, snapshot.id
     _record(ctx, job, "scrape", "changed", started, digest)
     send_analyse({**job, "before_id": before_id, "after_id": after_id})
 
@@ -138,6 +147,7 @@ def analyse(ctx: Context, job: Job, send_alert: Send) -> None:
         assert after is not None, f"snapshot {job['after_id']} is gone"
         verdict = rule.evaluate(diff(before.text if before else None, after.text))
         finding = Finding(
+            snapshot_id=after.id,
             source=job["source"],
             content_hash=after.content_hash,
             analyser="rules",
@@ -151,11 +161,7 @@ def analyse(ctx: Context, job: Job, send_alert: Send) -> None:
             session.commit()
         except IntegrityError:  # redelivered: the finding exists, reuse it
             session.rollback()
-            same_change = (
-                Finding.source == job["source"],
-                Finding.content_hash == after.content_hash,
-                Finding.analyser == "rules",
-            )
+            same_change = (Finding.snapshot_id == after.id, Finding.analyser == "rules")
             finding = session.exec(select(Finding).where(*same_change)).one()
         finding_id, relevant = finding.id, finding.relevant
     _record(ctx, job, "analyse", "relevant" if relevant else "irrelevant", started, verdict.summary)
@@ -164,7 +170,7 @@ def analyse(ctx: Context, job: Job, send_alert: Send) -> None:
 
 
 def alert(ctx: Context, job: Job) -> None:
-    """Deliver a finding to each target once; raise (to retry) while any delivery fails."""
+    """Deliver a finding to each target once; raise (to retry) while any delivery is not done."""
     started = time.monotonic()
     failures = []
     with Session(ctx.engine) as session:
@@ -174,10 +180,14 @@ def alert(ctx: Context, job: Job) -> None:
             record = _alert_row(session, finding.id, target)  # type: ignore[arg-type]
             if record.status == "sent":
                 continue  # redelivered message: never a second alert
+            if not _claim(session, record):
+                failures.append(f"{redact(target)}: being delivered by another worker")
+                continue
             attempt = len(session.exec(select(Delivery).where(Delivery.alert_id == record.id)).all()) + 1
             ok, status, error = _deliver(ctx, record, finding, job)
             session.add(Delivery(alert_id=record.id, attempt=attempt, ok=ok, status_code=status, error=error))  # type: ignore[arg-type]
             record.status = "sent" if ok else "failed"
+            record.claimed_at = None
             session.add(record)
             session.commit()
             if not ok:
@@ -185,6 +195,25 @@ def alert(ctx: Context, job: Job) -> None:
     _record(ctx, job, "alert", "error" if failures else "sent", started, "; ".join(failures))
     if failures:
         raise DeliveryError("; ".join(failures))
+
+
+#: How long a worker may hold an alert for sending before another may take it over.
+CLAIM_LEASE = timedelta(minutes=5)
+
+
+def _claim(session: Session, record: Alert) -> bool:
+    """Take the alert for sending, atomically: of two workers, exactly one wins."""
+    now = utcnow()
+    claimable = or_(
+        col(Alert.status).in_(("pending", "failed")),
+        and_(Alert.status == "sending", col(Alert.claimed_at) < now - CLAIM_LEASE),
+    )
+    result = session.execute(
+        update(Alert).where(Alert.id == record.id, claimable).values(status="sending", claimed_at=now)
+    )
+    session.commit()
+    session.refresh(record)
+    return result.rowcount == 1
 
 
 class DeliveryError(RuntimeError):
@@ -232,9 +261,10 @@ def _deliver(ctx: Context, record: Alert, finding: Finding, job: Job) -> tuple[b
         return notify.send(target, finding, job, ctx.fetcher.policy)
     headers = webhooks.signed_headers(ctx.webhook_secret, f"alert-{record.id}", body)
     try:
-        response = ctx.fetcher.client.post(
-            target, content=body, headers={**headers, "Content-Type": "application/json"}
-        )
-    except Exception as e:  # the guard and httpx say why; nothing secret in the message
-        return False, None, f"{type(e).__name__}: {e}"[:500]
-    return response.is_success, response.status_code, "" if response.is_success else f"HTTP {response.status_code}"
+        headers["Content-Type"] = "application/json"
+        with ctx.fetcher.client.stream("POST", target, content=body, headers=headers) as response:
+            status_code = response.status_code  # the body is never read: nothing to bound
+    except Exception as e:  # the type says why; the message could name the target's secrets
+        return False, None, f"{type(e).__name__} posting to {redact(target)}"
+    ok = 200 <= status_code < 300
+    return ok, status_code, "" if ok else f"HTTP {status_code}"

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from pipeline.db import make_engine, migrate
-from pipeline.models import Alert, Finding, Monitor
+from pipeline.models import Alert, Finding, Monitor, Snapshot
 
 
 def test_migrations_create_every_table_and_index(db_engine: Engine) -> None:
@@ -47,8 +47,19 @@ def test_due_monitors_are_found(db_engine: Engine) -> None:
 def test_a_change_gets_one_finding_and_a_target_one_alert(db_engine: Engine) -> None:
     engine = db_engine
     with Session(engine) as session:
-        finding = Finding(source="monitor:1", content_hash="ab" * 32, analyser="rules", relevant=True,
-                          severity="warning", summary="price is 95", evidence=["95"])  # fmt: skip
+        snapshot = Snapshot(source="monitor:1", content_hash="ab" * 32, text="price 95")
+        session.add(snapshot)
+        session.commit()
+        finding = Finding(
+            snapshot_id=snapshot.id,
+            source="monitor:1",
+            content_hash="ab" * 32,
+            analyser="rules",
+            relevant=True,
+            severity="warning",
+            summary="price is 95",
+            evidence=["95"],
+        )
         session.add(finding)
         session.commit()
         session.add(Alert(finding_id=finding.id, target="json://x", target_hash="h1"))
@@ -57,7 +68,16 @@ def test_a_change_gets_one_finding_and_a_target_one_alert(db_engine: Engine) -> 
         with pytest.raises(IntegrityError):
             session.commit()
         session.rollback()
-        session.add(Finding(source="monitor:1", content_hash="ab" * 32, analyser="rules", relevant=True,
-                            severity="warning", summary="again"))  # fmt: skip
+        session.add(
+            Finding(
+                snapshot_id=snapshot.id,
+                source="monitor:1",
+                content_hash="ab" * 32,
+                analyser="rules",
+                relevant=True,
+                severity="warning",
+                summary="again",
+            )
+        )
         with pytest.raises(IntegrityError):
             session.commit()

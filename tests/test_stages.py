@@ -164,3 +164,53 @@ def test_fetch_says_not_yet_when_the_host_was_just_fetched(ctx: Context, site: S
     with pytest.raises(stages.NotYetError):
         stages.fetch(polite, job(site), lambda j: None)
     assert len([r for r in site.requests if r[0] == "/p"]) == 1
+
+
+def test_two_alert_messages_for_one_finding_deliver_once(ctx: Context, site: Site) -> None:
+    """Two workers race on the same finding (a re-sent upstream message): one delivery."""
+    import threading
+
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    handed = run_through(ctx, job(site, rule="price < 100"))
+    alert_job = dict(handed[2][1])
+    with Session(ctx.engine) as session:  # as if the first delivery had failed: claimable again
+        from pipeline.models import Alert
+
+        record = session.exec(select(Alert)).one()
+        record.status = "failed"
+        session.add(record)
+        session.commit()
+    site.posts.clear()
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            stages.alert(ctx, alert_job)
+        except stages.DeliveryError as e:  # the loser is told to retry later
+            errors.append(e)
+
+    workers = [threading.Thread(target=deliver) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(site.posts) <= 1
+    stages.alert(ctx, alert_job)  # the loser's retry: already sent, nothing more
+    assert len(site.posts) == 1
+
+
+def test_a_redelivered_scrape_hands_the_same_change_on(ctx: Context, site: Site) -> None:
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    handed = run_through(ctx, job(site, trace="check-1"))
+    scrape_job, analyse_job = handed[0][1], handed[1][1]
+    again: list[dict] = []
+    stages.scrape(ctx, scrape_job, again.append)  # e.g. the send to analyse was lost
+    assert [(j["before_id"], j["after_id"]) for j in again] == [(analyse_job["before_id"], analyse_job["after_id"])]
+
+
+def test_content_that_comes_back_alerts_again(ctx: Context, site: Site) -> None:
+    rule = "/outage/i"
+    for text in (b"all good", b"Major outage", b"all good", b"Major outage"):
+        site.routes["/p"] = Page(b"<p class='price'>" + text + b"</p>")
+        run_through(ctx, job(site, rule=rule))
+    assert len(site.posts) == 2  # both outages, although the second looks like the first

@@ -1,7 +1,7 @@
 """initial schema
 
 Revision ID: 0001
-Revises:
+Revises: (none)
 Create Date: 2026-11-25
 """
 
@@ -36,23 +36,6 @@ def upgrade() -> None:
         batch_op.create_index("ix_checks_source_started", ["source", "started_at"], unique=False)
 
     op.create_table(
-        "findings",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=2048), nullable=False),
-        sa.Column("content_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("analyser", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("relevant", sa.Boolean(), nullable=False),
-        sa.Column("severity", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-        sa.Column("summary", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
-        sa.Column("evidence", sa.JSON(), nullable=False),
-        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("source", "content_hash", "analyser", name="uq_findings_change"),
-    )
-    with op.batch_alter_table("findings", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_findings_created_at"), ["created_at"], unique=False)
-
-    op.create_table(
         "monitors",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
@@ -79,11 +62,36 @@ def upgrade() -> None:
         sa.Column("etag", sqlmodel.sql.sqltypes.AutoString(length=512), nullable=True),
         sa.Column("last_modified", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
         sa.Column("taken_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("trace", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("before_id", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("snapshots", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_snapshots_content_hash"), ["content_hash"], unique=False)
         batch_op.create_index("ix_snapshots_source_taken", ["source", "taken_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_snapshots_trace"), ["trace"], unique=False)
+
+    op.create_table(
+        "findings",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("snapshot_id", sa.Integer(), nullable=False),
+        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=2048), nullable=False),
+        sa.Column("content_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("analyser", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("relevant", sa.Boolean(), nullable=False),
+        sa.Column("severity", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("summary", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
+        sa.Column("evidence", sa.JSON(), nullable=False),
+        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["snapshot_id"],
+            ["snapshots.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("snapshot_id", "analyser", name="uq_findings_change"),
+    )
+    with op.batch_alter_table("findings", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_findings_created_at"), ["created_at"], unique=False)
 
     op.create_table(
         "alerts",
@@ -92,6 +100,7 @@ def upgrade() -> None:
         sa.Column("target", sqlmodel.sql.sqltypes.AutoString(length=2048), nullable=False),
         sa.Column("target_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("claimed_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["finding_id"],
@@ -118,6 +127,7 @@ def upgrade() -> None:
             ["alerts.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("alert_id", "attempt", name="uq_deliveries_attempt"),
     )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_deliveries_alert_id"), ["alert_id"], unique=False)
@@ -136,7 +146,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_alerts_created_at"))
 
     op.drop_table("alerts")
+    with op.batch_alter_table("findings", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_findings_created_at"))
+
+    op.drop_table("findings")
     with op.batch_alter_table("snapshots", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_snapshots_trace"))
         batch_op.drop_index("ix_snapshots_source_taken")
         batch_op.drop_index(batch_op.f("ix_snapshots_content_hash"))
 
@@ -145,10 +160,6 @@ def downgrade() -> None:
         batch_op.drop_index("ix_monitors_due")
 
     op.drop_table("monitors")
-    with op.batch_alter_table("findings", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_findings_created_at"))
-
-    op.drop_table("findings")
     with op.batch_alter_table("checks", schema=None) as batch_op:
         batch_op.drop_index("ix_checks_source_started")
         batch_op.drop_index(batch_op.f("ix_checks_message_id"))
