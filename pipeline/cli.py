@@ -206,11 +206,24 @@ def monitor_add(
     if every < 30:
         raise typer.BadParameter("--every must be at least 30 seconds")
     with Session(_engine()) as session:
-        monitor = Monitor(name=name or url, url=url, selector=selector, rule=rule, interval_seconds=every,
-                          notify=list(notify))  # fmt: skip
+        monitor = Monitor(
+            name=name or _display_url(url),
+            url=url,
+            selector=selector,
+            rule=rule,
+            interval_seconds=every,
+            notify=list(notify),
+        )
         session.add(monitor)
         session.commit()
         typer.echo(monitor.id)
+
+
+def _display_url(url: str) -> str:
+    """A URL without credentials or query string (they may hold keys), for output."""
+    import httpx
+
+    return str(httpx.URL(url).copy_with(username=None, password=None, query=None))
 
 
 def _first_error(error) -> str:
@@ -224,6 +237,7 @@ def monitor_show(monitor_id: int) -> None:
     from sqlmodel import Session, select
 
     from pipeline.models import Check, Finding, Monitor
+    from pipeline.stages import redact
 
     with Session(_engine()) as session:
         monitor = session.get(Monitor, monitor_id)
@@ -236,6 +250,8 @@ def monitor_show(monitor_id: int) -> None:
             select(Finding).where(Finding.source == source).order_by(Finding.id.desc()).limit(5)
         ).all()  # type: ignore[union-attr]
         data = monitor.model_dump(mode="json")
+    data["url"] = _display_url(data["url"]) if data.get("url") else None
+    data["notify"] = [redact(target) for target in data["notify"]]
     for key, value in data.items():
         typer.echo(f"{key}: {value}")
     typer.echo("recent checks:")
@@ -255,9 +271,18 @@ def monitor_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.
 
     with Session(_engine()) as session:
         monitors = session.exec(select(Monitor).order_by(Monitor.id)).all()
-    rows = [{"id": m.id, "name": m.name, "url": m.url, "rule": m.rule, "every": m.interval_seconds,
-             "paused": m.paused, "next_check_at": m.next_check_at.isoformat(timespec="seconds")}
-            for m in monitors]  # fmt: skip
+    rows = [
+        {
+            "id": m.id,
+            "name": m.name,
+            "url": _display_url(m.url) if m.url else None,
+            "rule": m.rule,
+            "every": m.interval_seconds,
+            "paused": m.paused,
+            "next_check_at": m.next_check_at.isoformat(timespec="seconds"),
+        }
+        for m in monitors
+    ]
     if as_json:
         typer.echo(json.dumps(rows))
         return
@@ -444,8 +469,17 @@ def check(
         fetcher.close()
     verdict = parsed.evaluate(diff(None, text))
     if as_json:
-        typer.echo(json.dumps({"text": text, "relevant": verdict.relevant, "summary": verdict.summary,
-                               "evidence": list(verdict.evidence), "status": result.status}))  # fmt: skip
+        typer.echo(
+            json.dumps(
+                {
+                    "text": text,
+                    "relevant": verdict.relevant,
+                    "summary": verdict.summary,
+                    "evidence": list(verdict.evidence),
+                    "status": result.status,
+                }
+            )
+        )
     else:
         typer.echo(text[:2000] + ("\n…" if len(text) > 2000 else ""))
         typer.echo(f"\n{'MATCHES' if verdict.relevant else 'no match'}: {verdict.summary}")

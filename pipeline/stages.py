@@ -29,6 +29,7 @@ from pipeline.bodies import BodyStore
 from pipeline.extract import content_hash, diff, extract
 from pipeline.fetcher import Fetcher
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
+from pipeline.netguard import BlockedAddressError
 from pipeline.politeness import Politeness
 from pipeline.rules import parse_rule
 
@@ -58,7 +59,7 @@ def _record(ctx: Context, job: Job, stage: str, outcome: str, started: float, de
                 stage=stage,
                 outcome=outcome,
                 detail=detail[:2000],
-                message_id=job.get("message_id", ""),
+                message_id=job.get("trace", "")[:64],
                 seconds=time.monotonic() - started,
             )
         )
@@ -258,12 +259,14 @@ def _deliver(ctx: Context, record: Alert, finding: Finding, job: Job) -> tuple[b
     body = json.dumps(payload, sort_keys=True).encode()
     target = next(t for t in job["notify"] if hashlib.sha256(t.encode()).hexdigest() == record.target_hash)
     if not target.startswith(("http://", "https://")):
-        return notify.send(target, finding, job, ctx.fetcher.policy)
+        return notify.send(target, finding, job, ctx.fetcher)
     headers = webhooks.signed_headers(ctx.webhook_secret, f"alert-{record.id}", body)
     try:
         headers["Content-Type"] = "application/json"
         with ctx.fetcher.client.stream("POST", target, content=body, headers=headers) as response:
             status_code = response.status_code  # the body is never read: nothing to bound
+    except BlockedAddressError as e:  # names the host only
+        return False, None, str(e)
     except Exception as e:  # the type says why; the message could name the target's secrets
         return False, None, f"{type(e).__name__} posting to {redact(target)}"
     ok = 200 <= status_code < 300

@@ -108,3 +108,12 @@ def test_check_shows_the_watched_text_and_the_verdict(monkeypatch: pytest.Monkey
     monkeypatch.delenv("PIPELINE_FETCH_ALLOW_HOSTS")
     code, out = run("check", "http://169.254.169.254/latest/meta-data/")
     assert code == 1 and "non-public address" in out
+
+
+def test_monitor_output_never_shows_keys_in_urls() -> None:
+    code, _ = run("monitor", "add", "https://user:pw@example.com/feed?api_key=SECRET1", "--notify",
+                  "https://hooks.example.com/T000/B000/XXXX")  # fmt: skip
+    assert code == 0
+    shown = run("monitor", "show", "1")[1] + run("monitor", "list", "--json")[1]
+    assert "SECRET1" not in shown and "pw@" not in shown and "XXXX" not in shown
+    assert "https://example.com/feed" in shown
