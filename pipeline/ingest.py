@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from typing import Any
 
 import dramatiq
@@ -24,6 +23,7 @@ from sqlmodel import Session
 from pipeline.broker import JetStreamBroker, QueueNames
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
 from pipeline.models import Monitor
+from pipeline.service import BackgroundService
 from pipeline.stages import Context
 
 logger = logging.getLogger(__name__)
@@ -61,11 +61,11 @@ def job_for(event: Event, ctx: Context) -> tuple[str, dict[str, Any]]:
     return "scrape", {"source": source, "body_key": key, "content_type": event.content_type, **common}
 
 
-class Ingest:
+class Ingest(BackgroundService):
     def __init__(self, broker: JetStreamBroker, ctx: Context) -> None:
+        super().__init__()
         self.broker = broker
         self.ctx = ctx
-        self.stop_event = threading.Event()
         self.dead = QueueNames(broker.prefix, "events")
 
     def declare(self) -> None:
@@ -124,15 +124,3 @@ class Ingest:
         )
         self.broker.enqueue(message)
         self.broker.run(msg.ack())
-
-    def start(self) -> threading.Thread:
-        """Run in a daemon thread of this process."""
-        self.thread = threading.Thread(target=self.run, name=type(self).__name__.lower(), daemon=True)
-        self.thread.start()
-        return self.thread
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.stop_event.set()
-        thread = getattr(self, "thread", None)
-        if thread is not None:
-            thread.join(timeout)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 from datetime import UTC, datetime, timedelta
 
 from sqlmodel import Session, select
@@ -20,6 +19,7 @@ from sqlmodel import Session, select
 from pipeline.broker import JetStreamBroker
 from pipeline.ingest import Ingest
 from pipeline.models import Monitor
+from pipeline.service import BackgroundService
 from pipeline.stages import Context
 
 logger = logging.getLogger(__name__)
@@ -32,13 +32,13 @@ def slot_id(monitor: Monitor) -> str:
     return f"monitor:{monitor.id}:{int(monitor.next_check_at.timestamp())}"
 
 
-class Scheduler:
+class Scheduler(BackgroundService):
     def __init__(self, broker: JetStreamBroker, ctx: Context, *, tick: float = 5.0, jitter: float = 0.1) -> None:
+        super().__init__()
         self.broker = broker
         self.ctx = ctx
         self.tick = tick
         self.jitter = jitter
-        self.stop_event = threading.Event()
         self.subject = f"{broker.prefix}.events.monitor"
 
     def run_once(self, now: datetime | None = None) -> int:
@@ -70,15 +70,3 @@ class Scheduler:
             except Exception:
                 logger.exception("Scheduling pass failed; trying again in %ss.", self.tick)
             self.stop_event.wait(self.tick)
-
-    def start(self) -> threading.Thread:
-        """Run in a daemon thread of this process."""
-        self.thread = threading.Thread(target=self.run, name=type(self).__name__.lower(), daemon=True)
-        self.thread.start()
-        return self.thread
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.stop_event.set()
-        thread = getattr(self, "thread", None)
-        if thread is not None:
-            thread.join(timeout)
