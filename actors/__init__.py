@@ -11,8 +11,10 @@ import os
 
 import dramatiq
 
+from pipeline import logredact
 from pipeline.broker import JetStreamBroker
 
+logredact.install()  # Dramatiq logs failed messages with their arguments: no URL secrets in them
 broker = JetStreamBroker(prefix=os.environ.get("PIPELINE_PREFIX", "pipeline"))
 dramatiq.set_broker(broker)
 

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import typer
 
+from pipeline import logredact
 from pipeline.nats_server import DEFAULT_HOME, embedded_url
+
+logredact.install()
 
 app = typer.Typer(help="An AI monitoring pipeline on Dramatiq and NATS JetStream.", no_args_is_help=True)
 
