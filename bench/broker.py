@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,7 +49,6 @@ class Row:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     note: str = ""
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def make_broker(kind: str, nats_url: str, prefix: str) -> dramatiq.Broker:

@@ -60,7 +60,7 @@ def free_port() -> int:
 class NatsServer:
     """One ``nats-server`` process with JetStream on loopback.
 
-    Ports are chosen once, so ``restart()`` comes back at the same address
+    Ports are chosen once, so ``stop()`` (or ``kill()``) then ``start()`` comes back at the same address
     with the same store: clients reconnect to it as they would in production.
     """
 
@@ -140,10 +140,6 @@ class NatsServer:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def __enter__(self) -> NatsServer:
         return self.start()

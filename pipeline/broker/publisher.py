@@ -10,7 +10,6 @@ exactly which messages were stored.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -33,7 +32,6 @@ class Pending:
     headers: dict[str, str]
     batch: Batch
     stored: bool = False
-    error: str | None = None
     sent_at: float = 0.0
 
 
@@ -78,36 +76,31 @@ class Publisher:
         pending.batch.answered.clear()
         try:
             await self.nc.publish(pending.subject, pending.data, reply=f"{self.inbox}.{token}", headers=pending.headers)
-        except Exception as e:
-            self._answered(token, error=f"{type(e).__name__}: {e}")
+        except Exception:  # not sent: settle re-publishes it
+            self._answered(token, stored=False)
 
     async def _on_reply(self, msg: Msg) -> None:
         token = msg.subject.rsplit(".", 1)[-1]
         status = msg.headers.get("Status") if msg.headers else None
-        if status:
-            self._answered(token, error=f"status {status}")
-        elif b'"error"' in msg.data:
-            self._answered(token, error=str(json.loads(msg.data)["error"].get("description")))
-        else:
-            self._answered(token)
+        # A status (no responders) or an API error in the PubAck: not stored.
+        self._answered(token, stored=not status and b'"error"' not in msg.data)
 
-    def _answered(self, token: str, error: str | None = None) -> None:
+    def _answered(self, token: str, stored: bool) -> None:
         pending = self.waiting.pop(token, None)
         if pending is None:
             return  # answered after its batch gave up on it
         self.room.release()
-        pending.stored = error is None
-        pending.error = error
+        pending.stored = stored
         pending.batch.answer()
 
     def _expire(self) -> None:
         cutoff = time.monotonic() - self.reply_timeout
         for token, pending in list(self.waiting.items()):
             if pending.sent_at < cutoff:
-                self._answered(token, error="no PubAck in time")
+                self._answered(token, stored=False)
 
     def abandon(self, batch: Batch) -> None:
         """Stop waiting for a batch's missing answers (they are re-published instead)."""
         for token, pending in list(self.waiting.items()):
             if pending.batch is batch:
-                self._answered(token, error="no PubAck in time")
+                self._answered(token, stored=False)
