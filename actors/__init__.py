@@ -11,10 +11,10 @@ import os
 
 import dramatiq
 
-from pipeline import logredact
+from pipeline import redact
 from pipeline.broker import JetStreamBroker
 
-logredact.install()  # Dramatiq logs failed messages with their arguments: no URL secrets in them
+redact.install()  # Dramatiq logs failed messages with their arguments: no URL secrets in them
 broker = JetStreamBroker(prefix=os.environ.get("PIPELINE_PREFIX", "pipeline"))
 dramatiq.set_broker(broker)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import typer
 
-from pipeline import logredact
+from pipeline import redact
 from pipeline.nats_server import DEFAULT_HOME, embedded_url
 
-logredact.install()
+redact.install()
 
 app = typer.Typer(help="An AI monitoring pipeline on Dramatiq and NATS JetStream.", no_args_is_help=True)
 
@@ -177,9 +178,17 @@ app.add_typer(monitor_app, name="monitor")
 
 
 def _engine():
+    """The database, migrated: once per URL and process (`up` asks every few seconds)."""
+    from pipeline.db import database_url
+
+    return _migrated_engine(database_url())
+
+
+@functools.cache
+def _migrated_engine(url: str):
     from pipeline.db import make_engine, migrate
 
-    engine = make_engine()
+    engine = make_engine(url)
     migrate(engine)
     return engine
 
@@ -210,7 +219,7 @@ def monitor_add(
         raise typer.BadParameter("--every must be at least 30 seconds")
     with Session(_engine()) as session:
         monitor = Monitor(
-            name=name or _display_url(url),
+            name=name or redact.display_url(url),
             url=url,
             selector=selector,
             rule=rule,
@@ -220,13 +229,6 @@ def monitor_add(
         session.add(monitor)
         session.commit()
         typer.echo(monitor.id)
-
-
-def _display_url(url: str) -> str:
-    """A URL without credentials or query string (they may hold keys), for output."""
-    import httpx
-
-    return str(httpx.URL(url).copy_with(username=None, password=None, query=None))
 
 
 def _first_error(error) -> str:
@@ -240,7 +242,6 @@ def monitor_show(monitor_id: int) -> None:
     from sqlmodel import Session, select
 
     from pipeline.models import Check, Finding, Monitor
-    from pipeline.stages import redact
 
     with Session(_engine()) as session:
         monitor = session.get(Monitor, monitor_id)
@@ -253,8 +254,8 @@ def monitor_show(monitor_id: int) -> None:
             select(Finding).where(Finding.source == source).order_by(Finding.id.desc()).limit(5)
         ).all()  # type: ignore[union-attr]
         data = monitor.model_dump(mode="json")
-    data["url"] = _display_url(data["url"]) if data.get("url") else None
-    data["notify"] = [redact(target) for target in data["notify"]]
+    data["url"] = redact.display_url(data["url"]) if data.get("url") else None
+    data["notify"] = [redact.redact_url(target) for target in data["notify"]]
     for key, value in data.items():
         typer.echo(f"{key}: {value}")
     typer.echo("recent checks:")
@@ -278,7 +279,7 @@ def monitor_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.
         {
             "id": m.id,
             "name": m.name,
-            "url": _display_url(m.url) if m.url else None,
+            "url": redact.display_url(m.url) if m.url else None,
             "rule": m.rule,
             "every": m.interval_seconds,
             "paused": m.paused,

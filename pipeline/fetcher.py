@@ -17,18 +17,9 @@ import httpcore
 import httpx
 
 from pipeline.netguard import AddressPolicy, BlockedAddressError
+from pipeline.redact import redact_url
 
 USER_AGENT = "nats-ai-pipeline/0.1 (+https://github.com/; monitoring)"
-
-
-def redact_url(url: str) -> str:
-    """Scheme, host and port only: no credentials, path or query (they may hold keys)."""
-    try:
-        parts = httpx.URL(url)
-    except Exception:
-        return "<invalid URL>"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.host}{port}/…"
 
 
 class FetchError(Exception):

@@ -1,31 +1,44 @@
-"""Keep secrets out of logs: every URL in a log record is cut to scheme and host.
+"""Keep secrets out of logs, errors and output: URLs are cut to scheme and host.
 
-Dramatiq logs a failed message with its arguments, and a job's arguments
-hold URLs whose paths, queries or user parts can be keys (a Slack webhook
-path, ``?api_key=``, ``mailtos://user:password@``).  Installed once per
-process, this rewrites each record's message and traceback before any
-handler sees it.
+One place decides what of a URL may be shown: log records, fetch and
+delivery errors, stored alert targets, the CLI.  Dramatiq logs a failed
+message with its arguments, and those hold URLs whose paths, queries or
+user parts can be keys (a Slack webhook path, ``?api_key=``,
+``mailtos://user:password@``); ``install()`` rewrites every log record of
+the process before any handler sees it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 _URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]{1,15})://([^\s'\"<>,)\]}]*)")
 _formatter = logging.Formatter()
 
+#: Schemes whose host names a server; in the others (slack://T/B/X) the "host" is part of the secret.
+_HOST_SCHEMES = {"http", "https", "nats", "tls", "ws", "wss"}
 
-def _cut(match: re.Match[str]) -> str:
-    scheme, rest = match.group(1), match.group(2)
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1].split("?", 1)[0]
-    if scheme.lower() not in ("http", "https", "nats", "tls", "ws", "wss"):
-        host = "…"  # service URLs (slack://T/B/X) keep their secret in the "host"
-    return f"{scheme}://{host}/…"
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/…``: no credentials, path or query, which may hold keys."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in _HOST_SCHEMES:
+        return f"{scheme}://…"
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{netloc}/…"
+
+
+def display_url(url: str) -> str:
+    """A URL without credentials or query string, for listings where the path is wanted."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def redact_text(text: str) -> str:
-    return _URL.sub(_cut, text)
+    return _URL.sub(lambda match: redact_url(match.group(0)), text)
 
 
 def install() -> None:

@@ -31,6 +31,7 @@ from pipeline.fetcher import Fetcher
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
 from pipeline.netguard import BlockedAddressError
 from pipeline.politeness import Politeness
+from pipeline.redact import redact_url
 from pipeline.rules import parse_rule
 
 #: The stages, in order; each is a Dramatiq queue of the same name.
@@ -182,7 +183,7 @@ def alert(ctx: Context, job: Job) -> None:
             if record.status == "sent":
                 continue  # redelivered message: never a second alert
             if not _claim(session, record):
-                failures.append(f"{redact(target)}: being delivered by another worker")
+                failures.append(f"{redact_url(target)}: being delivered by another worker")
                 continue
             attempt = len(session.exec(select(Delivery).where(Delivery.alert_id == record.id)).all()) + 1
             ok, status, error = _deliver(ctx, record, finding, job)
@@ -192,7 +193,7 @@ def alert(ctx: Context, job: Job) -> None:
             session.add(record)
             session.commit()
             if not ok:
-                failures.append(f"{redact(target)}: {error}")
+                failures.append(f"{redact_url(target)}: {error}")
     _record(ctx, job, "alert", "error" if failures else "sent", started, "; ".join(failures))
     if failures:
         raise DeliveryError("; ".join(failures))
@@ -221,15 +222,6 @@ class DeliveryError(RuntimeError):
     pass
 
 
-def redact(target: str) -> str:
-    """A notification URL without credentials, paths or query: safe for logs and dead letters."""
-    scheme, _, rest = target.partition("://")
-    if scheme not in ("http", "https"):
-        return f"{scheme}://…"  # in service URLs (slack://T/B/X) the "host" is part of the secret
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    return f"{scheme}://{host}/…"
-
-
 def _alert_row(session: Session, finding_id: int, target: str) -> Alert:
     target_hash = hashlib.sha256(target.encode()).hexdigest()
     existing = session.exec(
@@ -237,7 +229,7 @@ def _alert_row(session: Session, finding_id: int, target: str) -> Alert:
     ).first()
     if existing is not None:
         return existing
-    record = Alert(finding_id=finding_id, target=redact(target), target_hash=target_hash)
+    record = Alert(finding_id=finding_id, target=redact_url(target), target_hash=target_hash)
     session.add(record)
     session.commit()
     return record
@@ -268,6 +260,6 @@ def _deliver(ctx: Context, record: Alert, finding: Finding, job: Job) -> tuple[b
     except BlockedAddressError as e:  # names the host only
         return False, None, str(e)
     except Exception as e:  # the type says why; the message could name the target's secrets
-        return False, None, f"{type(e).__name__} posting to {redact(target)}"
+        return False, None, f"{type(e).__name__} posting to {redact_url(target)}"
     ok = 200 <= status_code < 300
     return ok, status_code, "" if ok else f"HTTP {status_code}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.logredact import install, redact_text
+from pipeline.redact import display_url, install, redact_text, redact_url
 
 
 def test_urls_lose_paths_queries_and_credentials() -> None:
@@ -26,3 +26,9 @@ def test_installed_in_a_process_log_records_and_tracebacks_are_redacted(caplog) 
     text = caplog.text
     assert "TOPSECRET" not in text and "SECRETPATH" not in text
     assert "https://h.example/…" in text
+
+
+def test_one_rule_for_every_url_shown() -> None:
+    assert redact_url("https://u:pw@shop.example:8443/p?k=1") == "https://shop.example:8443/…"
+    assert redact_url("slack://T0/B0/XyZ") == "slack://…"
+    assert display_url("https://u:pw@shop.example/feed?api_key=K") == "https://shop.example/feed"
