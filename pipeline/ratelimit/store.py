@@ -1,0 +1,157 @@
+"""Where limiter state lives: one process's memory, or a NATS KV bucket every worker shares.
+
+Both offer one operation, ``update(key, change)``: read the key's value,
+let ``change`` compute the new value, its lifetime and a result, write it back
+atomically, return the result.  In NATS that is compare-and-set on the
+key's revision (``Nats-Expected-Last-Subject-Sequence``); a writer that
+lost the race reads again and re-decides, so concurrent workers on any
+number of machines behave as if they took turns.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+
+from pipeline.broker.loop import EventLoopThread
+
+R = TypeVar("R")
+#: Gets the current value (None: absent or expired); returns the value to store (None: leave as is),
+#: how many seconds it matters for, and a result.
+Change = Callable[[bytes | None], tuple[bytes | None, float, R]]
+
+_UNSAFE = re.compile(r"[^-_/a-zA-Z0-9.]")
+
+
+def kv_key(key: str) -> str:
+    """Any string as a valid KV key, readable where it can be: unsafe characters become ``=XX``."""
+    return _UNSAFE.sub(lambda m: "".join(f"={b:02X}" for b in m.group().encode()), key).strip(".") or "="
+
+
+class Store(Protocol):
+    def update(self, key: str, change: Change[R]) -> R: ...
+
+
+class MemoryStore:
+    """One process's state, under a lock: the reference the shared store must match."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._values: dict[str, tuple[bytes, float]] = {}
+
+    def update(self, key: str, change: Change[R]) -> R:
+        with self._lock:
+            value, expires = self._values.get(key, (None, 0.0))
+            current = value if expires > self._clock() else None
+            new, ttl, result = change(current)
+            if new is not None:
+                self._values[key] = (new, self._clock() + ttl)
+            return result
+
+
+class ConflictError(RuntimeError):
+    """Compare-and-set kept losing: far more writers on one key than it can serve."""
+
+
+class KVStore:
+    """Compare-and-set on a NATS KV bucket, for callers on plain threads.
+
+    Entries expire by per-message TTL (nats-server 2.11+), so keys that are
+    never written again (a past window, an idle API key) leave by themselves.
+    """
+
+    MAX_ATTEMPTS = 200
+
+    def __init__(
+        self,
+        bucket: str,
+        js: Callable[[], JetStreamContext],
+        run: Callable[[Coroutine[Any, Any, Any]], Any],
+        *,
+        replicas: int = 1,
+        storage: StorageType = StorageType.FILE,
+    ) -> None:
+        self.bucket = bucket
+        self._js = js
+        self._run = run
+        self._config = KeyValueConfig(bucket=bucket, history=1, replicas=replicas, storage=storage, direct=True)
+        self._opened: JetStreamContext | None = None
+        self.conflicts = 0  # lost compare-and-sets, for benchmarks
+
+    @classmethod
+    def from_broker(cls, broker: Any, name: str) -> KVStore:
+        """A bucket ``<prefix>_<name>`` on the broker's own connection."""
+        return cls(f"{broker.prefix}_{name}", lambda: broker.js, broker.run, replicas=broker.replicas)
+
+    @classmethod
+    def connect(cls, url: str, bucket: str, **options: Any) -> KVStore:
+        """A bucket on a connection of its own (``options`` go to ``nats.connect``)."""
+        loop = EventLoopThread(name=f"kv-{bucket}")
+        nc = loop.run(nats.connect(url, **{"max_reconnect_attempts": -1, **options}), timeout=30)
+        store = cls(bucket, nc.jetstream, lambda coro: loop.run(coro, timeout=30))
+        store._close = lambda: (loop.run(nc.close(), timeout=10), loop.stop())  # type: ignore[attr-defined]
+        return store
+
+    def close(self) -> None:
+        close = getattr(self, "_close", None)
+        if close is not None:
+            close()
+
+    def update(self, key: str, change: Change[R]) -> R:
+        return self._run(self._update(kv_key(key), change))
+
+    def call(self, make: Callable[[JetStreamContext], Awaitable[R]]) -> R:
+        """Run ``make(js)`` on the store's connection (for watches and one-off reads)."""
+
+        async def call() -> R:
+            return await make(await self._open())
+
+        return self._run(call())
+
+    async def _open(self) -> JetStreamContext:
+        js = self._js()
+        if self._opened is not js:  # first use, or a new connection after a broker restart
+            try:
+                await js.key_value(self.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                await js.create_key_value(self._config)
+            self._opened = js
+        return js
+
+    async def _update(self, key: str, change: Change[R]) -> R:
+        js = await self._open()
+        subject = f"$KV.{self.bucket}.{key}"
+        for _ in range(self.MAX_ATTEMPTS):
+            current, revision = await self._read(js, subject)
+            new, ttl, result = change(current)
+            if new is None:
+                return result
+            headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+            try:
+                await js.publish(subject, new, headers=headers, msg_ttl=max(1, math.ceil(ttl)))
+                return result
+            except nats.js.errors.APIError as e:
+                if e.err_code not in (10071, 10164):  # wrong last sequence: someone wrote first
+                    raise
+                self.conflicts += 1
+        raise ConflictError(f"{self.MAX_ATTEMPTS} compare-and-set attempts on {key!r} lost")
+
+    async def _read(self, js: JetStreamContext, subject: str) -> tuple[bytes | None, int]:
+        try:
+            msg: Msg = await js.get_msg(f"KV_{self.bucket}", subject=subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None, 0
+        deleted = msg.headers and (msg.headers.get("KV-Operation") or msg.headers.get("Nats-Marker-Reason"))
+        return (None if deleted else msg.data), msg.seq
