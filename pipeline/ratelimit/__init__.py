@@ -6,8 +6,19 @@
 - :mod:`~pipeline.ratelimit.dramatiq_backend`: Dramatiq's own rate limiters on NATS KV.
 """
 
+from pipeline.ratelimit.dramatiq_backend import NatsRateLimiterBackend
 from pipeline.ratelimit.limiter import Limiter, RateLimitedError
 from pipeline.ratelimit.quota import Decision, Rate, State, TooLargeError
 from pipeline.ratelimit.store import KVStore, MemoryStore
 
-__all__ = ["Decision", "KVStore", "Limiter", "MemoryStore", "Rate", "RateLimitedError", "State", "TooLargeError"]
+__all__ = [
+    "Decision",
+    "KVStore",
+    "Limiter",
+    "MemoryStore",
+    "NatsRateLimiterBackend",
+    "Rate",
+    "RateLimitedError",
+    "State",
+    "TooLargeError",
+]

@@ -100,7 +100,7 @@ class KVStore:
         """A bucket on a connection of its own (``options`` go to ``nats.connect``)."""
         loop = EventLoopThread(name=f"kv-{bucket}")
         nc = loop.run(nats.connect(url, **{"max_reconnect_attempts": -1, **options}), timeout=30)
-        store = cls(bucket, nc.jetstream, lambda coro: loop.run(coro, timeout=30))
+        store = cls(bucket, nc.jetstream, loop.run)
         store._close = lambda: (loop.run(nc.close(), timeout=10), loop.stop())  # type: ignore[attr-defined]
         return store
 
