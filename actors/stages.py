@@ -9,11 +9,13 @@ import dramatiq
 from pipeline import stages
 from pipeline.extract import ExtractError
 from pipeline.fetcher import FetchError, RetryLaterError
+from pipeline.llm import LLMRejectedError, LLMUnavailableError
+from pipeline.ratelimit import RateLimitedError
 from pipeline.rules import RuleError
 from pipeline.runtime import context
 
 # Errors that retrying cannot fix go straight to the dead letters, with their reason.
-PERMANENT = (FetchError, ExtractError, RuleError)
+PERMANENT = (FetchError, ExtractError, RuleError, LLMRejectedError)
 
 
 def _next(actor: dramatiq.Actor) -> stages.Send:
@@ -54,7 +56,12 @@ def scrape(job: dict[str, Any]) -> None:
 
 @dramatiq.actor(queue_name="analyse", actor_name="analyse", max_retries=5, throws=PERMANENT)
 def analyse(job: dict[str, Any]) -> None:
-    stages.analyse(_context(), job, _next(alert))
+    try:
+        stages.analyse(_context(), job, _next(alert))
+    except RateLimitedError as e:  # the shared LLM quota is busy: wait in the queue, not in a thread
+        analyse.send_with_options(args=(job,), delay=int(e.wait * 1000) + 1)
+    except LLMUnavailableError as e:  # 429s, 5xx: a retry, after the delay the server asked for
+        raise dramatiq.Retry(str(e), delay=int(e.after * 1000)) from None
 
 
 @dramatiq.actor(queue_name="alert", actor_name="alert", max_retries=8, min_backoff=2000, max_backoff=600_000)

@@ -5,7 +5,8 @@ delivery errors, stored alert targets, the CLI.  Dramatiq logs a failed
 message with its arguments, and those hold URLs whose paths, queries or
 user parts can be keys (a Slack webhook path, ``?api_key=``,
 ``mailtos://user:password@``); ``install()`` rewrites every log record of
-the process before any handler sees it.
+the process before any handler sees it.  Known secrets (the OpenAI keys)
+are registered with ``add_secret`` and blanked wherever they appear.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 _URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]{1,15})://([^\s'\"<>,)\]}]*)")
 _formatter = logging.Formatter()
+_secrets: set[str] = set()
 
 #: Schemes whose host names a server; in the others (slack://T/B/X) the "host" is part of the secret.
 _HOST_SCHEMES = {"http", "https", "nats", "tls", "ws", "wss"}
@@ -37,7 +39,15 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def add_secret(secret: str) -> None:
+    """Never show ``secret`` (an API key) in anything :func:`redact_text` passes, logs included."""
+    if len(secret) >= 8:  # shorter "secrets" would blank out ordinary words
+        _secrets.add(secret)
+
+
 def redact_text(text: str) -> str:
+    for secret in _secrets:
+        text = text.replace(secret, "[secret]")
     return _URL.sub(lambda match: redact_url(match.group(0)), text)
 
 

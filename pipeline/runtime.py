@@ -11,9 +11,13 @@ from pipeline.bodies import BodyStore
 from pipeline.broker import JetStreamBroker
 from pipeline.db import make_engine, migrate
 from pipeline.fetcher import Fetcher
+from pipeline.llm import LLMAnalyser, LLMSettings
+from pipeline.llm.analyser import quota
+from pipeline.llm.cache import VerdictCache
 from pipeline.nats_server import DEFAULT_HOME
 from pipeline.netguard import AddressPolicy
 from pipeline.politeness import Politeness
+from pipeline.ratelimit import KVStore, Limiter
 from pipeline.stages import Context
 from pipeline.webhooks import new_secret
 
@@ -43,6 +47,15 @@ def webhook_secret(home: Path = DEFAULT_HOME) -> str:
     raise RuntimeError(f"{path} is empty")
 
 
+def llm_analyser(broker: JetStreamBroker) -> LLMAnalyser | None:
+    """The LLM analyser when a key is configured, its quotas shared through the broker's NATS."""
+    settings = LLMSettings.from_env()
+    if settings is None:
+        return None
+    limiter = Limiter(KVStore.from_broker(broker, "ratelimit"), quota(settings))
+    return LLMAnalyser(settings, limiter, VerdictCache(broker))
+
+
 def context(broker: JetStreamBroker) -> Context:
     global _context
     with _lock:
@@ -50,7 +63,12 @@ def context(broker: JetStreamBroker) -> Context:
             engine = make_engine()
             migrate(engine)
             _context = Context(
-                engine, BodyStore(broker), Fetcher(AddressPolicy.from_env()), webhook_secret(), Politeness(broker)
+                engine,
+                BodyStore(broker),
+                Fetcher(AddressPolicy.from_env()),
+                webhook_secret(),
+                Politeness(broker),
+                llm_analyser(broker),
             )
         return _context
 

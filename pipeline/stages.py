@@ -28,6 +28,7 @@ from pipeline import notify, webhooks
 from pipeline.bodies import BodyStore
 from pipeline.extract import content_hash, diff, extract
 from pipeline.fetcher import Fetcher
+from pipeline.llm import LLMAnalyser
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
 from pipeline.netguard import BlockedAddressError
 from pipeline.politeness import Politeness
@@ -50,6 +51,7 @@ class Context:
     fetcher: Fetcher
     webhook_secret: str
     politeness: Politeness | None = None
+    llm: LLMAnalyser | None = None
 
 
 def _record(ctx: Context, job: Job, stage: str, outcome: str, started: float, detail: str = "") -> None:
@@ -140,19 +142,33 @@ def scrape(ctx: Context, job: Job, send_analyse: Send) -> None:
 
 
 def analyse(ctx: Context, job: Job, send_alert: Send) -> None:
-    """Judge the change with the monitor's rule; a relevant finding goes to alert."""
+    """Judge the change: the monitor's rule first, then its question if an LLM is configured.
+
+    The rule is a cheap filter (``changed`` by default lets every change
+    through); only what passes it costs an LLM call.
+    """
     started = time.monotonic()
     rule = parse_rule(job.get("rule"))
     with Session(ctx.engine) as session:
         after = session.get(Snapshot, job["after_id"])
         before = session.get(Snapshot, job["before_id"]) if job.get("before_id") else None
         assert after is not None, f"snapshot {job['after_id']} is gone"
-        verdict = rule.evaluate(diff(before.text if before else None, after.text))
+        after_id, content_hash, before_text, after_text = (
+            after.id,
+            after.content_hash,
+            before and before.text,
+            after.text,
+        )
+    change = diff(before_text, after_text)
+    verdict, analyser = rule.evaluate(change), "rules"
+    if verdict.relevant and job.get("question") and ctx.llm is not None:
+        verdict, analyser = ctx.llm.judge(job["question"], change), ctx.llm.name
+    with Session(ctx.engine) as session:
         finding = Finding(
-            snapshot_id=after.id,
+            snapshot_id=after_id,
             source=job["source"],
-            content_hash=after.content_hash,
-            analyser="rules",
+            content_hash=content_hash,
+            analyser=analyser,
             relevant=verdict.relevant,
             severity=verdict.severity,
             summary=verdict.summary,
@@ -163,7 +179,7 @@ def analyse(ctx: Context, job: Job, send_alert: Send) -> None:
             session.commit()
         except IntegrityError:  # redelivered: the finding exists, reuse it
             session.rollback()
-            same_change = (Finding.snapshot_id == after.id, Finding.analyser == "rules")
+            same_change = (Finding.snapshot_id == after_id, Finding.analyser == analyser)
             finding = session.exec(select(Finding).where(*same_change)).one()
         finding_id, relevant = finding.id, finding.relevant
     _record(ctx, job, "analyse", "relevant" if relevant else "irrelevant", started, verdict.summary)

@@ -20,6 +20,7 @@ from pipeline.ingest import Ingest
 from pipeline.nats_server import NatsServer
 from pipeline.webhooks import new_secret
 from tests.conftest import ROOT, wait_for
+from tests.openai_server import OpenAIServer
 from tests.site import Page, Site
 
 SECRET = new_secret()
@@ -108,3 +109,43 @@ def test_invalid_events_are_dead_lettered_with_the_reason(env, pipeline: JetStre
     names = pipeline.names("events")
     last = pipeline.run(pipeline.js.get_last_msg(f"{pipeline.prefix}_dead", names.dead_subject))
     assert "not JSON" in last.headers["Pipeline-Dead-Reason"]
+
+
+@pytest.fixture
+def llm(env: dict[str, str]) -> Iterator[OpenAIServer]:
+    """A local OpenAI-compatible server the workers' analyser talks to (set before they start)."""
+    with OpenAIServer([LLM_KEY]) as server:
+        env.update(PIPELINE_OPENAI_API_KEYS=LLM_KEY, PIPELINE_OPENAI_BASE_URL=server.base_url)
+        yield server
+
+
+LLM_KEY = "sk-e2e-" + "7" * 40
+
+
+def test_a_question_is_answered_by_the_llm(env, llm: OpenAIServer, pipeline: JetStreamBroker) -> None:
+    with Site() as shop, Site() as receiver:
+        shop.routes["/kettle"] = Page(b"<html><body><p class='stock'>Kettle: back in stock</p></body></html>")
+        publish(env, "check", {"url": shop.url("/kettle"), "selector": ".stock", "question": "Is the kettle in stock?",
+                               "notify": [receiver.url("/hook")]})  # fmt: skip
+        assert wait_for(lambda: len(receiver.posts) == 1, 60), "no webhook arrived"
+        payload = json.loads(receiver.posts[0][2])
+        assert payload["data"]["summary"] == "1 added line(s) match"  # the model's words, not a rule's
+        assert payload["data"]["evidence"] == ["Kettle: back in stock"]
+        assert llm.count(200) == 1
+
+
+def test_refused_llm_keys_dead_letter_the_analysis_without_showing_them(
+    env, llm: OpenAIServer, pipeline: JetStreamBroker, tmp_path: Path
+) -> None:
+    llm.accounts.clear()  # the server now knows no key: every call is a 401
+    with Site() as shop:
+        shop.routes["/p"] = Page(b"<html><body><p>Kettle back in stock</p></body></html>")
+        publish(env, "check", {"url": shop.url("/p"), "question": "Is the kettle in stock?", "notify": []})
+        assert wait_for(lambda: pipeline.dead_letter_count("analyse") == 1, 60)
+    names = pipeline.names("analyse")
+    last = pipeline.run(pipeline.js.get_last_msg(f"{pipeline.prefix}_dead", names.dead_subject))
+    reason = last.headers["Pipeline-Dead-Reason"]
+    assert "every API key was refused" in reason and "401" in reason
+    assert LLM_KEY not in reason and LLM_KEY not in last.data.decode()
+    log = (tmp_path / "workers.log").read_text()
+    assert "every API key was refused" in log and LLM_KEY not in log

@@ -56,6 +56,7 @@ from pipeline.broker.names import DEFAULT_PREFIX, QueueNames, dead_stream, dead_
 from pipeline.broker.outbox import Outbox
 from pipeline.broker.publisher import Batch, Pending, Publisher
 from pipeline.broker.puller import Puller
+from pipeline.redact import redact_text
 
 #: How long dead letters are kept: Dramatiq's own setting and default (7 days).
 DEAD_MESSAGE_TTL_MS = int(os.getenv("dramatiq_dead_message_ttl", 86400000 * 7))  # noqa: SIM112
@@ -615,11 +616,12 @@ class JetStreamBroker(Broker):
 
     def dead_letter(self, names: QueueNames, msg: Msg, message_id: str, exception: BaseException | None) -> None:
         """Store a failed message on the dead-letter stream with its reason, then terminate it."""
-        reason = describe_exception(exception)
+        reason = redact_text(describe_exception(exception)).replace("\r", " ").replace("\n", " ")
+        self.logger.warning("Dead-lettered message %s from queue %r: %s", message_id, names.queue, reason)
         headers = {
             # Unique even when a stream is re-created and its sequences start again.
             "Nats-Msg-Id": f"dead-{msg.metadata.stream}-{msg.metadata.sequence.stream}-{message_id or time.time_ns()}",
-            "Pipeline-Dead-Reason": reason.replace("\r", " ").replace("\n", " "),
+            "Pipeline-Dead-Reason": reason,
             "Pipeline-Queue": names.queue,
             "Pipeline-Message-Id": message_id,
             "Pipeline-Failed-At": datetime.now(UTC).isoformat(timespec="seconds"),

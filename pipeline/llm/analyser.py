@@ -1,0 +1,193 @@
+"""The LLM analyser: a monitor's question about a change, answered by an OpenAI-compatible model.
+
+Every call first takes a slot in its key's shared quota
+(:class:`~pipeline.ratelimit.Limiter`, requests and tokens per minute), so
+all workers together stay under what the provider allows.  Keys form a
+pool: the first is the primary, the rest are backups.  A call goes to the
+first key with room now; when none has, to the one whose queue is shortest,
+which spreads a heavy load over every key.  A key that answers 429 or 5xx
+is blocked in the shared quota for as long as the server asked, and the
+call moves to the next key; a key refused as unauthorised is set aside.
+
+The SDK's own retries are off: waiting is the limiter's job, and a call no
+key can take becomes a Dramatiq retry after the delay the server named.
+No key ever appears in an error, a log line or a metric: keys are named by
+their ``key-<fingerprint>`` label.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import openai
+
+from pipeline import metrics, redact
+from pipeline.llm import prompt, tokens
+from pipeline.llm.cache import VerdictCache, cache_key
+from pipeline.llm.headers import QuotaHeaders, retry_after
+from pipeline.llm.settings import APIKey, LLMSettings
+from pipeline.ratelimit import Limiter, Rate, RateLimitedError, TooLargeError
+from pipeline.rules import Change, Verdict
+
+#: How long a key refused as unauthorised (or out of credit) sits out, per worker process.
+BENCH_SECONDS = 600.0
+
+
+class LLMUnavailableError(Exception):
+    """No key could take the call now; retry after ``after`` seconds."""
+
+    def __init__(self, after: float, reason: str) -> None:
+        super().__init__(reason)
+        self.after = after
+
+
+class LLMRejectedError(Exception):
+    """The call can never succeed as it is (every key refused, or the request itself is wrong)."""
+
+
+def quota(settings: LLMSettings) -> dict[str, Rate]:
+    period, margin = settings.quota_period, settings.margin
+    return {"requests": Rate(settings.rpm, period, margin), "tokens": Rate(settings.tpm, period, margin)}
+
+
+class LLMAnalyser:
+    def __init__(
+        self,
+        settings: LLMSettings,
+        limiter: Limiter,
+        cache: VerdictCache | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.limiter = limiter
+        self.cache = cache
+        self.sleep = sleep
+        self._benched: dict[str, float] = {}
+        self._clients: dict[str, openai.OpenAI] = {}
+        for key in settings.keys:
+            redact.add_secret(key.secret)
+            self._clients[key.label] = openai.OpenAI(
+                api_key=key.secret, base_url=settings.base_url, max_retries=0, timeout=settings.timeout
+            )
+
+    @property
+    def name(self) -> str:
+        """What findings record as their analyser."""
+        return f"llm:{self.settings.model}"[:32]
+
+    def judge(self, question: str, change: Change) -> Verdict:
+        """The model's verdict on ``change`` for ``question``; from the cache when it was asked before."""
+        key = cache_key(self.settings.model, question, prompt.change_text(change, self.settings.max_input_chars))
+        if self.cache is not None:
+            cached = self.cache.get(key)
+            metrics.LLM_CACHE.labels("hit" if cached else "miss").inc()
+            if cached is not None:
+                return cached
+        messages = prompt.messages(question, change, self.settings.max_input_chars)
+        costs = {"requests": 1.0, "tokens": float(tokens.estimate(messages, self.settings.max_completion_tokens))}
+        verdict = self._call(messages, costs, change)
+        if self.cache is not None:
+            self.cache.put(key, verdict)
+        return verdict
+
+    def _call(self, messages: list[dict[str, str]], costs: dict[str, float], change: Change) -> Verdict:
+        tried: list[APIKey] = []
+        failures: list[str] = []
+        after = 0.0
+        while (key := self._take_slot(costs, tried, failures)) is not None:
+            tried.append(key)
+            try:
+                raw = self._clients[key.label].chat.completions.with_raw_response.create(
+                    model=self.settings.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    response_format=prompt.SCHEMA,  # type: ignore[arg-type]
+                    max_completion_tokens=self.settings.max_completion_tokens,
+                )
+            except openai.APIStatusError as e:
+                outcome, wait = self._failed(key, e)
+                failures.append(f"{key.label}: HTTP {e.status_code}" + (f" {e.code}" if e.code else ""))
+                if outcome == "bad_request":
+                    raise LLMRejectedError(f"the LLM refused the request: {failures[-1]}") from None
+                after = max(after, wait)
+                continue
+            except openai.APIConnectionError as e:  # includes timeouts
+                metrics.LLM_REQUESTS.labels(key.label, self.settings.model, "connection_error").inc()
+                failures.append(f"{key.label}: {type(e).__name__}")
+                after = max(after, 1.0)
+                continue
+            completion = raw.parse()
+            self._succeeded(key, raw.headers, costs, completion.usage)
+            return prompt.parse_verdict(completion.choices[0].message.content, change)
+        now = time.monotonic()
+        if all(self._benched.get(k.label, 0.0) > now for k in self.settings.keys):
+            raise LLMRejectedError("every API key was refused: " + ("; ".join(failures) or "in the last minutes"))
+        raise LLMUnavailableError(after or 5.0, "no LLM key could take the call: " + "; ".join(failures))
+
+    def _take_slot(self, costs: dict[str, float], tried: list[APIKey], failures: list[str]) -> APIKey | None:
+        """The key to call next, after waiting for its slot; None when every key has been tried."""
+        now = time.monotonic()
+        candidates = [k for k in self.settings.keys if k not in tried and self._benched.get(k.label, 0.0) <= now]
+        if not candidates:
+            return None
+        try:
+            denied = []
+            for key in candidates:  # the first key with room now, primary first
+                decision = self.limiter.decide(key.label, costs, 0.0)
+                if decision.granted:
+                    return self._wait(key, decision.wait)
+                denied.append((decision.wait, key))
+            wait, key = min(denied, key=lambda d: d[0])  # else the shortest queue, if short enough
+            if wait <= self.settings.max_wait:
+                decision = self.limiter.decide(key.label, costs, self.settings.max_wait)
+                if decision.granted:
+                    return self._wait(key, decision.wait)
+                wait = decision.wait
+        except TooLargeError as e:
+            raise LLMRejectedError(f"the prompt is too large for the quota: {e}") from None
+        metrics.RATELIMIT_DENIED.labels("llm").inc()
+        if tried:  # keys failed on this call: that is a retry, not a wait in line
+            raise LLMUnavailableError(wait, "; ".join(failures) + f"; the other keys are busy for {wait:.1f}s")
+        raise RateLimitedError("llm", wait)
+
+    def _wait(self, key: APIKey, seconds: float) -> APIKey:
+        metrics.RATELIMIT_WAIT.labels("llm").observe(max(0.0, seconds))
+        if seconds > 0:
+            self.sleep(seconds)
+        return key
+
+    def _failed(self, key: APIKey, error: openai.APIStatusError) -> tuple[str, float]:
+        """Book a refused call; its outcome and how long the server asked us to wait."""
+        headers = error.response.headers
+        wait = retry_after(headers) or 1.0
+        if error.status_code in (401, 403) or error.code == "insufficient_quota":
+            outcome = "auth_error"
+            self._benched[key.label] = time.monotonic() + BENCH_SECONDS
+        elif error.status_code == 429:
+            outcome = "rate_limited"
+            quota_headers = QuotaHeaders.parse(headers)
+            self.limiter.observe(
+                key.label, remaining=quota_headers.remaining, reset=quota_headers.reset, retry_after=wait
+            )
+        elif error.status_code >= 500:
+            outcome = "server_error"
+            self.limiter.observe(key.label, retry_after=wait)
+        else:
+            outcome = "bad_request"
+        metrics.LLM_REQUESTS.labels(key.label, self.settings.model, outcome).inc()
+        return outcome, wait
+
+    def _succeeded(self, key: APIKey, headers: object, costs: dict[str, float], usage: object) -> None:
+        model = self.settings.model
+        metrics.LLM_REQUESTS.labels(key.label, model, "ok").inc()
+        said = QuotaHeaders.parse(headers)  # type: ignore[arg-type]
+        if said.remaining:
+            self.limiter.observe(key.label, remaining=said.remaining, reset=said.reset)
+        if usage is None:
+            return
+        prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens  # type: ignore[attr-defined]
+        metrics.LLM_TOKENS.labels(key.label, model, "prompt").inc(prompt_tokens)
+        metrics.LLM_TOKENS.labels(key.label, model, "completion").inc(completion_tokens)
+        metrics.LLM_COST.labels(key.label, model).inc(self.settings.cost(prompt_tokens, completion_tokens))
+        self.limiter.charge(key.label, {"tokens": prompt_tokens + completion_tokens - costs["tokens"]})

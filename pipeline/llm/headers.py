@@ -1,0 +1,63 @@
+"""What an OpenAI-compatible server says about its quota, from its response headers."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """``6m0s`` -> 360.0, ``20ms`` -> 0.02, ``1.5`` -> 1.5; None if it is neither."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(number) * _UNITS[unit] for number, unit in parts)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms``, else ``Retry-After`` in seconds or as an HTTP date."""
+    if "retry-after-ms" in headers:
+        try:
+            return float(headers["retry-after-ms"]) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    if seconds is not None:
+        return seconds
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class QuotaHeaders:
+    remaining: dict[str, float] = field(default_factory=dict)
+    reset: dict[str, float] = field(default_factory=dict)
+    retry_after: float | None = None
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str]) -> QuotaHeaders:
+        remaining, reset = {}, {}
+        for name in ("requests", "tokens"):
+            left = headers.get(f"x-ratelimit-remaining-{name}", "")
+            if left.strip().isdigit():
+                remaining[name] = float(left)
+            seconds = parse_duration(headers.get(f"x-ratelimit-reset-{name}", ""))
+            if seconds is not None:
+                reset[name] = seconds
+        return cls(remaining, reset, retry_after(headers))
