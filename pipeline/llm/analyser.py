@@ -51,6 +51,11 @@ def quota(settings: LLMSettings) -> dict[str, Rate]:
     return {"requests": Rate(settings.rpm, period, margin), "tokens": Rate(settings.tpm, period, margin)}
 
 
+def _quota_key(key: APIKey) -> str:
+    """The key's entry in the shared limiter (the bucket also holds hosts' turns)."""
+    return f"llm.{key.label}"
+
+
 class LLMAnalyser:
     def __init__(
         self,
@@ -134,13 +139,13 @@ class LLMAnalyser:
         try:
             denied = []
             for key in candidates:  # the first key with room now, primary first
-                decision = self.limiter.decide(key.label, costs, 0.0)
+                decision = self.limiter.decide(_quota_key(key), costs, 0.0)
                 if decision.granted:
                     return self._wait(key, decision.wait)
                 denied.append((decision.wait, key))
             wait, key = min(denied, key=lambda d: d[0])  # else the shortest queue, if short enough
             if wait <= self.settings.max_wait:
-                decision = self.limiter.decide(key.label, costs, self.settings.max_wait)
+                decision = self.limiter.decide(_quota_key(key), costs, self.settings.max_wait)
                 if decision.granted:
                     return self._wait(key, decision.wait)
                 wait = decision.wait
@@ -168,11 +173,11 @@ class LLMAnalyser:
             outcome = "rate_limited"
             quota_headers = QuotaHeaders.parse(headers)
             self.limiter.observe(
-                key.label, remaining=quota_headers.remaining, reset=quota_headers.reset, retry_after=wait
+                _quota_key(key), remaining=quota_headers.remaining, reset=quota_headers.reset, retry_after=wait
             )
         elif error.status_code >= 500:
             outcome = "server_error"
-            self.limiter.observe(key.label, retry_after=wait)
+            self.limiter.observe(_quota_key(key), retry_after=wait)
         else:
             outcome = "bad_request"
         metrics.LLM_REQUESTS.labels(key.label, self.settings.model, outcome).inc()
@@ -183,11 +188,11 @@ class LLMAnalyser:
         metrics.LLM_REQUESTS.labels(key.label, model, "ok").inc()
         said = QuotaHeaders.parse(headers)  # type: ignore[arg-type]
         if said.remaining:
-            self.limiter.observe(key.label, remaining=said.remaining, reset=said.reset)
+            self.limiter.observe(_quota_key(key), remaining=said.remaining, reset=said.reset)
         if usage is None:
             return
         prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens  # type: ignore[attr-defined]
         metrics.LLM_TOKENS.labels(key.label, model, "prompt").inc(prompt_tokens)
         metrics.LLM_TOKENS.labels(key.label, model, "completion").inc(completion_tokens)
         metrics.LLM_COST.labels(key.label, model).inc(self.settings.cost(prompt_tokens, completion_tokens))
-        self.limiter.charge(key.label, {"tokens": prompt_tokens + completion_tokens - costs["tokens"]})
+        self.limiter.charge(_quota_key(key), {"tokens": prompt_tokens + completion_tokens - costs["tokens"]})

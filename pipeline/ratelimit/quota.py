@@ -127,6 +127,9 @@ def acquire(
             raise ValueError(f"cost must be a finite number >= 0, got {name}={cost}")
         if cost > quota[name].burst + EPSILON:
             raise TooLargeError(f"{name}={cost:g} exceeds what the quota allows at once ({quota[name].burst:g})")
+    # A negative max_wait asks for a slot that starts sooner than the end of a full bucket; at
+    # -tolerance, only one that starts now.  Less than that could never be granted.
+    max_wait = max(max_wait, -min(rate.tolerance for rate in quota.values()))
     queued = backlog(quota, state, now)
     if queued > max_wait + EPSILON:
         return state, Decision(False, queued - max_wait, now + queued - max_wait)
