@@ -88,6 +88,9 @@ class KVStore:
         self._run = run
         self._config = KeyValueConfig(bucket=bucket, history=1, replicas=replicas, storage=storage, direct=True)
         self._opened: JetStreamContext | None = None
+        # The last value and revision seen per key: a worker that was the last to write a key
+        # (the common case) decides without reading it first; a stale guess costs one lost CAS.
+        self._seen: dict[str, tuple[bytes | None, int]] = {}
         self.conflicts = 0  # lost compare-and-sets, for benchmarks
 
     @classmethod
@@ -133,19 +136,29 @@ class KVStore:
     async def _update(self, key: str, change: Change[R]) -> R:
         js = await self._open()
         subject = f"$KV.{self.bucket}.{key}"
+        seen = self._seen.pop(key, None)
         for _ in range(self.MAX_ATTEMPTS):
-            current, revision = await self._read(js, subject)
+            current, revision = seen or await self._read(js, subject)
             new, ttl, result = change(current)
             if new is None:
-                return result
+                if seen is None:
+                    self._seen[key] = (current, revision)
+                    return result
+                seen = None  # a refusal must rest on the current value, not a guess: read and decide again
+                continue
             headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
             try:
-                await js.publish(subject, new, headers=headers, msg_ttl=max(1, math.ceil(ttl)))
-                return result
+                ack = await js.publish(subject, new, headers=headers, msg_ttl=max(1, math.ceil(ttl)))
             except nats.js.errors.APIError as e:
                 if e.err_code not in (10071, 10164):  # wrong last sequence: someone wrote first
                     raise
                 self.conflicts += 1
+                seen = None
+                continue
+            self._seen[key] = (new, ack.seq)
+            if len(self._seen) > 10_000:  # many hosts: forget the oldest guesses
+                del self._seen[next(iter(self._seen))]
+            return result
         raise ConflictError(f"{self.MAX_ATTEMPTS} compare-and-set attempts on {key!r} lost")
 
     async def _read(self, js: JetStreamContext, subject: str) -> tuple[bytes | None, int]:
