@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -414,13 +415,31 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     with Session(_engine()) as session:
         total = session.exec(select(func.count()).select_from(Monitor)).one()
         paused = session.exec(select(func.count()).select_from(Monitor).where(Monitor.paused == True)).one()  # noqa: E712
-    report = {"queues": queues, "monitors": {"total": total, "paused": paused}}
+    report = {"queues": queues, "monitors": {"total": total, "paused": paused}, "llm": _llm_summary()}
     if as_json:
         typer.echo(json.dumps(report))
         return
     for queue, figures in queues.items():
         typer.echo(f"{queue}\tlag {figures['lag']}\tdead {figures['dead']}")
     typer.echo(f"monitors\t{total} ({paused} paused)")
+    llm = report["llm"]
+    if llm is None:
+        typer.echo("llm\toff (no PIPELINE_OPENAI_API_KEYS): monitors are judged by their rules")
+    else:
+        quota = f"{llm['rpm']:g} requests and {llm['tpm']:g} tokens per {llm['quota_period']:g}s per key"
+        typer.echo(f"llm\t{llm['model']} at {llm['endpoint']}, keys {', '.join(llm['keys'])}; {quota}")
+
+
+def _llm_summary() -> dict[str, Any] | None:
+    """The LLM settings as they may be shown: keys by label, the endpoint by host."""
+    from pipeline.llm import LLMSettings
+
+    settings = LLMSettings.from_env()
+    if settings is None:
+        return None
+    endpoint = redact.redact_url(settings.base_url) if settings.base_url else "OpenAI"
+    return {"model": settings.model, "endpoint": endpoint, "keys": [k.label for k in settings.keys],
+            "rpm": settings.rpm, "tpm": settings.tpm, "quota_period": settings.quota_period}  # fmt: skip
 
 
 @app.command()
@@ -439,16 +458,38 @@ def alerts(limit: int = typer.Option(20, help="How many, newest first.")) -> Non
         typer.echo(f"{when}\t{alert_row.status}\t{finding.source}\t{finding.summary}\t{alert_row.target}")
 
 
+def _ask_llm(question: str, change: Any) -> Any:
+    from pipeline.llm import LLMRejectedError, LLMUnavailableError, SettingsError
+    from pipeline.ratelimit import RateLimitedError
+    from pipeline.runtime import llm_analyser
+
+    broker = _connected_broker()
+    try:
+        analyser = llm_analyser(broker)
+        if analyser is None:
+            raise typer.BadParameter("--question needs an OpenAI key: set PIPELINE_OPENAI_API_KEYS (or OPENAI_API_KEY)")
+        return analyser.judge(question, change)
+    except SettingsError as e:
+        raise typer.BadParameter(str(e)) from None
+    except (LLMRejectedError, LLMUnavailableError, RateLimitedError) as e:
+        typer.echo(f"error: the LLM could not answer: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        broker.close()
+
+
 @app.command()
 def check(
     url: str = typer.Argument(..., help="http(s) URL to check now."),
     selector: str = typer.Option(None, help="CSS selector (or JSON path) of the part to watch."),
     rule: str = typer.Option(None, help='When a change matters: changed | "phrase" | /regex/i | price < 100.'),
+    question: str = typer.Option(None, help="Ask the LLM analyser too (needs PIPELINE_OPENAI_API_KEYS)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Fetch a URL now and show what a monitor would watch and what its rule says (nothing is stored).
+    """Fetch a URL now and show what a monitor would watch and what its rule (and the LLM) say; nothing is stored.
 
-    Exit codes: 0 the rule matches, 3 it does not, 1 the page could not be read, 2 bad input.
+    Exit codes: 0 it matters, 3 it does not, 1 the page or the LLM could not be read, 2 bad input.
+    The LLM call takes its slot in the same shared quota as the workers' calls.
     """
     from pydantic import ValidationError
 
@@ -458,7 +499,7 @@ def check(
     from pipeline.rules import RuleError, parse_rule
 
     try:
-        CheckEvent(url=url, selector=selector, rule=rule)
+        CheckEvent(url=url, selector=selector, rule=rule, question=question)
         parsed = parse_rule(rule)
     except (ValidationError, RuleError) as e:
         raise typer.BadParameter(str(e) if isinstance(e, RuleError) else _first_error(e)) from None
@@ -471,7 +512,10 @@ def check(
         raise typer.Exit(1) from None
     finally:
         fetcher.close()
-    verdict = parsed.evaluate(diff(None, text))
+    change = diff(None, text)
+    verdict = parsed.evaluate(change)
+    if question and verdict.relevant:
+        verdict = _ask_llm(question, change)
     if as_json:
         typer.echo(
             json.dumps(

@@ -117,3 +117,30 @@ def test_monitor_output_never_shows_keys_in_urls() -> None:
     shown = run("monitor", "show", "1")[1] + run("monitor", "list", "--json")[1]
     assert "SECRET1" not in shown and "pw@" not in shown and "XXXX" not in shown
     assert "https://example.com/feed" in shown
+
+
+def test_check_asks_the_llm_and_status_shows_it(nats_server, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.llm import APIKey
+    from tests.openai_server import OpenAIServer
+    from tests.site import Page, Site
+
+    key = "sk-cli-" + "5" * 40
+    monkeypatch.setenv("PIPELINE_FETCH_ALLOW_HOSTS", "127.0.0.1")
+    monkeypatch.setenv("PIPELINE_NATS_URL", nats_server.url)
+    monkeypatch.setenv("PIPELINE_PREFIX", prefix)
+    monkeypatch.delenv("PIPELINE_OPENAI_API_KEYS", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with Site() as site, OpenAIServer([key]) as llm:
+        site.routes["/k"] = Page(b"<p class='stock'>Kettle: in stock</p>")
+        code, out = run("check", site.url("/k"), "--question", "Is the kettle in stock?")
+        assert code == 2 and "PIPELINE_OPENAI_API_KEYS" in out
+        monkeypatch.setenv("PIPELINE_OPENAI_API_KEYS", key)
+        monkeypatch.setenv("PIPELINE_OPENAI_BASE_URL", llm.base_url)
+        code, out = run("check", site.url("/k"), "--question", "Is the kettle in stock?", "--json")
+        assert code == 0 and json.loads(out)["summary"] == "1 added line(s) match"
+        code, out = run("check", site.url("/k"), "--question", "Is the toaster discounted?")
+        assert code == 3 and "nothing about the question" in out
+        code, out = run("status", "--json")
+        shown = json.loads(out)["llm"]
+        assert shown["keys"] == [APIKey.of(key).label]
+        assert key not in out
