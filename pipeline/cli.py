@@ -200,6 +200,7 @@ def monitor_add(
     name: str = typer.Option("", help="A name to show (default: the URL)."),
     selector: str = typer.Option(None, help="CSS selector (or JSON path) of the part to watch."),
     rule: str = typer.Option(None, help='When a change matters: changed | "phrase" | /regex/i | price < 100.'),
+    question: str = typer.Option(None, help="A question for the LLM analyser about each change that passes the rule."),
     every: int = typer.Option(3600, help="Seconds between checks (at least 30)."),
     notify: list[str] = typer.Option([], help="Webhook URL to alert (repeatable)."),
 ) -> None:
@@ -212,7 +213,7 @@ def monitor_add(
     from pipeline.rules import RuleError, parse_rule
 
     try:
-        CheckEvent(url=url, selector=selector, rule=rule, notify=notify)
+        CheckEvent(url=url, selector=selector, rule=rule, question=question, notify=notify)
         parse_rule(rule)
     except (ValidationError, RuleError) as e:
         raise typer.BadParameter(str(e).splitlines()[0] if isinstance(e, RuleError) else _first_error(e)) from None
@@ -224,6 +225,7 @@ def monitor_add(
             url=url,
             selector=selector,
             rule=rule,
+            question=question,
             interval_seconds=every,
             notify=list(notify),
         )
@@ -264,7 +266,8 @@ def monitor_show(monitor_id: int) -> None:
         typer.echo(f"  {c.started_at.isoformat(timespec='seconds')} {c.stage} {c.outcome} {c.detail[:80]}")
     typer.echo("recent findings:")
     for f in findings:
-        typer.echo(f"  {f.created_at.isoformat(timespec='seconds')} {'relevant' if f.relevant else '-'} {f.summary}")
+        verdict = "relevant" if f.relevant else "-"
+        typer.echo(f"  {f.created_at.isoformat(timespec='seconds')} {verdict} [{f.analyser}] {f.summary}")
 
 
 @monitor_app.command("list")
@@ -282,6 +285,7 @@ def monitor_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.
             "name": m.name,
             "url": redact.display_url(m.url) if m.url else None,
             "rule": m.rule,
+            "question": m.question,
             "every": m.interval_seconds,
             "paused": m.paused,
             "next_check_at": m.next_check_at.isoformat(timespec="seconds"),

@@ -25,7 +25,7 @@ def run(*args: str) -> tuple[int, str]:
 
 def test_add_list_pause_resume_remove() -> None:
     code, out = run("monitor", "add", "https://example.com/kettle", "--rule", "price < 100", "--every", "600",
-                    "--notify", "https://hooks.example.com/a")  # fmt: skip
+                    "--notify", "https://hooks.example.com/a", "--question", "Is it discounted?")  # fmt: skip
     assert code == 0 and out.strip() == "1"
     code, out = run("monitor", "show", "1")
     assert code == 0 and "url: https://example.com/kettle" in out and "recent checks:" in out
@@ -33,9 +33,10 @@ def test_add_list_pause_resume_remove() -> None:
     assert run("monitor", "pause", "1")[0] == 0
     code, out = run("monitor", "list", "--json")
     [row] = json.loads(out)
-    assert (row["url"], row["rule"], row["every"], row["paused"]) == (
+    assert (row["url"], row["rule"], row["question"], row["every"], row["paused"]) == (
         "https://example.com/kettle",
         "price < 100",
+        "Is it discounted?",
         600,
         True,
     )
