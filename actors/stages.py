@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import dramatiq
@@ -44,7 +45,7 @@ def fetch(job: dict[str, Any]) -> None:
     try:
         stages.fetch(_context(), job, _next(scrape))
     except stages.NotYetError as e:  # politeness: come back later, without using up a retry
-        fetch.send_with_options(args=(job,), delay=int(e.after * 1000))
+        fetch.send_with_options(args=(job,), delay=math.ceil(e.after * 1000))
     except RetryLaterError as e:
         raise dramatiq.Retry(str(e), delay=int(e.after * 1000)) from None
 
@@ -54,14 +55,17 @@ def scrape(job: dict[str, Any]) -> None:
     stages.scrape(_context(), job, _next(analyse))
 
 
-@dramatiq.actor(queue_name="analyse", actor_name="analyse", max_retries=5, throws=PERMANENT)
+# LLM outages last: ten retries, backing off from 15 s to 30 min, ride out about two hours.
+@dramatiq.actor(queue_name="analyse", actor_name="analyse", max_retries=10, max_backoff=1_800_000, throws=PERMANENT)
 def analyse(job: dict[str, Any]) -> None:
     try:
         stages.analyse(_context(), job, _next(alert))
     except RateLimitedError as e:  # the shared LLM quota is busy: wait in the queue, not in a thread
-        analyse.send_with_options(args=(job,), delay=int(e.wait * 1000) + 1)
-    except LLMUnavailableError as e:  # 429s, 5xx: a retry, after the delay the server asked for
-        raise dramatiq.Retry(str(e), delay=int(e.after * 1000)) from None
+        analyse.send_with_options(args=(job,), delay=math.ceil(e.wait * 1000))
+    except LLMUnavailableError as e:  # 429s, 5xx: a retry, after the delay the server asked for, else backoff
+        if e.after is None:
+            raise
+        raise dramatiq.Retry(str(e), delay=math.ceil(e.after * 1000)) from None
 
 
 @dramatiq.actor(queue_name="alert", actor_name="alert", max_retries=8, min_backoff=2000, max_backoff=600_000)

@@ -35,7 +35,7 @@ class Politeness:
         """Seconds to wait before fetching from ``host`` (0: go now, the turn is ours)."""
         if self.limiter is None:
             return 0.0
-        decision = self.limiter.decide(f"host.{host.lower()}", {"requests": 1}, self._max_wait)
+        decision = self.limiter.decide(f"host/{host.lower()}", {"requests": 1}, self._max_wait)
         if decision.granted:
             metrics.RATELIMIT_WAIT.labels("fetch").observe(0.0)
             return 0.0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -137,6 +139,8 @@ def test_unauthorised_keys_are_set_aside_and_never_shown(
     only_wrong = make_analyser(wrong)
     with pytest.raises(LLMRejectedError) as refused:
         only_wrong.judge("stock", CHANGE)
+    server.accounts[wrong] = server.accounts[PRIMARY]  # the key is fixed at the provider: it is asked again
+    assert only_wrong.judge("stock", CHANGE).relevant
     assert "401" in str(refused.value) and APIKey.of(wrong).label in str(refused.value)
     exposed = str(refused.value) + caplog.text + generate_latest(REGISTRY).decode()
     for secret in (wrong, PRIMARY):
@@ -195,15 +199,38 @@ def test_tokens_and_cost_are_counted(server: OpenAIServer, make_analyser: Callab
     assert cost == pytest.approx(prompt_tokens * 0.15e-6 + completion_tokens * 0.60e-6)
 
 
-def test_the_estimate_covers_what_the_server_charges(
-    server: OpenAIServer, make_analyser: Callable[..., LLMAnalyser]
-) -> None:
-    from pipeline.llm import prompt, tokens
+def test_usage_beyond_the_estimate_is_booked(server: OpenAIServer) -> None:
+    """A page of punctuation is many more tokens than characters / 4: the limiter is told afterwards."""
+    config = settings(server, tpm=20_000)
+    limiter = Limiter(MemoryStore(), quota(config))
+    analyser = LLMAnalyser(config, limiter, sleep=Sleeps())
+    dense = diff("a", "a\n" + "!?" * 2000)  # 4,000 one-character tokens, estimated at about 1,000
+    analyser.judge("stock", dense)
+    usage_tokens = len(re.findall(r"\w+|[^\w\s]", "".join(m["content"] for m in server.bodies[-1]["messages"])))
+    assert usage_tokens > 4000
+    # The bucket (16,000 tokens at once) now holds the real usage: a call of 12,000 must wait.
+    decision = limiter.decide("llm/" + APIKey.of(PRIMARY).label, {"requests": 0, "tokens": 12_000}, max_wait=600)
+    assert decision.granted and decision.wait > 0
+    fresh = Limiter(MemoryStore(), quota(config))
+    assert fresh.decide("x", {"requests": 0, "tokens": 12_000}).wait == 0
 
-    messages = prompt.messages("Is it back in stock?", CHANGE, 16_000)
-    make_analyser().judge("Is it back in stock?", CHANGE)
-    charged = server.log[-1][3]
-    assert tokens.estimate(messages, 400) >= charged
+
+@pytest.mark.parametrize("status", [503, 408, 409])
+def test_a_transient_failure_without_retry_after_backs_off(
+    status: int, server: OpenAIServer, make_analyser: Callable[..., LLMAnalyser]
+) -> None:
+    server.fail(status)
+    with pytest.raises(LLMUnavailableError) as failed:
+        make_analyser().judge("stock", CHANGE)
+    assert failed.value.after is None, "no server delay: Dramatiq's exponential backoff decides"
+
+
+def test_retry_after_is_bounded(server: OpenAIServer, make_analyser: Callable[..., LLMAnalyser]) -> None:
+    server.fail(429, retry_after=float("inf"))
+    with pytest.raises(LLMUnavailableError) as failed:
+        make_analyser().judge("stock", CHANGE)
+    assert failed.value.after == 1.0  # "inf" is no delay at all; a 429 waits a second at least
+    assert retry_after({"retry-after": str(10**9)}) == 3600
 
 
 def test_eight_workers_share_a_quota_without_a_single_429(server: OpenAIServer, nats_server) -> None:
@@ -258,6 +285,7 @@ def test_headers_as_openai_sends_them() -> None:
     assert parse_duration("1h2m") == 3720
     assert parse_duration("soon") is None
     assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
-    assert retry_after({"retry-after": "Wed, 21 Oct 2099 07:28:00 GMT"}) > 1e9
+    assert retry_after({"retry-after": "Wed, 21 Oct 2099 07:28:00 GMT"}) == 3600  # capped at an hour
+    assert 0 < retry_after({"retry-after": email.utils.formatdate(time.time() + 30, usegmt=True)}) <= 30
     said = QuotaHeaders.parse({"x-ratelimit-remaining-requests": "59", "x-ratelimit-reset-tokens": "6m0s"})
     assert said.remaining == {"requests": 59.0} and said.reset == {"tokens": 360.0}

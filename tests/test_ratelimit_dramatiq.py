@@ -73,18 +73,17 @@ def test_bucket_rate_limiter_counts_per_bucket(backend: NatsRateLimiterBackend) 
 
     def work() -> None:
         for _ in range(20):
+            before = int(backend.store.clock())
             with limiter.acquire(raise_on_failure=False) as acquired:
-                if acquired:
+                after = int(backend.store.clock())
+                if acquired and before == after:  # surely counted in this second's bucket
                     with lock:
-                        per_bucket[int(time.time())] += 1
+                        per_bucket[before] += 1
             time.sleep(0.01)
 
     run_threads(6, work)
-    # A call may be counted in the next second it was granted in; two neighbours together hold at most 2 buckets.
-    seconds = sorted(per_bucket)
     assert sum(per_bucket.values()) >= 3
-    for second in seconds:
-        assert per_bucket[second] + per_bucket[second + 1] <= 6
+    assert max(per_bucket.values()) <= 3, dict(per_bucket)
 
 
 def test_window_rate_limiter_holds_in_every_window(backend: NatsRateLimiterBackend) -> None:
@@ -116,7 +115,16 @@ def test_barrier_releases_all_parties(backend: NatsRateLimiterBackend) -> None:
     def party() -> None:
         results.append(barrier.wait(timeout=10_000))
 
-    run_threads(3, party)
+    def patient_party() -> None:
+        results.append(barrier.wait())  # no timeout: as long as it takes
+
+    threads = [threading.Thread(target=patient_party), threading.Thread(target=party)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    party()
+    for thread in threads:
+        thread.join(10)
     assert results == [True, True, True]
 
 
@@ -136,7 +144,7 @@ def test_counters_expire(backend: NatsRateLimiterBackend) -> None:
     assert backend.add(key, 1, ttl=200)
 
 
-KEYS = ("a", "b", "w@1", "w@2")
+KEYS = ("a", "b", "u@1")  # counters (add, incr, decr); windows (incr_and_sum) are keys of their own kind
 
 
 def test_backend_matches_dramatiqs_stub_backend(backend: NatsRateLimiterBackend) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -46,10 +48,13 @@ class _Prefixed:
         return self.store.update(f"{self.prefix}.{key}", change)
 
 
-def test_keys_become_valid_kv_keys() -> None:
-    assert kv_key("llm.k-1a2b") == "llm.k-1a2b"
-    assert kv_key("rate@123:x y") == "rate=40123=3Ax=20y"
-    assert kv_key("") == "="
+def test_keys_become_valid_kv_keys_one_to_one() -> None:
+    assert kv_key("llm/key-1a2b") == "k.llm/key-1a2b"
+    assert kv_key("rate@123:x y") == "k.rate=40123=3Ax=20y"
+    names = ["", ".", "report", "report.", ".report", "a..b", "a=2Eb", "a.b", "ü"]
+    keys = [kv_key(name) for name in names]
+    assert len(set(keys)) == len(names)
+    assert all(re.fullmatch(r"[-/_=.a-zA-Z0-9]+", k) and not k.endswith(".") and ".." not in k for k in keys)
 
 
 def test_threads_in_two_processes_never_exceed_the_quota_together(nats_server: NatsServer) -> None:
@@ -79,3 +84,18 @@ def test_memory_store_forgets_expired_state() -> None:
     assert limiter.decide("k", {"requests": 1}).wait == pytest.approx(10.0)
     now[0] = 100.0
     assert store.update("k", lambda raw: (None, 0.0, raw)) is None  # expired, not just stale
+
+
+def test_machines_with_skewed_clocks_share_the_servers_time(nats_server: NatsServer) -> None:
+    bucket = "rl" + uuid.uuid4().hex[:8]
+    honest, fast = KVStore.connect(nats_server.url, bucket), KVStore.connect(nats_server.url, bucket)
+    fast._local_time = lambda: time.time() + 30  # this machine's clock is 30 s ahead
+    try:
+        quota = {"requests": Rate(10, 60.0, 1.0)}
+        first, second = Limiter(honest, quota), Limiter(fast, quota)
+        grants = [limiter.decide("shared", {"requests": 1}) for limiter in (first, second) * 10]
+        assert abs(honest.clock() - fast.clock()) < 0.05
+        assert sum(g.granted and g.wait < 1 for g in grants) == 10, "ten slots at once, not ten per machine"
+    finally:
+        honest.close()
+        fast.close()

@@ -17,6 +17,7 @@ their ``key-<fingerprint>`` label.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -30,14 +31,18 @@ from pipeline.llm.settings import APIKey, LLMSettings
 from pipeline.ratelimit import Limiter, Rate, RateLimitedError, TooLargeError
 from pipeline.rules import Change, Verdict
 
-#: How long a key refused as unauthorised (or out of credit) sits out, per worker process.
+logger = logging.getLogger(__name__)
+
+#: How long a key refused as unauthorised (or out of credit) is asked last, per worker process.
 BENCH_SECONDS = 600.0
+#: Answers that no retry of the same request can change.
+PERMANENT_STATUSES = {400, 404, 413, 422}
 
 
 class LLMUnavailableError(Exception):
-    """No key could take the call now; retry after ``after`` seconds."""
+    """No key could take the call now; retry after ``after`` seconds (None: no server said, back off)."""
 
-    def __init__(self, after: float, reason: str) -> None:
+    def __init__(self, after: float | None, reason: str) -> None:
         super().__init__(reason)
         self.after = after
 
@@ -53,7 +58,7 @@ def quota(settings: LLMSettings) -> dict[str, Rate]:
 
 def _quota_key(key: APIKey) -> str:
     """The key's entry in the shared limiter (the bucket also holds hosts' turns)."""
-    return f"llm.{key.label}"
+    return f"llm/{key.label}"
 
 
 class LLMAnalyser:
@@ -100,7 +105,8 @@ class LLMAnalyser:
     def _call(self, messages: list[dict[str, str]], costs: dict[str, float], change: Change) -> Verdict:
         tried: list[APIKey] = []
         failures: list[str] = []
-        after = 0.0
+        refused: list[APIKey] = []
+        after: float | None = None
         while (key := self._take_slot(costs, tried, failures)) is not None:
             tried.append(key)
             try:
@@ -115,27 +121,30 @@ class LLMAnalyser:
                 failures.append(f"{key.label}: HTTP {e.status_code}" + (f" {e.code}" if e.code else ""))
                 if outcome == "bad_request":
                     raise LLMRejectedError(f"the LLM refused the request: {failures[-1]}") from None
-                after = max(after, wait)
+                if outcome == "auth_error":
+                    refused.append(key)
+                elif wait is not None:
+                    after = max(after or 0.0, wait)
                 continue
-            except openai.APIConnectionError as e:  # includes timeouts
+            except openai.APIConnectionError as e:  # includes timeouts: back off, nobody said how long
                 metrics.LLM_REQUESTS.labels(key.label, self.settings.model, "connection_error").inc()
                 failures.append(f"{key.label}: {type(e).__name__}")
-                after = max(after, 1.0)
                 continue
             completion = raw.parse()
             self._succeeded(key, raw.headers, costs, completion.usage)
             return prompt.parse_verdict(completion.choices[0].message.content, change)
-        now = time.monotonic()
-        if all(self._benched.get(k.label, 0.0) > now for k in self.settings.keys):
-            raise LLMRejectedError("every API key was refused: " + ("; ".join(failures) or "in the last minutes"))
-        raise LLMUnavailableError(after or 5.0, "no LLM key could take the call: " + "; ".join(failures))
+        if len(refused) == len(self.settings.keys):
+            raise LLMRejectedError("every API key was refused: " + "; ".join(failures))
+        raise LLMUnavailableError(after, "no LLM key could take the call: " + "; ".join(failures))
 
     def _take_slot(self, costs: dict[str, float], tried: list[APIKey], failures: list[str]) -> APIKey | None:
         """The key to call next, after waiting for its slot; None when every key has been tried."""
         now = time.monotonic()
-        candidates = [k for k in self.settings.keys if k not in tried and self._benched.get(k.label, 0.0) <= now]
-        if not candidates:
+        untried = [k for k in self.settings.keys if k not in tried]
+        if not untried:
             return None
+        # Keys refused lately are asked last, not never: a key that was fixed comes back by itself.
+        candidates = sorted(untried, key=lambda k: self._benched.get(k.label, 0.0) > now)
         try:
             denied = []
             for key in candidates:  # the first key with room now, primary first
@@ -154,6 +163,7 @@ class LLMAnalyser:
         metrics.RATELIMIT_DENIED.labels("llm").inc()
         if tried:  # keys failed on this call: that is a retry, not a wait in line
             raise LLMUnavailableError(wait, "; ".join(failures) + f"; the other keys are busy for {wait:.1f}s")
+        # (a denial of the first key asked: the message waits in the stream, no retry used)
         raise RateLimitedError("llm", wait)
 
     def _wait(self, key: APIKey, seconds: float) -> APIKey:
@@ -162,37 +172,42 @@ class LLMAnalyser:
             self.sleep(seconds)
         return key
 
-    def _failed(self, key: APIKey, error: openai.APIStatusError) -> tuple[str, float]:
-        """Book a refused call; its outcome and how long the server asked us to wait."""
+    def _failed(self, key: APIKey, error: openai.APIStatusError) -> tuple[str, float | None]:
+        """Book a refused call; its outcome and how long the server asked us to wait (None: it did not say)."""
         headers = error.response.headers
-        wait = retry_after(headers) or 1.0
+        wait = retry_after(headers)
         if error.status_code in (401, 403) or error.code == "insufficient_quota":
             outcome = "auth_error"
             self._benched[key.label] = time.monotonic() + BENCH_SECONDS
         elif error.status_code == 429:
             outcome = "rate_limited"
+            wait = 1.0 if wait is None else wait
             quota_headers = QuotaHeaders.parse(headers)
             self.limiter.observe(
                 _quota_key(key), remaining=quota_headers.remaining, reset=quota_headers.reset, retry_after=wait
             )
-        elif error.status_code >= 500:
-            outcome = "server_error"
-            self.limiter.observe(_quota_key(key), retry_after=wait)
-        else:
+        elif error.status_code in PERMANENT_STATUSES:
             outcome = "bad_request"
+        else:  # 5xx, 408, 409, ...: the server's trouble, another key or a later try may do
+            outcome = "server_error"
+            if wait is not None:
+                self.limiter.observe(_quota_key(key), retry_after=wait)
         metrics.LLM_REQUESTS.labels(key.label, self.settings.model, outcome).inc()
         return outcome, wait
 
     def _succeeded(self, key: APIKey, headers: object, costs: dict[str, float], usage: object) -> None:
+        """Count the call and tell the limiter what it learned; a paid answer is never lost over this."""
         model = self.settings.model
         metrics.LLM_REQUESTS.labels(key.label, model, "ok").inc()
-        said = QuotaHeaders.parse(headers)  # type: ignore[arg-type]
-        if said.remaining:
-            self.limiter.observe(_quota_key(key), remaining=said.remaining, reset=said.reset)
-        if usage is None:
-            return
-        prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens  # type: ignore[attr-defined]
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         metrics.LLM_TOKENS.labels(key.label, model, "prompt").inc(prompt_tokens)
         metrics.LLM_TOKENS.labels(key.label, model, "completion").inc(completion_tokens)
         metrics.LLM_COST.labels(key.label, model).inc(self.settings.cost(prompt_tokens, completion_tokens))
-        self.limiter.charge(_quota_key(key), {"tokens": prompt_tokens + completion_tokens - costs["tokens"]})
+        said = QuotaHeaders.parse(headers)  # type: ignore[arg-type]
+        try:
+            if said.remaining:
+                self.limiter.observe(_quota_key(key), remaining=said.remaining, reset=said.reset)
+            self.limiter.charge(_quota_key(key), {"tokens": prompt_tokens + completion_tokens - costs["tokens"]})
+        except Exception:
+            logger.warning("Could not book %s's usage in the shared quota", key.label, exc_info=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -25,11 +26,21 @@ def parse_duration(text: str) -> float | None:
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
 
 
+#: The longest wait a server may impose on a key: beyond it, it is down, and we ask again then.
+MAX_RETRY_AFTER = 3600.0
+
+
+def _bounded(seconds: float | None) -> float | None:
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """``retry-after-ms``, else ``Retry-After`` in seconds or as an HTTP date."""
+    """``retry-after-ms``, else ``Retry-After`` in seconds or as an HTTP date; at most an hour."""
     if "retry-after-ms" in headers:
         try:
-            return float(headers["retry-after-ms"]) / 1000
+            return _bounded(float(headers["retry-after-ms"]) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
@@ -37,9 +48,9 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         return None
     seconds = parse_duration(value)
     if seconds is not None:
-        return seconds
+        return _bounded(seconds)
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        return _bounded(parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
 
@@ -57,7 +68,7 @@ class QuotaHeaders:
             left = headers.get(f"x-ratelimit-remaining-{name}", "")
             if left.strip().isdigit():
                 remaining[name] = float(left)
-            seconds = parse_duration(headers.get(f"x-ratelimit-reset-{name}", ""))
+            seconds = _bounded(parse_duration(headers.get(f"x-ratelimit-reset-{name}", "")))
             if seconds is not None:
                 reset[name] = seconds
         return cls(remaining, reset, retry_after(headers))

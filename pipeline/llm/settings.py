@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -39,8 +40,8 @@ def _float(name: str, default: float) -> float:
         value = float(raw) if raw else default
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be > 0, got {raw!r}")
+    if not (0 < value < math.inf):
+        raise SettingsError(f"{name} must be a finite number > 0, got {raw!r}")
     return value
 
 

@@ -12,15 +12,17 @@ worker that reaches the NATS server::
     mutex = ConcurrentRateLimiter(backend, "reports-mutex", limit=1)
 
 Every operation is one compare-and-set on one KV entry.  An entry holds its
-value and its expiry (wall time, millisecond TTLs as Dramatiq gives them),
-and NATS drops it a second after that by per-message TTL.  A window's
-per-second counters (``name@<second>``) share one entry, which is what
-makes ``incr_and_sum`` atomic.
+value and its expiry (on the NATS server's clock, millisecond TTLs as
+Dramatiq gives them), and NATS drops it a second after that by
+per-message TTL.  A ``WindowRateLimiter``'s per-second counters
+(``name@<second>``) share one entry, which is what makes ``incr_and_sum``
+atomic; it keeps up to 10,000 of them, so windows up to a few hours.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +35,10 @@ from nats.js import JetStreamContext
 from pipeline.ratelimit.store import KVStore, kv_key
 
 DEFAULT_BUCKET = "dramatiq_rate_limits"
+
+
+#: Counters one window entry may hold (a second each): enough for windows of hours, small enough for one message.
+MAX_WINDOW_KEYS = 10_000
 
 
 def _decode(raw: bytes | None, now: float) -> dict[str, list[float]]:
@@ -76,25 +82,26 @@ class NatsRateLimiterBackend(RateLimiterBackend):
 
     def _change(self, key: str, ttl: int, step: Callable[[float | None], float | None]) -> bool:
         """Apply ``step`` to the key's value (None: absent); it returns the new value, or None to refuse."""
-        group, sub = self._entry(key)
 
         def change(raw: bytes | None) -> tuple[bytes | None, float, bool]:
-            now = time.time()
+            now = self.store.clock()
             entries = _decode(raw, now)
-            current = entries.get(sub)
+            current = entries.get("")
             new = step(None if current is None else current[0])
             if new is None:
                 return None, 0.0, False
-            entries[sub] = [new, now + ttl / 1000]
+            entries = {"": [new, now + ttl / 1000]}
             return _encode(entries), _lifetime(entries, now), True
 
-        return self.store.update(group, change)
+        return self.store.update(f"c/{key}", change)
 
     @staticmethod
-    def _entry(key: str) -> tuple[str, str]:
-        """Windows' per-second keys ``name@<second>`` live together in the entry ``name``."""
-        name, at, suffix = key.rpartition("@")
-        return (name, suffix) if at and suffix.isdigit() else (key, "")
+    def _window(key: str) -> tuple[str, str]:
+        """``name@<second>`` -> (``name``, ``<second>``): a window's counters live together in one entry."""
+        name, at, second = key.rpartition("@")
+        if not at or not second.isdigit():
+            raise ValueError(f"incr_and_sum needs keys of the form <name>@<second>, got {key!r}")
+        return name, second
 
     def add(self, key: str, value: int, ttl: int) -> bool:
         return self._change(key, ttl, lambda current: value if current is None else None)
@@ -114,42 +121,43 @@ class NatsRateLimiterBackend(RateLimiterBackend):
         return self._change(key, ttl, step)
 
     def incr_and_sum(self, key: str, keys: Callable[[], list[str]], amount: int, maximum: int, ttl: int) -> bool:
-        group, sub = self._entry(key)
-        names = keys()
-        if any(self._entry(k)[0] != group for k in names):
-            raise ValueError(f"incr_and_sum needs keys of the form {group}@<n>, got {names}")
-        subs = {self._entry(k)[1] for k in names} | {sub}
+        group, sub = self._window(key)
 
         def change(raw: bytes | None) -> tuple[bytes | None, float, bool]:
-            now = time.time()
+            now = self.store.clock()
             entries = _decode(raw, now)
+            names = [self._window(k) for k in keys()]  # asked again on every attempt, as the clock moves
+            if any(name != group for name, _ in names):
+                raise ValueError(f"incr_and_sum keys must share the window {group!r}, got {keys()}")
+            subs = {second for _, second in names} | {sub}
             refused = sum(entries[k][0] for k in subs if k in entries) + amount > maximum
             if refused and sub in entries:
                 return None, 0.0, False
             value = entries.get(sub, [0, 0])[0] + (0 if refused else amount)  # as Dramatiq's: the key exists after
             entries[sub] = [value, now + ttl / 1000]
+            if len(entries) > MAX_WINDOW_KEYS:
+                raise ValueError(f"window {group!r} holds more than {MAX_WINDOW_KEYS} counters; use a shorter window")
             return _encode(entries), _lifetime(entries, now), not refused
 
-        return self.store.update(group, change)
+        return self.store.update(f"w/{group}", change)
 
     def wait_notify(self, key: str, ttl: int) -> None:
         self._change(key, ttl, lambda current: 1)
 
-    def wait(self, key: str, timeout: int) -> bool:
-        """Block until ``wait_notify(key)`` (before or after this call) or ``timeout`` milliseconds."""
-        group, sub = self._entry(key)
-        deadline = time.monotonic() + timeout / 1000
+    def wait(self, key: str, timeout: int | None) -> bool:
+        """Block until ``wait_notify(key)`` (before or after this call), or ``timeout`` ms (None: for ever)."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout / 1000
 
         async def watch(js: JetStreamContext) -> bool:
             kv = await js.key_value(self.store.bucket)
-            watcher = await kv.watch(kv_key(group))
+            watcher = await kv.watch(kv_key(f"c/{key}"))
             try:
                 while (left := deadline - time.monotonic()) > 0:
                     try:
-                        entry = await watcher.updates(timeout=left)
+                        entry = await watcher.updates(timeout=min(left, 60.0))
                     except (TimeoutError, nats.errors.TimeoutError):
-                        return False
-                    if entry is not None and entry.value and sub in _decode(entry.value, time.time()):
+                        continue
+                    if entry is not None and entry.value and _decode(entry.value, self.store.clock()):
                         return True
                 return False
             finally:

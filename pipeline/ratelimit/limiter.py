@@ -41,8 +41,8 @@ def _dump(state: State) -> bytes:
 class Limiter:
     """``quota`` for every key of one kind (each API key, each domain), in ``store``.
 
-    ``clock`` is wall time by default because the store is shared between
-    machines; ``sleep`` is how a granted caller waits for its slot.
+    ``clock`` is the store's by default (the NATS server's time, for a store
+    shared between machines); ``sleep`` is how a granted caller waits for its slot.
     """
 
     def __init__(
@@ -50,12 +50,12 @@ class Limiter:
         store: Store,
         quota: Quota,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
         self.quota = dict(quota)
-        self.clock = clock
+        self.clock = clock or store.clock
         self.sleep = sleep
 
     def decide(self, key: str, costs: Mapping[str, float], max_wait: float = 0.0) -> Decision:

@@ -175,15 +175,15 @@ def observe(
     """
     tat = dict(state.tat)
     blocked = state.blocked_until
-    if retry_after is not None and retry_after > 0:
+    if retry_after is not None and 0 < retry_after < math.inf:
         blocked = max(blocked, now + retry_after)
     for name, left in (remaining or {}).items():
         rate = quota.get(name)
-        if rate is None:
+        if rate is None or not math.isfinite(left):
             continue
         floor = now + rate.tolerance - max(left, 0.0) * rate.margin * rate.interval
         tat[name] = max(tat.get(name, now), floor)
         if left <= 0:
             refill = (reset or {}).get(name, rate.period / rate.limit)
-            blocked = max(blocked, now + min(refill, rate.period))
+            blocked = max(blocked, now + min(refill, rate.period))  # min() also drops a NaN
     return State(tat, blocked)

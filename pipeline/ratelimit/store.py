@@ -31,25 +31,33 @@ R = TypeVar("R")
 #: how many seconds it matters for, and a result.
 Change = Callable[[bytes | None], tuple[bytes | None, float, R]]
 
-_UNSAFE = re.compile(r"[^-_/a-zA-Z0-9.]")
+_UNSAFE = re.compile(r"[^-_/a-zA-Z0-9]")
 
 
 def kv_key(key: str) -> str:
-    """Any string as a valid KV key, readable where it can be: unsafe characters become ``=XX``."""
-    return _UNSAFE.sub(lambda m: "".join(f"={b:02X}" for b in m.group().encode()), key).strip(".") or "="
+    """Any string as a KV key, one to one: characters other than ``-_/`` and ASCII alphanumerics become ``=XX``."""
+    escaped = _UNSAFE.sub(lambda m: "".join(f"={b:02X}" for b in m.group().encode()), key)
+    return "k." + (escaped or "=")  # a lone "=" is no escape of anything
 
 
 class Store(Protocol):
     def update(self, key: str, change: Change[R]) -> R: ...
 
+    def clock(self) -> float:
+        """Now, in seconds since the epoch, on the clock every user of the store shares."""
+        ...
+
 
 class MemoryStore:
     """One process's state, under a lock: the reference the shared store must match."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._values: dict[str, tuple[bytes, float]] = {}
+
+    def clock(self) -> float:
+        return self._clock()
 
     def update(self, key: str, change: Change[R]) -> R:
         with self._lock:
@@ -70,9 +78,15 @@ class KVStore:
 
     Entries expire by per-message TTL (nats-server 2.11+), so keys that are
     never written again (a past window, an idle API key) leave by themselves.
+
+    Its clock is the NATS server's: every minute the store writes a
+    ``clock`` entry and reads back the time the server stamped on it, so
+    workers on machines whose clocks disagree still share one timeline
+    (to within half a round trip).
     """
 
     MAX_ATTEMPTS = 200
+    CLOCK_CHECK_EVERY = 60.0
 
     def __init__(
         self,
@@ -92,6 +106,9 @@ class KVStore:
         # (the common case) decides without reading it first; a stale guess costs one lost CAS.
         self._seen: dict[str, tuple[bytes | None, int]] = {}
         self.conflicts = 0  # lost compare-and-sets, for benchmarks
+        self._local_time = time.time  # this machine's clock
+        self._offset = 0.0  # the server's clock minus ours
+        self._clock_checked = -math.inf
 
     @classmethod
     def from_broker(cls, broker: Any, name: str) -> KVStore:
@@ -115,11 +132,28 @@ class KVStore:
     def update(self, key: str, change: Change[R]) -> R:
         return self._run(self._update(kv_key(key), change))
 
+    def clock(self) -> float:
+        return self._local_time() + self._offset
+
+    async def _check_clock(self, js: JetStreamContext) -> None:
+        if time.monotonic() - self._clock_checked < self.CLOCK_CHECK_EVERY:
+            return
+        self._clock_checked = time.monotonic()
+        subject = f"$KV.{self.bucket}.clock"
+        sent = self._local_time()
+        await js.publish(subject, b"", msg_ttl=int(self.CLOCK_CHECK_EVERY * 2))
+        acked = self._local_time()
+        stamped = await js.get_msg(f"KV_{self.bucket}", subject=subject, direct=True)
+        if stamped.time is not None:
+            self._offset = stamped.time.timestamp() - (sent + acked) / 2
+
     def call(self, make: Callable[[JetStreamContext], Awaitable[R]]) -> R:
         """Run ``make(js)`` on the store's connection (for watches and one-off reads)."""
 
         async def call() -> R:
-            return await make(await self._open())
+            js = await self._open()
+            await self._check_clock(js)
+            return await make(js)
 
         return self._run(call())
 
@@ -135,6 +169,7 @@ class KVStore:
 
     async def _update(self, key: str, change: Change[R]) -> R:
         js = await self._open()
+        await self._check_clock(js)
         subject = f"$KV.{self.bucket}.{key}"
         seen = self._seen.pop(key, None)
         for _ in range(self.MAX_ATTEMPTS):
