@@ -4,18 +4,25 @@
 broker: ``PIPELINE_NATS_URL`` names the server, and without it an embedded
 ``nats-server`` is started under ``.pipeline/``; ``PIPELINE_PREFIX`` names the
 streams and subjects (default ``pipeline``).  The actors are thin: the
-work lives in :mod:`pipeline.stages`.
+work lives in :mod:`pipeline.stages`; metrics: :mod:`pipeline.observability`.
 """
 
 import os
 
 import dramatiq
+from dramatiq.middleware.prometheus import DB_PATH
+
+# Our metrics go where Dramatiq's go (``dramatiq_prom_db``), in every worker process:
+# prometheus-client reads this when it is first imported, which is below.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", DB_PATH)
 
 from pipeline import redact
 from pipeline.broker import JetStreamBroker
+from pipeline.observability import WorkerMetrics
 
 redact.install()  # Dramatiq logs failed messages with their arguments: no URL secrets in them
 broker = JetStreamBroker(prefix=os.environ.get("PIPELINE_PREFIX", "pipeline"))
+broker.add_middleware(WorkerMetrics())
 dramatiq.set_broker(broker)
 
 from actors import stages  # noqa: E402, F401 - declares the stage actors on the broker

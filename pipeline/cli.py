@@ -111,7 +111,9 @@ def up(
     duration: float = typer.Option(0, help="Stop after this many seconds (0: run until Ctrl-C)."),
     demo: bool = typer.Option(False, "--demo", help="Also serve a local site whose pages change, with monitors on it."),
 ) -> None:
-    """Run the pipeline on this machine: NATS, one worker pool per queue, and a live status."""
+    """Run the pipeline on this machine: NATS, one worker pool per queue, metrics, and a live status."""
+    _share_metrics_directory()  # before anything imports prometheus-client
+    from pipeline import exporter
     from pipeline.workers import WorkerPool
 
     site = _start_demo() if demo else None
@@ -119,6 +121,8 @@ def up(
     broker = _load_broker()
     queues = sorted(broker.get_declared_queues())
     typer.echo(f"NATS {broker.safe_url}; queues: {', '.join(queues) or '-'}")
+    port = int(os.environ.get("PIPELINE_METRICS_PORT", exporter.DEFAULT_PORT))
+    metrics_server = _serve_metrics(broker, queues, port) if port else None
     pools = [WorkerPool(q, env=dict(os.environ), threads=threads, log_dir=Path(DEFAULT_HOME) / "logs") for q in queues]
     for pool in pools:
         pool.resize(processes)
@@ -146,6 +150,49 @@ def up(
         ingest.stop()
         for pool in pools:
             pool.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        broker.close()
+
+
+def _share_metrics_directory() -> None:
+    """Every worker this machine runs writes its metrics to one fresh directory, which the exporter serves."""
+    import shutil
+
+    directory = os.environ.get("dramatiq_prom_db") or str((DEFAULT_HOME / "metrics").resolve())
+    shutil.rmtree(directory, ignore_errors=True)  # counters of a previous run are not this run's
+    os.makedirs(directory)
+    os.environ["dramatiq_prom_db"] = os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+
+
+def _serve_metrics(broker, queues: list[str], port: int):
+    from pipeline import exporter
+
+    try:
+        server = exporter.serve(broker, queues, port)
+    except OSError as e:
+        typer.echo(f"error: cannot serve metrics on port {port} ({e.strerror}); set PIPELINE_METRICS_PORT", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Metrics at http://127.0.0.1:{port}/metrics")
+    return server
+
+
+@app.command()
+def exporter(
+    port: int = typer.Option(9464, envvar="PIPELINE_METRICS_PORT", help="Port of /metrics."),
+) -> None:
+    """Serve each queue's lag and dead letters (and, with PROMETHEUS_MULTIPROC_DIR, this machine's workers' metrics)."""
+    from pipeline.stages import STAGES
+
+    broker = _connected_broker()
+    server = _serve_metrics(broker, list(STAGES), port)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
         broker.close()
 
 

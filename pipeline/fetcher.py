@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import httpcore
 import httpx
 
+from pipeline import metrics
 from pipeline.netguard import AddressPolicy, BlockedAddressError
 from pipeline.redact import redact_url
 
@@ -23,22 +24,24 @@ USER_AGENT = "nats-ai-pipeline/0.1 (+https://github.com/; monitoring)"
 
 
 class FetchError(Exception):
-    """The source could not be fetched; ``reason`` is safe to store and show."""
+    """The source could not be fetched; ``reason`` is safe to store and show, ``kind`` is its metric label."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, kind: str = "error") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
 
 
 class TooLargeError(FetchError):
-    pass
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, "too_large")
 
 
 class RetryLaterError(FetchError):
     """The server asked us to come back later (429/503 with ``Retry-After``)."""
 
     def __init__(self, reason: str, after: float) -> None:
-        super().__init__(reason)
+        super().__init__(reason, "retry_later")
         self.after = after
 
 
@@ -126,6 +129,16 @@ class Fetcher:
 
     def fetch(self, url: str, *, etag: str | None = None, last_modified: str | None = None) -> FetchResult:
         """GET ``url``; with ``etag``/``last_modified`` a 304 comes back as ``not_modified``."""
+        try:
+            result = self._fetch(url, etag, last_modified)
+        except FetchError as e:
+            metrics.FETCH_ERRORS.labels(e.kind).inc()
+            raise
+        metrics.FETCH_BYTES.inc(len(result.body))
+        metrics.FETCH_SECONDS.observe(result.elapsed)
+        return result
+
+    def _fetch(self, url: str, etag: str | None, last_modified: str | None) -> FetchResult:
         started = time.monotonic()
         headers = {}
         if etag:
@@ -134,7 +147,7 @@ class Fetcher:
             headers["If-Modified-Since"] = last_modified
         for _ in range(self.max_redirects + 1):
             if not url.startswith(("http://", "https://")):
-                raise FetchError(f"refusing to fetch {url.split(':', 1)[0]!r} URLs: only http and https")
+                raise FetchError(f"refusing to fetch {url.split(':', 1)[0]!r} URLs: only http and https", "bad_url")
             try:
                 with self.client.stream("GET", url, headers=headers) as response:
                     if response.is_redirect and "location" in response.headers:
@@ -142,27 +155,28 @@ class Fetcher:
                         continue
                     return self._read(response, started)
             except BlockedAddressError as e:
-                raise FetchError(str(e)) from None
+                raise FetchError(str(e), "blocked") from None
             except httpx.InvalidURL as e:
-                raise FetchError(f"invalid URL: {e}") from None
+                raise FetchError(f"invalid URL: {e}", "bad_url") from None
             except (OSError, UnicodeError) as e:  # name resolution and the like
-                raise FetchError(f"{type(e).__name__} fetching {redact_url(url)}: {e}") from None
+                raise FetchError(f"{type(e).__name__} fetching {redact_url(url)}: {e}", "connection") from None
             except httpx.TimeoutException:
-                raise FetchError(f"timed out after {self.timeout:g}s fetching {redact_url(url)}") from None
+                raise FetchError(f"timed out after {self.timeout:g}s fetching {redact_url(url)}", "timeout") from None
             except httpx.HTTPError as e:
-                raise FetchError(f"{type(e).__name__} fetching {redact_url(url)}") from None
+                raise FetchError(f"{type(e).__name__} fetching {redact_url(url)}", "connection") from None
             if time.monotonic() - started > self.timeout:
-                raise FetchError(f"timed out after {self.timeout:g}s fetching {redact_url(url)}")
-        raise FetchError(f"more than {self.max_redirects} redirects")
+                raise FetchError(f"timed out after {self.timeout:g}s fetching {redact_url(url)}", "timeout")
+        raise FetchError(f"more than {self.max_redirects} redirects", "redirects")
 
     def _read(self, response: httpx.Response, started: float) -> FetchResult:
+        metrics.FETCH_RESPONSES.labels(str(response.status_code)).inc()
         if response.status_code in (429, 503):
             after = parse_retry_after(response.headers.get("retry-after"))
             raise RetryLaterError(f"HTTP {response.status_code} from {response.url.host}", after or 60.0)
         if response.status_code == 304:
             return self._result(response, b"", started)
         if response.status_code >= 400:
-            raise FetchError(f"HTTP {response.status_code} from {response.url.host}")
+            raise FetchError(f"HTTP {response.status_code} from {response.url.host}", "http_status")
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             raise TooLargeError(f"body of {declared} bytes is over the {self.max_bytes} byte limit")
@@ -172,7 +186,7 @@ class Fetcher:
             if size > self.max_bytes:
                 raise TooLargeError(f"body is over the {self.max_bytes} byte limit")
             if time.monotonic() - started > self.timeout:
-                raise FetchError(f"timed out after {self.timeout:g}s reading the body")
+                raise FetchError(f"timed out after {self.timeout:g}s reading the body", "timeout")
             chunks.append(chunk)
         return self._result(response, b"".join(chunks), started)
 

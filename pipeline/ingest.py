@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from sqlmodel import Session
 
+from pipeline import metrics
 from pipeline.broker import JetStreamBroker, QueueNames
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
 from pipeline.models import Monitor
@@ -116,6 +117,7 @@ class Ingest(BackgroundService):
         except InvalidEventError as e:
             logger.warning("Dead-lettering an invalid event on %s: %s", msg.subject, e.reason)
             self.broker.dead_letter(self.dead, msg, "", e)
+            metrics.EVENTS.labels(_kind(msg.subject), "invalid").inc()
             return
         message_id = f"event-{msg.metadata.stream}-{msg.metadata.sequence.stream}"
         job["trace"] = message_id  # one check, end to end: stages derive their message ids from it
@@ -124,3 +126,10 @@ class Ingest(BackgroundService):
         )
         self.broker.enqueue(message)
         self.broker.run(msg.ack())
+        metrics.EVENTS.labels(_kind(msg.subject), "accepted").inc()
+
+
+def _kind(subject: str) -> str:
+    """The event kind for a metric label: one of the known kinds, else ``other`` (labels stay bounded)."""
+    kind = subject.rsplit(".", 1)[-1]
+    return kind if kind in ("check", "monitor", "content") else "other"

@@ -1,12 +1,49 @@
 """The pipeline's Prometheus metrics, defined once.
 
-Labels never carry a secret: API keys appear as their ``key-<fingerprint>``
-label, hosts as host names.  How they are served is the exporter's job.
+Base units (seconds, bytes) and bounded labels only: a stage, a queue, an
+outcome, a status code, an API key's ``key-<fingerprint>`` label; never a
+URL, an id or a secret.  Worker processes write them to the multiprocess
+directory (``PROMETHEUS_MULTIPROC_DIR``, set by ``actors``) beside
+Dramatiq's own metrics; the exporter or the worker serves them
+(:mod:`pipeline.exporter`).  Dramatiq's Prometheus middleware already counts
+messages, errors, retries, dead letters (rejects), in-flight messages and
+durations per queue; what is here is what it cannot know.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+
+CHECKS = Counter(
+    "pipeline_checks",
+    "Stage results: fetched, unchanged, changed, relevant, irrelevant, sent, error",
+    ["stage", "outcome"],
+)
+FETCH_RESPONSES = Counter("pipeline_fetch_responses", "HTTP responses fetch received, by status code", ["code"])
+FETCH_ERRORS = Counter(
+    "pipeline_fetch_errors",
+    "Fetches that failed: blocked, bad_url, connection, timeout, too_large, http_status, retry_later, redirects",
+    ["kind"],
+)
+FETCH_BYTES = Counter("pipeline_fetch_response_bytes", "Bytes of the bodies fetch read")
+FETCH_SECONDS = Histogram(
+    "pipeline_fetch_duration_seconds",
+    "Time from request to the last byte of a fetch",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+)
+ALERTS = Counter(
+    "pipeline_alerts",
+    "Alert deliveries by channel (webhook, apprise) and outcome (sent, failed)",
+    ["channel", "outcome"],
+)
+EVENTS = Counter(
+    "pipeline_events",
+    "Events ingested from NATS subjects, by kind and outcome (accepted, invalid)",
+    ["kind", "outcome"],
+)
+WORKER_PROCESSES = Gauge(
+    "pipeline_worker_processes", "Worker processes consuming each queue", ["queue"], multiprocess_mode="livesum"
+)
 
 LLM_REQUESTS = Counter(
     "pipeline_llm_requests",

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from pipeline import notify, webhooks
+from pipeline import metrics, notify, webhooks
 from pipeline.bodies import BodyStore
 from pipeline.extract import content_hash, diff, extract
 from pipeline.fetcher import Fetcher
@@ -55,6 +55,7 @@ class Context:
 
 
 def _record(ctx: Context, job: Job, stage: str, outcome: str, started: float, detail: str = "") -> None:
+    metrics.CHECKS.labels(stage, outcome).inc()
     with Session(ctx.engine) as session:
         session.add(
             Check(
@@ -203,6 +204,8 @@ def alert(ctx: Context, job: Job) -> None:
                 continue
             attempt = len(session.exec(select(Delivery).where(Delivery.alert_id == record.id)).all()) + 1
             ok, status, error = _deliver(ctx, record, finding, job)
+            channel = "webhook" if target.startswith(("http://", "https://")) else "apprise"
+            metrics.ALERTS.labels(channel, "sent" if ok else "failed").inc()
             session.add(Delivery(alert_id=record.id, attempt=attempt, ok=ok, status_code=status, error=error))  # type: ignore[arg-type]
             record.status = "sent" if ok else "failed"
             record.claimed_at = None

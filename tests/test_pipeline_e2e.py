@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,9 +47,12 @@ def env(nats_server: NatsServer, prefix: str, tmp_path: Path, monkeypatch: pytes
 def pipeline(env: dict[str, str], make_broker, tmp_path: Path) -> Iterator[JetStreamBroker]:
     """Workers for all four stages (one process) and the ingest, as `pipeline up` runs them."""
     log = open(tmp_path / "workers.log", "w")  # noqa: SIM115
+    metrics_dir = tmp_path / "metrics"  # as `pipeline up` runs them: every worker writes its metrics here
+    metrics_dir.mkdir()
+    metrics_env = {"dramatiq_prom_db": str(metrics_dir), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     workers = subprocess.Popen(
         [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", "4"],
-        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=log, start_new_session=True,
+        cwd=ROOT, env={**os.environ, **env, **metrics_env}, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
     broker = make_broker(prefix=env["PIPELINE_PREFIX"])
     for stage in ("fetch", "scrape", "analyse", "alert"):
@@ -149,3 +153,47 @@ def test_refused_llm_keys_dead_letter_the_analysis_without_showing_them(
     assert LLM_KEY not in reason and LLM_KEY not in last.data.decode()
     log = (tmp_path / "workers.log").read_text()
     assert "every API key was refused" in log and LLM_KEY not in log
+
+
+def test_workers_metrics_and_queue_lag_are_served_by_the_exporter(
+    env, pipeline: JetStreamBroker, tmp_path: Path
+) -> None:
+    from pipeline import exporter
+    from pipeline.nats_server import free_port
+    from pipeline.stages import STAGES
+
+    with Site() as shop, Site() as receiver:
+        shop.routes["/p"] = Page(b"<html><body><p class='price'>Price: 95 EUR</p></body></html>")
+        publish(env, "check", {"url": shop.url("/p"), "selector": ".price", "rule": "price < 100",
+                               "notify": [receiver.url("/hook")]})  # fmt: skip
+        publish(env, "check", b"not json")
+        assert wait_for(lambda: len(receiver.posts) == 1, 60), "no webhook arrived"
+    port = free_port()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")  # what `pipeline up` sets
+    try:
+        server = exporter.serve(pipeline, list(STAGES), port, host="127.0.0.1")
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    expected = [
+        'dramatiq_messages_total{actor_name="fetch",queue_name="fetch"} 1.0',  # Dramatiq's middleware
+        'pipeline_checks_total{outcome="fetched",stage="fetch"} 1.0',
+        'pipeline_checks_total{outcome="relevant",stage="analyse"} 1.0',
+        'pipeline_fetch_responses_total{code="200"} 1.0',
+        'pipeline_alerts_total{channel="webhook",outcome="sent"} 1.0',
+        'pipeline_worker_processes{queue="alert"} 1.0',
+        'pipeline_queue_lag{queue="fetch"} 0.0',
+        'pipeline_dead_letters{queue="events"} 1.0',
+        "pipeline_exporter_jetstream_up 1.0",
+    ]
+    try:
+        assert wait_for(lambda: all(line in scrape() for line in expected), 20), [
+            line for line in expected if line not in scrape()
+        ]
+        assert "pipeline_fetch_duration_seconds_bucket" in scrape()
+    finally:
+        server.shutdown()

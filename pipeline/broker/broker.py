@@ -59,7 +59,7 @@ from pipeline.broker.puller import Puller
 from pipeline.redact import redact_text
 
 #: How long dead letters are kept: Dramatiq's own setting and default (7 days).
-DEAD_MESSAGE_TTL_MS = int(os.getenv("dramatiq_dead_message_ttl", 86400000 * 7))  # noqa: SIM112
+DEAD_MESSAGE_TTL_MS = int(os.getenv("dramatiq_dead_message_ttl", 86400000 * 7))
 
 #: Exceptions of dead-lettered messages kept for ``join(fail_fast=True)``.
 REMEMBERED_DEAD_EXCEPTIONS = 1000

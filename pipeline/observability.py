@@ -1,0 +1,32 @@
+"""Metrics in worker processes: Dramatiq's Prometheus middleware, served where the deployment wants.
+
+Dramatiq's middleware writes its metrics (messages, errors, retries,
+rejects, in-flight, durations per queue and actor) to a multiprocess
+directory and, by default, serves them from each ``dramatiq`` command on
+port 9191.  Several worker pools on one machine would fight over that
+port, so here a worker serves its own metrics only when
+``dramatiq_prom_port`` is set (one worker per container: compose,
+Kubernetes); otherwise the machine's exporter serves the shared directory.
+It also counts worker processes per queue, for the dashboards.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dramatiq import Broker, Worker
+from dramatiq.common import q_name
+from dramatiq.middleware.prometheus import Prometheus
+
+from pipeline import metrics
+
+
+class WorkerMetrics(Prometheus):
+    @property
+    def forks(self) -> list:
+        serve = os.environ.get("dramatiq_prom_port")  # Dramatiq's own setting
+        return super().forks if serve else []
+
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        for queue in {q_name(name) for name in worker.consumers}:  # not the delay queues
+            metrics.WORKER_PROCESSES.labels(queue).set(1)
