@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Metric, start_http_server, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -74,11 +74,20 @@ class JetStreamCollector(Collector):
         yield from (lag, pending, in_flight, dead, up)
 
 
+class ThisProcess(Collector):
+    """This process's own metrics (the ingest's, when it runs here) while they are not in the directory."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
 def registry(broker: JetStreamBroker, queues: list[str], multiprocess_dir: str | None) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(JetStreamCollector(broker, queues))
     if multiprocess_dir and Path(multiprocess_dir).is_dir():
         MultiProcessCollector(registry, path=multiprocess_dir)
+    if values.ValueClass is values.MutexValue:  # in-memory mode: nothing of this process is in the directory
+        registry.register(ThisProcess())
     return registry
 
 

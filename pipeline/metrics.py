@@ -53,6 +53,8 @@ LLM_REQUESTS = Counter(
 LLM_TOKENS = Counter("pipeline_llm_tokens", "Tokens the LLM reported using", ["key", "model", "kind"])
 LLM_COST = Counter("pipeline_llm_cost_usd", "What the LLM calls cost, by the configured price table", ["key", "model"])
 LLM_CACHE = Counter("pipeline_llm_cache", "Verdict cache lookups", ["result"])
+for _result in ("hit", "miss"):  # both series exist from the start: a hit ratio is 0, not "no data"
+    LLM_CACHE.labels(_result)
 RATELIMIT_WAIT = Histogram(
     "pipeline_ratelimit_wait_seconds",
     "How long a call waited for its slot in a shared quota",

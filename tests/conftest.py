@@ -77,14 +77,14 @@ def worker(broker: JetStreamBroker) -> Iterator[Worker]:
 class WorkerProcess:
     """``dramatiq tests.workerapp`` in a process group of its own, so it can be SIGKILLed whole."""
 
-    def __init__(self, env: dict[str, str], threads: int = 4) -> None:
+    def __init__(self, environment: dict[str, str], threads: int = 4) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dramatiq", "tests.workerapp", "--processes", "1", "--threads", str(threads)],
             cwd=ROOT,
-            env=env,
+            env=environment,
             start_new_session=True,
             stdout=subprocess.DEVNULL,
-            stderr=open(env["TEST_RECORD_FILE"] + f".{uuid.uuid4().hex[:6]}.log", "w"),  # noqa: SIM115
+            stderr=open(environment["TEST_RECORD_FILE"] + f".{uuid.uuid4().hex[:6]}.log", "w"),  # noqa: SIM115
         )
 
     def kill(self) -> None:
@@ -131,14 +131,14 @@ def spawn_workers(nats_server: NatsServer, prefix: str, record_file: Path) -> It
     processes: list[WorkerProcess] = []
 
     def spawn(url: str | None = None, ack_wait: float = 30, threads: int = 4, **extra_env: str) -> WorkerProcess:
-        env = dict(os.environ, **extra_env)
-        env.update(
+        environment = dict(os.environ, **extra_env)
+        environment.update(
             PIPELINE_NATS_URL=url or nats_server.url,
             TEST_PREFIX=prefix,
             TEST_ACK_WAIT=str(ack_wait),
             TEST_RECORD_FILE=str(record_file),
         )
-        process = WorkerProcess(env, threads=threads)
+        process = WorkerProcess(environment, threads=threads)
         processes.append(process)
         return process
 
@@ -171,3 +171,7 @@ def db_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine
     with admin.begin() as connection:
         connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
+
+
+# The live pipeline's fixtures, for every test module.
+from tests.live import env, llm, pipeline  # noqa: E402, F401

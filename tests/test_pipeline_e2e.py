@@ -1,86 +1,19 @@
-"""End to end: a JSON event on NATS becomes a signed webhook, through real worker processes."""
+"""End to end: a JSON event on NATS becomes a signed webhook, through real worker processes (tests/live.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import threading
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import nats
-import pytest
 from standardwebhooks.webhooks import Webhook
 
-from pipeline import runtime
 from pipeline.broker import JetStreamBroker
-from pipeline.ingest import Ingest
-from pipeline.nats_server import NatsServer
-from pipeline.webhooks import new_secret
-from tests.conftest import ROOT, wait_for
+from tests.conftest import wait_for
+from tests.live import LLM_KEY, SECRET, publish
 from tests.openai_server import OpenAIServer
 from tests.site import Page, Site
-
-SECRET = new_secret()
-
-
-@pytest.fixture
-def env(nats_server: NatsServer, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    values = {
-        "PIPELINE_NATS_URL": nats_server.url,
-        "PIPELINE_PREFIX": prefix,
-        "PIPELINE_DATABASE_URL": f"sqlite:///{tmp_path / 'pipeline.db'}",
-        "PIPELINE_FETCH_ALLOW_HOSTS": "127.0.0.1",
-        "PIPELINE_WEBHOOK_SECRET": SECRET,
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    runtime.reset()
-    yield values
-    runtime.reset()
-
-
-@pytest.fixture
-def pipeline(env: dict[str, str], make_broker, tmp_path: Path) -> Iterator[JetStreamBroker]:
-    """Workers for all four stages (one process) and the ingest, as `pipeline up` runs them."""
-    log = open(tmp_path / "workers.log", "w")  # noqa: SIM115
-    metrics_dir = tmp_path / "metrics"  # as `pipeline up` runs them: every worker writes its metrics here
-    metrics_dir.mkdir()
-    metrics_env = {"dramatiq_prom_db": str(metrics_dir), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    workers = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", "4"],
-        cwd=ROOT, env={**os.environ, **env, **metrics_env}, stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    broker = make_broker(prefix=env["PIPELINE_PREFIX"])
-    for stage in ("fetch", "scrape", "analyse", "alert"):
-        broker.declare_queue(stage)
-    ingest = Ingest(broker, runtime.context(broker))
-    ingest.declare()  # before anything is published: core NATS drops what no stream captures
-    thread = threading.Thread(target=ingest.run, daemon=True)
-    thread.start()
-    yield broker
-    ingest.stop()
-    thread.join(5)
-    workers.terminate()
-    workers.wait(30)
-    log.close()
-
-
-def publish(env: dict[str, str], kind: str, event: dict | bytes) -> None:
-    """What any producer does: a plain NATS publish of JSON (no Dramatiq, no JetStream API)."""
-    import asyncio
-
-    async def go() -> None:
-        nc = await nats.connect(env["PIPELINE_NATS_URL"])
-        data = event if isinstance(event, bytes) else json.dumps(event).encode()
-        await nc.publish(f"{env['PIPELINE_PREFIX']}.events.{kind}", data)
-        await nc.flush()
-        await nc.close()
-
-    asyncio.run(go())
 
 
 def test_a_check_event_ends_as_a_signed_webhook(env, pipeline: JetStreamBroker) -> None:
@@ -113,17 +46,6 @@ def test_invalid_events_are_dead_lettered_with_the_reason(env, pipeline: JetStre
     names = pipeline.names("events")
     last = pipeline.run(pipeline.js.get_last_msg(f"{pipeline.prefix}_dead", names.dead_subject))
     assert "not JSON" in last.headers["Pipeline-Dead-Reason"]
-
-
-@pytest.fixture
-def llm(env: dict[str, str]) -> Iterator[OpenAIServer]:
-    """A local OpenAI-compatible server the workers' analyser talks to (set before they start)."""
-    with OpenAIServer([LLM_KEY]) as server:
-        env.update(PIPELINE_OPENAI_API_KEYS=LLM_KEY, PIPELINE_OPENAI_BASE_URL=server.base_url)
-        yield server
-
-
-LLM_KEY = "sk-e2e-" + "7" * 40
 
 
 def test_a_question_is_answered_by_the_llm(env, llm: OpenAIServer, pipeline: JetStreamBroker) -> None:

@@ -78,6 +78,8 @@ class LLMAnalyser:
         self._clients: dict[str, openai.OpenAI] = {}
         for key in settings.keys:
             redact.add_secret(key.secret)
+            for outcome in ("ok", "rate_limited"):  # at 0 from the start: no 429s yet is a 0, not "no data"
+                metrics.LLM_REQUESTS.labels(key.label, settings.model, outcome)
             self._clients[key.label] = openai.OpenAI(
                 api_key=key.secret, base_url=settings.base_url, max_retries=0, timeout=settings.timeout
             )

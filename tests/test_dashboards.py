@@ -1,0 +1,166 @@
+"""The dashboards and alert rules against a real Prometheus scraping a live pipeline under load.
+
+Every query of every panel is evaluated, and each panel must return at least
+one series: a panel that shows nothing is an incident.  Every alert rule's
+expression must evaluate too.  The NATS JetStream dashboard reads
+prometheus-nats-exporter, a Go program that is not on PyPI or Debian, so
+its panels are not evaluated here; compose/ runs the exporter beside NATS.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import exporter
+from pipeline.broker import JetStreamBroker
+from pipeline.nats_server import free_port
+from pipeline.stages import STAGES
+from tests.conftest import ROOT, wait_for
+from tests.live import publish
+from tests.openai_server import OpenAIServer
+from tests.site import Page, Site
+
+PROMETHEUS = shutil.which("prometheus")
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+RULES = ROOT / "compose" / "prometheus" / "alerts.yml"
+
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None, reason="prometheus not installed (Debian: apt-get install prometheus; .ci/run installs it)"
+)
+
+
+class Prometheus:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def query(self, expr: str) -> list[dict]:
+        """The series ``expr`` returns now; an invalid query fails the test with Prometheus' reason."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr.replace("$__rate_interval", "1m")})
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as e:
+            pytest.fail(f"{expr!r} does not evaluate: {e.read().decode()}")
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+
+@pytest.fixture
+def metrics_port(pipeline: JetStreamBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The exporter, as `pipeline up` starts it, serving the workers' metrics directory."""
+    port = free_port()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    server = exporter.serve(pipeline, list(STAGES), port, host="127.0.0.1")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    yield port
+    server.shutdown()
+
+
+@pytest.fixture
+def prometheus(metrics_port: int, tmp_path: Path) -> Iterator[Prometheus]:
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [{"job_name": "pipeline", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    log = open(tmp_path / "prometheus.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    server = Prometheus(f"http://127.0.0.1:{port}")
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{server.url}/-/ready", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    assert wait_for(ready, 30), (tmp_path / "prometheus.log").read_text()[-2000:]
+    yield server
+    process.terminate()
+    process.wait(10)
+    log.close()
+
+
+def load(env: dict[str, str], llm: OpenAIServer, shop: Site, inbox: Site) -> None:
+    """Traffic that touches every panel: alerts by rule and by LLM, a 429, a 404, a 503 retried, a bad event."""
+    shop.routes["/kettle"] = Page(b"<p class='price'>Price: 95 EUR</p>")
+    shop.routes["/stock"] = Page(b"<p class='stock'>Kettle: back in stock</p>")
+    shop.routes["/gone"] = Page(b"gone", 404)
+    busy = {"first": True}
+
+    def once_busy(handler) -> Page:
+        if busy.pop("first", False):
+            return Page(b"busy", 503, {"Retry-After": "1"})
+        return Page(b"<p>Open again</p>")
+
+    shop.routes["/busy"] = once_busy
+    llm.fail(429, retry_after=1)
+    hook = [inbox.url("/hook")]
+    publish(env, "check", {"url": shop.url("/kettle"), "selector": ".price", "rule": "price < 100", "notify": hook})
+    publish(env, "check", {"url": shop.url("/stock"), "question": "Is the kettle in stock?", "notify": hook})
+    publish(env, "check", {"url": shop.url("/gone")})
+    publish(env, "check", {"url": shop.url("/busy")})
+    publish(env, "check", b"not json")
+
+
+@needs_prometheus
+def test_every_panel_shows_data_and_every_rule_evaluates(
+    env: dict[str, str], llm: OpenAIServer, pipeline: JetStreamBroker, prometheus: Prometheus
+) -> None:
+    with Site() as shop, Site() as inbox:
+        load(env, llm, shop, inbox)
+        assert wait_for(lambda: len(inbox.posts) == 2, 60), "the two alerts did not arrive"
+        assert wait_for(lambda: any(path == "/busy" for path, _ in shop.requests[1:]), 30)
+    assert llm.count(429) == 1 and llm.count(200) == 1
+    # Every counter must have been scraped twice since it moved, for rate() to see it.
+    time.sleep(3)
+    assert wait_for(lambda: prometheus.query('pipeline_alerts_total{outcome="sent"}'), 30)
+    time.sleep(2)
+
+    empty = []
+    checked = 0
+    for path in DASHBOARDS:
+        if path.name == "jetstream.json":
+            continue  # prometheus-nats-exporter's metrics: see the module's docstring
+        for panel in json.loads(path.read_text())["panels"]:
+            if panel["type"] == "row":
+                continue
+            series = sum(len(prometheus.query(target["expr"])) for target in panel["targets"])
+            checked += 1
+            if not series:
+                empty.append(f"{path.stem}: {panel['title']}")
+    assert checked >= 20
+    assert not empty, f"panels without data: {empty}"
+
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            prometheus.query(rule["expr"])  # fails the test if Prometheus cannot evaluate it
+
+
+def test_committed_dashboards_are_generated_from_the_code() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dashboards", ROOT / "grafana" / "dashboards.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rendered = module.render()
+    assert sorted(rendered) == [p.name for p in DASHBOARDS]
+    for path in DASHBOARDS:
+        assert rendered[path.name] == path.read_text(), f"{path.name} is stale: run python grafana/dashboards.py"
