@@ -178,6 +178,32 @@ def _serve_metrics(broker, queues: list[str], port: int):
 
 
 @app.command()
+def scheduler(
+    port: int = typer.Option(9465, envvar="PIPELINE_METRICS_PORT", help="Port of this process's /metrics (0: none)."),
+) -> None:
+    """Run the ingest of events and the scheduler of monitors, without workers (one per deployment is enough).
+
+    Several may run: events are taken from a shared consumer and each monitor's slot has a message id.
+    """
+    broker = _connected_broker()
+    ingest = _start_ingest(broker)
+    schedule = _start_scheduler(broker)
+    server = _serve_metrics(broker, [], port) if port else None
+    typer.echo(f"Ingesting {broker.prefix}.events.* and scheduling monitors; Ctrl-C stops.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        schedule.stop()
+        ingest.stop()
+        if server is not None:
+            server.shutdown()
+        broker.close()
+
+
+@app.command()
 def exporter(
     port: int = typer.Option(9464, envvar="PIPELINE_METRICS_PORT", help="Port of /metrics."),
 ) -> None:
@@ -583,3 +609,7 @@ def check(
         typer.echo(text[:2000] + ("\n…" if len(text) > 2000 else ""))
         typer.echo(f"\n{'MATCHES' if verdict.relevant else 'no match'}: {verdict.summary}")
     raise typer.Exit(0 if verdict.relevant else 3)
+
+
+if __name__ == "__main__":
+    app()

@@ -57,9 +57,7 @@ class JetStreamCollector(Collector):
         up = GaugeMetricFamily("pipeline_exporter_jetstream_up", "1 when the last read of JetStream worked")
         try:
             for queue in self.queues:
-                info = self.broker.run(
-                    self.broker.js.consumer_info(self.broker.names(queue).stream, "workers"), timeout=5
-                )
+                info = self.broker.consumer_info(queue)
                 lag.add_metric([queue], info.num_pending + info.num_ack_pending)
                 pending.add_metric([queue], info.num_pending)
                 in_flight.add_metric([queue], info.num_ack_pending)
@@ -83,7 +81,8 @@ class ThisProcess(Collector):
 
 def registry(broker: JetStreamBroker, queues: list[str], multiprocess_dir: str | None) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(JetStreamCollector(broker, queues))
+    if queues:  # one exporter per pipeline reads JetStream; others serve only their processes' metrics
+        registry.register(JetStreamCollector(broker, queues))
     if multiprocess_dir and Path(multiprocess_dir).is_dir():
         MultiProcessCollector(registry, path=multiprocess_dir)
     if values.ValueClass is values.MutexValue:  # in-memory mode: nothing of this process is in the directory

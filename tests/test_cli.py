@@ -145,3 +145,44 @@ def test_check_asks_the_llm_and_status_shows_it(nats_server, prefix: str, monkey
         shown = json.loads(out)["llm"]
         assert shown["keys"] == [APIKey.of(key).label]
         assert key not in out
+
+
+def test_exporter_and_scheduler_commands_serve_metrics(nats_server, prefix: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from pipeline.nats_server import free_port
+    from tests.conftest import ROOT, wait_for
+
+    env = {**os.environ, "PIPELINE_NATS_URL": nats_server.url, "PIPELINE_PREFIX": prefix,
+           "PIPELINE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}  # fmt: skip
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    ports = {"exporter": free_port(), "scheduler": free_port()}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", command, "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for command, port in ports.items()
+    ]
+
+    def scrape(port: int) -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                return response.read().decode()
+        except OSError:
+            return ""
+
+    try:
+        assert wait_for(lambda: 'pipeline_queue_lag{queue="fetch"} 0.0' in scrape(ports["exporter"]), 30)
+        assert wait_for(lambda: "# HELP pipeline_events_total" in scrape(ports["scheduler"]), 30)
+        assert "pipeline_queue_lag" not in scrape(ports["scheduler"]), "one exporter reads JetStream, not two"
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)

@@ -43,6 +43,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    ConsumerInfo,
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
@@ -641,12 +642,16 @@ class JetStreamBroker(Broker):
 
     # -- inspection and tests --------------------------------------------
 
+    def consumer_info(self, queue_name: str) -> ConsumerInfo:
+        """The state of a queue's worker consumer (declared on the spot for a fresh pipeline)."""
+        names = self._ensure_queue(queue_name)
+        return self.run(self.js.consumer_info(names.stream, names.consumer), timeout=10)
+
     def lag(self, queues: set[str] | None = None) -> dict[str, int]:
         """``num_pending + num_ack_pending`` of each queue's consumer: the figure KEDA scales on."""
         result = {}
         for queue in sorted(queues or self.queues):
-            names = self._ensure_queue(queue)
-            info = self.run(self.js.consumer_info(names.stream, names.consumer))
+            info = self.consumer_info(queue)
             result[queue] = info.num_pending + info.num_ack_pending
         return result
 
