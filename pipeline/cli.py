@@ -122,7 +122,7 @@ def up(
     queues = sorted(broker.get_declared_queues())
     typer.echo(f"NATS {broker.safe_url}; queues: {', '.join(queues) or '-'}")
     port = int(os.environ.get("PIPELINE_METRICS_PORT", exporter.DEFAULT_PORT))
-    metrics_server = _serve_metrics(broker, queues, port) if port else None
+    metrics_server = _serve_metrics(broker, queues, port, required=False) if port else None
     pools = [WorkerPool(q, env=dict(os.environ), threads=threads, log_dir=Path(DEFAULT_HOME) / "logs") for q in queues]
     for pool in pools:
         pool.resize(processes)
@@ -165,14 +165,18 @@ def _share_metrics_directory() -> None:
     os.environ["dramatiq_prom_db"] = os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
 
 
-def _serve_metrics(broker, queues: list[str], port: int):
+def _serve_metrics(broker, queues: list[str], port: int, *, required: bool = True):
+    """``/metrics`` on ``port``; a busy port ends a command whose job it is, and only warns in ``up``."""
     from pipeline import exporter
 
     try:
         server = exporter.serve(broker, queues, port)
     except OSError as e:
-        typer.echo(f"error: cannot serve metrics on port {port} ({e.strerror}); set PIPELINE_METRICS_PORT", err=True)
-        raise typer.Exit(1) from None
+        message = f"cannot serve metrics on port {port} ({e.strerror}); set PIPELINE_METRICS_PORT"
+        typer.echo(f"{'error' if required else 'warning'}: {message}", err=True)
+        if required:
+            raise typer.Exit(1) from None
+        return None
     typer.echo(f"Metrics at http://127.0.0.1:{port}/metrics")
     return server
 

@@ -33,3 +33,21 @@ def test_up_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
     reader.join(5)
     assert any("Stopping" in line for line in lines)
     assert (tmp_path / ".pipeline" / "pipeline.db").exists()
+
+
+def test_up_runs_on_when_the_metrics_port_is_taken(tmp_path: Path, nats_server) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        env.update(PIPELINE_NATS_URL=nats_server.url, PIPELINE_METRICS_PORT=str(port))
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "pipeline"), "up", "--duration", "2", "--interval", "1"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"warning: cannot serve metrics on port {port}" in result.stderr
+    assert "lag 0" in result.stdout
