@@ -72,9 +72,13 @@ def overview() -> dashboard.Dashboard:
         .with_panel(
             panel(
                 "Lag per stage",
-                "num_pending + num_ack_pending of each stage's consumer: what KEDA scales on",
+                "num_pending + num_ack_pending of each stage's consumer: what KEDA scales on;"
+                " and whether the exporter can read JetStream (1 = it can)",
                 "short",
                 ("pipeline_queue_lag", "{{queue}}"),
+                ("pipeline_queue_pending", "{{queue}} not yet delivered"),
+                ("pipeline_queue_ack_pending", "{{queue}} being processed"),
+                ("pipeline_exporter_jetstream_up", "exporter reads JetStream"),
             )
         )
         .with_panel(
@@ -121,9 +125,13 @@ def overview() -> dashboard.Dashboard:
         .with_panel(
             panel(
                 "Dead letters",
-                "Dead letters kept per queue (events: invalid events); `pipeline dlq list`",
+                "Dead letters kept per queue (events: invalid events; `pipeline dlq list`), and new ones per minute",
                 "short",
-                ("pipeline_dead_letters", "{{queue}}"),
+                ("pipeline_dead_letters", "{{queue}} kept"),
+                (
+                    f"sum by (queue_name) (rate(dramatiq_message_rejects_total[{RATE}])) * 60",
+                    "{{queue_name}} per minute",
+                ),
             )
         )
         .with_panel(
