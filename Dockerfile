@@ -3,12 +3,14 @@
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /app
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY actors ./actors
-RUN pip install . && useradd --create-home --uid 10001 pipeline
+RUN pip install . && useradd --create-home --uid 10001 pipeline && install -d -o pipeline /data
 USER pipeline
+# The working directory holds .pipeline/ (state a process may keep, e.g. a generated secret): writable.
+WORKDIR /data
 
 # Workers take the stage as an argument: dramatiq actors --queues fetch
 CMD ["pipeline", "--help"]

@@ -137,10 +137,9 @@ def overview() -> dashboard.Dashboard:
         .with_panel(
             panel(
                 "In flight",
-                "Messages a worker is processing now, and delayed ones it holds",
+                "Messages a worker is processing now (delays wait in NATS, not in workers)",
                 "short",
                 ("sum by (queue_name) (dramatiq_messages_inprogress)", "{{queue_name}}"),
-                ("sum by (queue_name) (dramatiq_delayed_messages_inprogress)", "{{queue_name}} delayed"),
             )
         )
         .with_row(dashboard.Row("Checks"))

@@ -112,7 +112,7 @@ def up(
     demo: bool = typer.Option(False, "--demo", help="Also serve a local site whose pages change, with monitors on it."),
 ) -> None:
     """Run the pipeline on this machine: NATS, one worker pool per queue, metrics, and a live status."""
-    _share_metrics_directory()  # before anything imports prometheus-client
+    metrics_dir = _share_metrics_directory()  # before anything imports prometheus-client
     from pipeline import exporter
     from pipeline.workers import WorkerPool
 
@@ -122,7 +122,9 @@ def up(
     queues = sorted(broker.get_declared_queues())
     typer.echo(f"NATS {broker.safe_url}; queues: {', '.join(queues) or '-'}")
     port = int(os.environ.get("PIPELINE_METRICS_PORT", exporter.DEFAULT_PORT))
-    metrics_server = _serve_metrics(broker, queues, port, required=False) if port else None
+    metrics_server = (
+        _serve_metrics(broker, queues, port, required=False, multiprocess_dir=metrics_dir) if port else None
+    )
     pools = [WorkerPool(q, env=dict(os.environ), threads=threads, log_dir=Path(DEFAULT_HOME) / "logs") for q in queues]
     for pool in pools:
         pool.resize(processes)
@@ -155,22 +157,22 @@ def up(
         broker.close()
 
 
-def _share_metrics_directory() -> None:
-    """Every worker this machine runs writes its metrics to one fresh directory, which the exporter serves."""
-    import shutil
+def _share_metrics_directory() -> str:
+    """Every process `up` runs writes its metrics to one directory, emptied first, which the exporter serves."""
+    directory = Path(os.environ.get("dramatiq_prom_db") or (DEFAULT_HOME / "metrics").resolve())
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):  # counters of a previous run are not this run's
+        stale.unlink()
+    os.environ["dramatiq_prom_db"] = os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return str(directory)
 
-    directory = os.environ.get("dramatiq_prom_db") or str((DEFAULT_HOME / "metrics").resolve())
-    shutil.rmtree(directory, ignore_errors=True)  # counters of a previous run are not this run's
-    os.makedirs(directory)
-    os.environ["dramatiq_prom_db"] = os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
 
-
-def _serve_metrics(broker, queues: list[str], port: int, *, required: bool = True):
+def _serve_metrics(broker, queues: list[str], port: int, *, required: bool = True, **sources: Any):
     """``/metrics`` on ``port``; a busy port ends a command whose job it is, and only warns in ``up``."""
     from pipeline import exporter
 
     try:
-        server = exporter.serve(broker, queues, port)
+        server = exporter.serve(broker, queues, port, **sources)
     except OSError as e:
         message = f"cannot serve metrics on port {port} ({e.strerror}); set PIPELINE_METRICS_PORT"
         typer.echo(f"{'error' if required else 'warning'}: {message}", err=True)
@@ -190,9 +192,9 @@ def scheduler(
     Several may run: events are taken from a shared consumer and each monitor's slot has a message id.
     """
     broker = _connected_broker()
+    server = _serve_metrics(broker, [], port, this_process=True) if port else None
     ingest = _start_ingest(broker)
     schedule = _start_scheduler(broker)
-    server = _serve_metrics(broker, [], port) if port else None
     typer.echo(f"Ingesting {broker.prefix}.events.* and scheduling monitors; Ctrl-C stops.")
     try:
         while True:
@@ -215,7 +217,7 @@ def exporter(
     from pipeline.stages import STAGES
 
     broker = _connected_broker()
-    server = _serve_metrics(broker, list(STAGES), port)
+    server = _serve_metrics(broker, list(STAGES), port, multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     try:
         while True:
             time.sleep(3600)

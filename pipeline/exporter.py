@@ -16,12 +16,11 @@ Two kinds of numbers, two sources:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import REGISTRY, CollectorRegistry, Metric, start_http_server, values
+from prometheus_client import REGISTRY, CollectorRegistry, Metric, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -34,14 +33,36 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 9464
 
 
+#: Seconds a scrape may spend reading JetStream: well inside Prometheus' scrape timeout, so a NATS
+#: outage shows as ``pipeline_exporter_jetstream_up 0`` instead of a failed scrape.
+READ_TIMEOUT = 2.5
+
+
 class JetStreamCollector(Collector):
     """Per queue: lag, its two parts, and dead letters, read from JetStream when Prometheus scrapes."""
 
     def __init__(self, broker: JetStreamBroker, queues: list[str]) -> None:
         self.broker = broker
         self.queues = queues
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jetstream-metrics")
+
+    def _read(self) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:
+        consumers = []
+        for queue in self.queues:
+            info = self.broker.consumer_info(queue)
+            consumers.append((queue, info.num_pending, info.num_ack_pending))
+        dead = [(queue, self.broker.dead_letter_count(queue)) for queue in [*self.queues, "events"]]
+        return consumers, dead
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("pipeline_exporter_jetstream_up", "1 when the last read of JetStream worked")
+        try:
+            consumers, dead_letters = self._reader.submit(self._read).result(timeout=READ_TIMEOUT)
+        except Exception:
+            logger.warning("Reading JetStream for metrics failed or took over %ss", READ_TIMEOUT, exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
         lag = GaugeMetricFamily(
             "pipeline_queue_lag", "Messages waiting or in flight: num_pending + num_ack_pending", labels=["queue"]
         )
@@ -54,43 +75,48 @@ class JetStreamCollector(Collector):
         dead = GaugeMetricFamily(
             "pipeline_dead_letters", "Dead letters kept, per queue they came from", labels=["queue"]
         )
-        up = GaugeMetricFamily("pipeline_exporter_jetstream_up", "1 when the last read of JetStream worked")
-        try:
-            for queue in self.queues:
-                info = self.broker.consumer_info(queue)
-                lag.add_metric([queue], info.num_pending + info.num_ack_pending)
-                pending.add_metric([queue], info.num_pending)
-                in_flight.add_metric([queue], info.num_ack_pending)
-            for queue in [*self.queues, "events"]:
-                dead.add_metric([queue], self.broker.dead_letter_count(queue))
-        except Exception:
-            logger.warning("Reading JetStream for metrics failed", exc_info=True)
-            up.add_metric([], 0)
-            yield up
-            return
+        for queue, waiting, processing in consumers:
+            lag.add_metric([queue], waiting + processing)
+            pending.add_metric([queue], waiting)
+            in_flight.add_metric([queue], processing)
+        for queue, count in dead_letters:
+            dead.add_metric([queue], count)
         up.add_metric([], 1)
         yield from (lag, pending, in_flight, dead, up)
 
 
 class ThisProcess(Collector):
-    """This process's own metrics (the ingest's, when it runs here) while they are not in the directory."""
+    """This process's own metrics, for a process that runs work itself and keeps its metrics in memory."""
 
     def collect(self) -> Iterator[Metric]:
         yield from REGISTRY.collect()
 
 
-def registry(broker: JetStreamBroker, queues: list[str], multiprocess_dir: str | None) -> CollectorRegistry:
+def registry(
+    broker: JetStreamBroker, queues: list[str], *, multiprocess_dir: str | None = None, this_process: bool = False
+) -> CollectorRegistry:
+    """JetStream's figures for ``queues``, the metrics of the processes writing to ``multiprocess_dir``,
+    and (``this_process``) this process's own, kept in memory."""
     registry = CollectorRegistry()
     if queues:  # one exporter per pipeline reads JetStream; others serve only their processes' metrics
         registry.register(JetStreamCollector(broker, queues))
-    if multiprocess_dir and Path(multiprocess_dir).is_dir():
+    if multiprocess_dir:
         MultiProcessCollector(registry, path=multiprocess_dir)
-    if values.ValueClass is values.MutexValue:  # in-memory mode: nothing of this process is in the directory
+    if this_process:
         registry.register(ThisProcess())
     return registry
 
 
-def serve(broker: JetStreamBroker, queues: list[str], port: int = DEFAULT_PORT, host: str = "0.0.0.0") -> WSGIServer:
-    """Serve ``/metrics`` in a thread; the workers' directory is ``$PROMETHEUS_MULTIPROC_DIR`` when set."""
-    server, _ = start_http_server(port, host, registry(broker, queues, os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
+def serve(
+    broker: JetStreamBroker,
+    queues: list[str],
+    port: int = DEFAULT_PORT,
+    host: str = "0.0.0.0",
+    *,
+    multiprocess_dir: str | None = None,
+    this_process: bool = False,
+) -> WSGIServer:
+    """Serve ``/metrics`` in a thread."""
+    served = registry(broker, queues, multiprocess_dir=multiprocess_dir, this_process=this_process)
+    server, _ = start_http_server(port, host, served)
     return server

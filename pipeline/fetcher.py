@@ -12,6 +12,7 @@ import email.utils
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 
 import httpcore
 import httpx
@@ -129,13 +130,15 @@ class Fetcher:
 
     def fetch(self, url: str, *, etag: str | None = None, last_modified: str | None = None) -> FetchResult:
         """GET ``url``; with ``etag``/``last_modified`` a 304 comes back as ``not_modified``."""
+        started = time.monotonic()
         try:
             result = self._fetch(url, etag, last_modified)
         except FetchError as e:
             metrics.FETCH_ERRORS.labels(e.kind).inc()
             raise
+        finally:  # failures too: a timeout is the slowest fetch of all
+            metrics.FETCH_SECONDS.observe(time.monotonic() - started)
         metrics.FETCH_BYTES.inc(len(result.body))
-        metrics.FETCH_SECONDS.observe(result.elapsed)
         return result
 
     def _fetch(self, url: str, etag: str | None, last_modified: str | None) -> FetchResult:
@@ -169,7 +172,7 @@ class Fetcher:
         raise FetchError(f"more than {self.max_redirects} redirects", "redirects")
 
     def _read(self, response: httpx.Response, started: float) -> FetchResult:
-        metrics.FETCH_RESPONSES.labels(str(response.status_code)).inc()
+        metrics.FETCH_RESPONSES.labels(_code_label(response.status_code)).inc()
         if response.status_code in (429, 503):
             after = parse_retry_after(response.headers.get("retry-after"))
             raise RetryLaterError(f"HTTP {response.status_code} from {response.url.host}", after or 60.0)
@@ -202,3 +205,11 @@ class Fetcher:
             last_modified=response.headers.get("last-modified"),
             elapsed=time.monotonic() - started,
         )
+
+
+_KNOWN_CODES = {int(status) for status in HTTPStatus}
+
+
+def _code_label(code: int) -> str:
+    """The status code, or ``other`` for one no standard names: a site cannot invent label values."""
+    return str(code) if code in _KNOWN_CODES else "other"

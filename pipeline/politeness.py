@@ -36,8 +36,7 @@ class Politeness:
         if self.limiter is None:
             return 0.0
         decision = self.limiter.decide(f"host/{host.lower()}", {"requests": 1}, self._max_wait)
-        if decision.granted:
-            metrics.RATELIMIT_WAIT.labels("fetch").observe(0.0)
+        if decision.granted:  # only a turn that starts now is taken: no wait to measure
             return 0.0
         metrics.RATELIMIT_DENIED.labels("fetch").inc()
         return max(decision.wait, 0.01)

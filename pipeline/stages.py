@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from pipeline import metrics, notify, webhooks
 from pipeline.bodies import BodyStore
 from pipeline.extract import content_hash, diff, extract
-from pipeline.fetcher import Fetcher
+from pipeline.fetcher import Fetcher, FetchError
 from pipeline.llm import LLMAnalyser
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
 from pipeline.netguard import BlockedAddressError
@@ -92,9 +92,13 @@ def fetch(ctx: Context, job: Job, send_scrape: Send) -> None:
     started = time.monotonic()
     with Session(ctx.engine) as session:
         last = _latest_snapshot(session, job["source"])
-    result = ctx.fetcher.fetch(
-        job["url"], etag=last.etag if last else None, last_modified=last.last_modified if last else None
-    )
+    try:
+        result = ctx.fetcher.fetch(
+            job["url"], etag=last.etag if last else None, last_modified=last.last_modified if last else None
+        )
+    except FetchError as e:  # recorded (`monitor show`, the check-outcomes panel), then retried or dead-lettered
+        _record(ctx, job, "fetch", "error", started, e.reason)
+        raise
     if result.not_modified:
         _record(ctx, job, "fetch", "unchanged", started, "304 Not Modified")
         return

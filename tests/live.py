@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,27 +45,35 @@ def env(nats_server: NatsServer, prefix: str, tmp_path: Path, monkeypatch: pytes
 
 @pytest.fixture
 def pipeline(env: dict[str, str], make_broker, tmp_path: Path) -> Iterator[JetStreamBroker]:
-    """Workers for all four stages (one process) and the ingest, as `pipeline up` runs them."""
+    """Workers for all four stages (one process) and the ingest (`pipeline scheduler`), as `pipeline up` runs them.
+
+    Every process writes its metrics to ``tmp_path / "metrics"``, the directory `pipeline up` shares.
+    """
     log = open(tmp_path / "workers.log", "w")  # noqa: SIM115
-    metrics_dir = tmp_path / "metrics"  # as `pipeline up` runs them: every worker writes its metrics here
+    metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    metrics_env = {"dramatiq_prom_db": str(metrics_dir), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    workers = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", "4"],
-        cwd=ROOT, env={**os.environ, **env, **metrics_env}, stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
+    process_env = {
+        **os.environ,
+        **env,
+        "dramatiq_prom_db": str(metrics_dir),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
     broker = make_broker(prefix=env["PIPELINE_PREFIX"])
     for stage in ("fetch", "scrape", "analyse", "alert"):
         broker.declare_queue(stage)
-    ingest = Ingest(broker, runtime.context(broker))
-    ingest.declare()  # before anything is published: core NATS drops what no stream captures
-    thread = threading.Thread(target=ingest.run, daemon=True)
-    thread.start()
+    Ingest(broker, runtime.context(broker)).declare()  # before anything is published: core NATS keeps nothing
+    processes = [
+        subprocess.Popen(command, cwd=ROOT, env=process_env, stdout=log, stderr=log, start_new_session=True)
+        for command in (
+            [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", "4"],
+            [sys.executable, "-m", "pipeline.cli", "scheduler", "--port", "0"],
+        )
+    ]
     yield broker
-    ingest.stop()
-    thread.join(5)
-    workers.terminate()
-    workers.wait(30)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(30)
     log.close()
 
 

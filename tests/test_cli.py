@@ -153,8 +153,10 @@ def test_exporter_and_scheduler_commands_serve_metrics(nats_server, prefix: str,
     import sys
     import urllib.request
 
+    from pipeline.broker import JetStreamBroker
     from pipeline.nats_server import free_port
     from tests.conftest import ROOT, wait_for
+    from tests.live import publish
 
     env = {**os.environ, "PIPELINE_NATS_URL": nats_server.url, "PIPELINE_PREFIX": prefix,
            "PIPELINE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}  # fmt: skip
@@ -180,7 +182,20 @@ def test_exporter_and_scheduler_commands_serve_metrics(nats_server, prefix: str,
 
     try:
         assert wait_for(lambda: 'pipeline_queue_lag{queue="fetch"} 0.0' in scrape(ports["exporter"]), 30)
-        assert wait_for(lambda: "# HELP pipeline_events_total" in scrape(ports["scheduler"]), 30)
+        broker = JetStreamBroker(nats_server.url, prefix=prefix)
+
+        def ingest_ready() -> bool:
+            try:
+                broker.run(broker.js.stream_info(f"{prefix}-events"))
+                return True
+            except Exception:
+                return False
+
+        assert wait_for(ingest_ready, 30)
+        broker.close()
+        publish(env, "check", {"url": "https://example.com/kettle"})  # ingested by the scheduler's process
+        accepted = 'pipeline_events_total{kind="check",outcome="accepted"} 1.0'
+        assert wait_for(lambda: accepted in scrape(ports["scheduler"]), 30)
         assert "pipeline_queue_lag" not in scrape(ports["scheduler"]), "one exporter reads JetStream, not two"
     finally:
         for process in processes:

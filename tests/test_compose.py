@@ -34,6 +34,10 @@ def test_every_stage_is_a_service_that_scales(compose: dict) -> None:
     assert {"nats", "nats-exporter", "postgres", "prometheus", "grafana", "scheduler", "exporter"} <= set(services)
     assert services["exporter"]["command"][:2] == ["pipeline", "exporter"]
     assert "PROMETHEUS_MULTIPROC_DIR" not in services["exporter"]["environment"]
+    for name in (*STAGES, "scheduler"):  # every container signs and ingests with the same secret, from .env
+        assert services[name]["environment"]["PIPELINE_WEBHOOK_SECRET"].startswith("${PIPELINE_WEBHOOK_SECRET:?")
+    for stage in STAGES:  # a fresh metrics directory per container start: no stale files of dead processes
+        assert services[stage]["tmpfs"] == ["/tmp/metrics"]
 
 
 def test_prometheus_finds_every_stage_and_the_nats_exporter() -> None:

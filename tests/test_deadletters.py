@@ -49,3 +49,14 @@ def test_purge_drops_one_queue_or_all(broker: JetStreamBroker, worker: Worker) -
     assert [letter.queue for letter in list_dead(broker)] == ["bad_b"]
     purge(broker)
     assert list_dead(broker) == []
+
+
+def test_reasons_outside_ascii_are_listed_as_text(broker: JetStreamBroker, worker: Worker) -> None:
+    @dramatiq.actor(queue_name="unicode", max_retries=0)
+    def fails() -> None:
+        raise ValueError("fetching https://shop.example/… failed: prix trop élevé")
+
+    fails.send()
+    broker.join("unicode", fail_fast=False, timeout=10_000)
+    [letter] = list_dead(broker, "unicode")
+    assert letter.reason == "ValueError: fetching https://shop.example/... failed: prix trop \\xe9lev\\xe9"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from pathlib import Path
 
@@ -91,11 +90,7 @@ def test_workers_metrics_and_queue_lag_are_served_by_the_exporter(
         publish(env, "check", b"not json")
         assert wait_for(lambda: len(receiver.posts) == 1, 60), "no webhook arrived"
     port = free_port()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")  # what `pipeline up` sets
-    try:
-        server = exporter.serve(pipeline, list(STAGES), port, host="127.0.0.1")
-    finally:
-        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    server = exporter.serve(pipeline, list(STAGES), port, host="127.0.0.1", multiprocess_dir=str(tmp_path / "metrics"))
 
     def scrape() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -111,6 +106,8 @@ def test_workers_metrics_and_queue_lag_are_served_by_the_exporter(
         'pipeline_queue_lag{queue="fetch"} 0.0',
         'pipeline_dead_letters{queue="events"} 1.0',
         "pipeline_exporter_jetstream_up 1.0",
+        'pipeline_events_total{kind="check",outcome="accepted"} 1.0',  # the ingest's own process
+        'pipeline_events_total{kind="check",outcome="invalid"} 1.0',
     ]
     try:
         assert wait_for(lambda: all(line in scrape() for line in expected), 20), [

@@ -8,11 +8,17 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 
 def test_up_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
+    from pipeline.nats_server import free_port
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}  # the embedded defaults
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    port = free_port()
+    env["PIPELINE_METRICS_PORT"] = str(port)  # the default, 9464, may be taken on a shared machine
     up = subprocess.Popen(
         [str(Path(sys.executable).parent / "pipeline"), "up", "--demo", "--interval", "5"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -27,6 +33,12 @@ def test_up_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
         alerts = [line for line in lines if line.startswith("ALERT")]
         assert alerts, "no alert within a minute:\n" + "".join(lines)
         assert "(signature ok)" in alerts[0]
+        # Every process of `up` on one /metrics: the workers' (alerts sent) and up's own (events ingested).
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'pipeline_alerts_total{channel="webhook",outcome="sent"}' in metrics
+        assert 'pipeline_events_total{kind="monitor",outcome="accepted"}' in metrics
+        assert 'pipeline_queue_lag{queue="fetch"}' in metrics
     finally:
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C does
         assert up.wait(60) == 0

@@ -617,7 +617,9 @@ class JetStreamBroker(Broker):
 
     def dead_letter(self, names: QueueNames, msg: Msg, message_id: str, exception: BaseException | None) -> None:
         """Store a failed message on the dead-letter stream with its reason, then terminate it."""
-        reason = redact_text(describe_exception(exception)).replace("\r", " ").replace("\n", " ")
+        # NATS headers are ASCII: redaction's "…" becomes "...", anything else a visible escape.
+        reason = redact_text(describe_exception(exception)).replace("\r", " ").replace("\n", " ").replace("…", "...")
+        reason = reason.encode("ascii", "backslashreplace").decode()
         self.logger.warning("Dead-lettered message %s from queue %r: %s", message_id, names.queue, reason)
         headers = {
             # Unique even when a stream is re-created and its sequences start again.
