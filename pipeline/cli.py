@@ -183,6 +183,17 @@ def _serve_metrics(broker, queues: list[str], port: int, *, required: bool = Tru
     return server
 
 
+def _wait_until_stopped() -> None:
+    """Block until Ctrl-C or SIGTERM (`docker stop`, a pod's deletion); the caller then shuts down in order."""
+    import signal
+    import threading
+
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    stopped.wait()
+
+
 @app.command()
 def scheduler(
     port: int = typer.Option(9465, envvar="PIPELINE_METRICS_PORT", help="Port of this process's /metrics (0: none)."),
@@ -197,10 +208,7 @@ def scheduler(
     schedule = _start_scheduler(broker)
     typer.echo(f"Ingesting {broker.prefix}.events.* and scheduling monitors; Ctrl-C stops.")
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        _wait_until_stopped()
     finally:
         schedule.stop()
         ingest.stop()
@@ -219,10 +227,7 @@ def exporter(
     broker = _connected_broker()
     server = _serve_metrics(broker, list(STAGES), port, multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        _wait_until_stopped()
     finally:
         server.shutdown()
         broker.close()
