@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: The default port of ``pipeline exporter`` (and of ``pipeline up``'s exporter).
 DEFAULT_PORT = 9464
+#: The lag metric, per queue: what KEDA's prometheus trigger and the dashboards read.
+LAG_METRIC = "pipeline_queue_lag"
 
 
 #: Seconds a scrape may spend reading JetStream: well inside Prometheus' scrape timeout, so a NATS
@@ -64,7 +66,7 @@ class JetStreamCollector(Collector):
             yield up
             return
         lag = GaugeMetricFamily(
-            "pipeline_queue_lag", "Messages waiting or in flight: num_pending + num_ack_pending", labels=["queue"]
+            LAG_METRIC, "Messages waiting or in flight: num_pending + num_ack_pending", labels=["queue"]
         )
         pending = GaugeMetricFamily(
             "pipeline_queue_pending", "Messages not yet delivered to a worker", labels=["queue"]

@@ -1,0 +1,276 @@
+"""The Kubernetes manifests, written from the code's own names: ``python autoscale/keda/manifests.py``.
+
+Stream, consumer and metric names come from :mod:`pipeline` (imported, never
+retyped), and one table below holds each stage's scaling policy.  The files
+are committed and a test fails when they are stale, so ``kubectl apply -k``
+never needs Python.  The ScaledObjects are the policy's one source: the
+autoscaler on one machine reads them too.
+
+- ``base/``: per stage a Deployment of ``dramatiq actors --queues <stage>``
+  and a ScaledObject with the ``nats-jetstream`` trigger on that stage's
+  stream and consumer; the scheduler and exporter Deployments; the
+  ConfigMap of settings.  Secrets come from the Secret ``pipeline-secrets``,
+  which you create (README), never from a file here.
+- ``overlays/prometheus/``: the same policy on KEDA's ``prometheus`` trigger
+  over ``pipeline_queue_lag``, with a TriggerAuthentication whose bearer
+  token comes from the Secret ``pipeline-prometheus``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from pipeline.broker.names import DEFAULT_PREFIX, QueueNames
+from pipeline.exporter import LAG_METRIC
+from pipeline.stages import STAGES
+
+HERE = Path(__file__).resolve().parent
+IMAGE = "nats-ai-pipeline:latest"
+NATS_MONITORING = "nats.nats.svc.cluster.local:8222"  # the official NATS Helm chart's service, namespace nats
+PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
+METRICS_PORT = 9191
+#: Longest a worker may take to finish its messages after SIGTERM; the pod's grace period is longer.
+SHUTDOWN_SECONDS = 100
+
+
+@dataclass(frozen=True)
+class Policy:
+    processes: int
+    threads: int
+    min_replicas: int
+    max_replicas: int
+    lag_threshold: int
+    cpu: str
+    memory: str
+
+
+#: Per stage: fetch waits on the network, scrape burns CPU, analyse waits on a rate-limited LLM, alert on webhooks.
+POLICIES = {
+    "fetch": Policy(
+        processes=1, threads=16, min_replicas=1, max_replicas=20, lag_threshold=200, cpu="250m", memory="256Mi"
+    ),
+    "scrape": Policy(
+        processes=2, threads=2, min_replicas=1, max_replicas=10, lag_threshold=100, cpu="1", memory="512Mi"
+    ),
+    "analyse": Policy(
+        processes=1, threads=8, min_replicas=0, max_replicas=8, lag_threshold=50, cpu="250m", memory="256Mi"
+    ),
+    "alert": Policy(
+        processes=1, threads=8, min_replicas=0, max_replicas=5, lag_threshold=50, cpu="100m", memory="128Mi"
+    ),
+}
+COOLDOWN_SECONDS = 120
+POLLING_SECONDS = 5
+SCALE_DOWN_WINDOW_SECONDS = 120
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/component": component}
+
+
+def environment(*, worker: bool) -> list[dict[str, Any]]:
+    secrets = [
+        ("PIPELINE_DATABASE_URL", "database-url", False),
+        ("PIPELINE_WEBHOOK_SECRET", "webhook-secret", False),
+        ("PIPELINE_OPENAI_API_KEYS", "openai-api-keys", True),
+    ]
+    env: list[dict[str, Any]] = [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": "pipeline-secrets", "key": key, "optional": optional}}}
+        for name, key, optional in secrets
+    ]
+    if worker:
+        env += [
+            {"name": "dramatiq_prom_port", "value": str(METRICS_PORT)},
+            {"name": "dramatiq_prom_db", "value": "/tmp/metrics"},
+            {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/metrics"},
+        ]
+    return env
+
+
+def deployment(name: str, component: str, command: list[str], port: int, resources: dict, *, worker: bool) -> dict:
+    probe = {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels(name, component)},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": {
+                "metadata": {
+                    "labels": labels(name, component),
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(port)},
+                },
+                "spec": {
+                    # SIGTERM: workers finish their messages (up to SHUTDOWN_SECONDS) and hand back the prefetched.
+                    "terminationGracePeriodSeconds": SHUTDOWN_SECONDS + 20,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+                    "containers": [
+                        {
+                            "name": component,
+                            "image": IMAGE,
+                            "command": command,
+                            "envFrom": [{"configMapRef": {"name": "pipeline-config"}}],
+                            "env": environment(worker=worker),
+                            "ports": [{"name": "metrics", "containerPort": port}],
+                            "readinessProbe": {**probe, "initialDelaySeconds": 5},
+                            "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 6},
+                            "resources": resources,
+                            "volumeMounts": [
+                                {"name": "metrics", "mountPath": "/tmp/metrics"},
+                                {"name": "work", "mountPath": "/data"},
+                            ],
+                        }
+                    ],
+                    "volumes": [{"name": "metrics", "emptyDir": {}}, {"name": "work", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+
+
+def worker_deployment(stage: str) -> dict:
+    policy = POLICIES[stage]
+    command = ["dramatiq", "actors", "--queues", stage, "--processes", str(policy.processes),
+               "--threads", str(policy.threads), "--worker-shutdown-timeout", str(SHUTDOWN_SECONDS * 1000)]  # fmt: skip
+    resources = {"requests": {"cpu": policy.cpu, "memory": policy.memory}, "limits": {"memory": policy.memory}}
+    return deployment(f"pipeline-{stage}", stage, command, METRICS_PORT, resources, worker=True)
+
+
+def scaled_object(stage: str, trigger: dict) -> dict:
+    policy = POLICIES[stage]
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": f"pipeline-{stage}", "labels": labels(f"pipeline-{stage}", stage)},
+        "spec": {
+            "scaleTargetRef": {"name": f"pipeline-{stage}"},
+            "pollingInterval": POLLING_SECONDS,
+            "cooldownPeriod": COOLDOWN_SECONDS,
+            "minReplicaCount": policy.min_replicas,
+            "maxReplicaCount": policy.max_replicas,
+            "fallback": {"failureThreshold": 3, "replicas": max(1, policy.min_replicas)},
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {
+                        "scaleDown": {
+                            "stabilizationWindowSeconds": SCALE_DOWN_WINDOW_SECONDS,
+                            "policies": [{"type": "Percent", "value": 50, "periodSeconds": 30}],
+                        },
+                        "scaleUp": {
+                            "stabilizationWindowSeconds": 0,
+                            "policies": [{"type": "Pods", "value": 4, "periodSeconds": 15}],
+                        },
+                    }
+                }
+            },
+            "triggers": [trigger],
+        },
+    }
+
+
+def jetstream_trigger(stage: str) -> dict:
+    names = QueueNames(DEFAULT_PREFIX, stage)
+    return {
+        "type": "nats-jetstream",
+        "metadata": {
+            "natsServerMonitoringEndpoint": NATS_MONITORING,
+            "account": "$G",
+            "stream": names.stream,
+            "consumer": names.consumer,
+            "lagThreshold": str(POLICIES[stage].lag_threshold),
+            "activationLagThreshold": "0",
+            "useHttps": "false",
+        },
+    }
+
+
+def prometheus_trigger(stage: str) -> dict:
+    return {
+        "type": "prometheus",
+        "metadata": {
+            "serverAddress": PROMETHEUS,
+            "query": f'max({LAG_METRIC}{{queue="{stage}"}})',
+            "threshold": str(POLICIES[stage].lag_threshold),
+            "activationThreshold": "0",
+            "authModes": "bearer",
+        },
+        "authenticationRef": {"name": "pipeline-prometheus"},
+    }
+
+
+def base() -> dict[str, Any]:
+    files: dict[str, Any] = {
+        "configmap.yaml": {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "pipeline-config"},
+            "data": {"PIPELINE_NATS_URL": "nats://nats.nats.svc.cluster.local:4222", "PIPELINE_PREFIX": DEFAULT_PREFIX},
+        },
+        "scheduler.yaml": deployment("pipeline-scheduler", "scheduler", ["pipeline", "scheduler", "--port", "9465"],
+                                     9465, {"requests": {"cpu": "100m", "memory": "256Mi"}}, worker=False),
+        "exporter.yaml": deployment("pipeline-exporter", "exporter", ["pipeline", "exporter", "--port", "9464"],
+                                    9464, {"requests": {"cpu": "50m", "memory": "128Mi"}}, worker=False),
+    }  # fmt: skip
+    for stage in STAGES:
+        files[f"{stage}.yaml"] = [worker_deployment(stage), scaled_object(stage, jetstream_trigger(stage))]
+    files["kustomization.yaml"] = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "labels": [{"pairs": {"app.kubernetes.io/part-of": "nats-ai-pipeline"}}],
+        "resources": sorted(name for name in files if name != "kustomization.yaml"),
+    }
+    return files
+
+
+def prometheus_overlay() -> dict[str, Any]:
+    patches = []
+    for stage in STAGES:
+        replace = [{"op": "replace", "path": "/spec/triggers", "value": [prometheus_trigger(stage)]}]
+        patches.append(
+            {"target": {"kind": "ScaledObject", "name": f"pipeline-{stage}"}, "patch": yaml.safe_dump(replace)}
+        )
+    return {
+        "trigger-authentication.yaml": {
+            "apiVersion": "keda.sh/v1alpha1",
+            "kind": "TriggerAuthentication",
+            "metadata": {"name": "pipeline-prometheus"},
+            "spec": {"secretTargetRef": [{"parameter": "bearerToken", "name": "pipeline-prometheus", "key": "token"}]},
+        },
+        "kustomization.yaml": {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": ["../../base", "trigger-authentication.yaml"],
+            "patches": patches,
+        },
+    }
+
+
+def render() -> dict[str, str]:
+    """Relative path -> YAML text of every manifest file."""
+    out = {}
+    for directory, files in (("base", base()), ("overlays/prometheus", prometheus_overlay())):
+        for name, content in files.items():
+            documents = content if isinstance(content, list) else [content]
+            header = "# Generated by autoscale/keda/manifests.py from the code's names: edit that file, not this.\n"
+            out[f"{directory}/{name}"] = header + yaml.safe_dump_all(documents, sort_keys=False)
+    return out
+
+
+def main() -> None:
+    for path, text in render().items():
+        target = HERE / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        print(f"wrote {target}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

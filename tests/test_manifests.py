@@ -1,0 +1,128 @@
+"""The Kubernetes manifests: current, valid against Kubernetes' and KEDA's schemas, named as the code names things."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from pipeline.broker.names import DEFAULT_PREFIX, QueueNames
+from pipeline.exporter import LAG_METRIC
+from pipeline.stages import STAGES
+from tests.conftest import ROOT
+
+KEDA = ROOT / "autoscale" / "keda"
+KEDA_CRDS = ROOT.parent / "shared" / "schemas" / "keda"
+KUBERNETES = "1.33.0"
+
+
+def _manifests_module() -> Any:
+    spec = importlib.util.spec_from_file_location("manifests", KEDA / "manifests.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def committed_objects() -> list[dict]:
+    objects = []
+    for path in sorted((KEDA / "base").glob("*.yaml")) + sorted((KEDA / "overlays").glob("*/*.yaml")):
+        if path.name != "kustomization.yaml":
+            objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return objects
+
+
+def keda_schema(kind: str) -> dict:
+    plural = {"ScaledObject": "scaledobjects", "TriggerAuthentication": "triggerauthentications"}[kind]
+    crd = yaml.safe_load((KEDA_CRDS / f"keda.sh_{plural}.yaml").read_text())
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def unknown_fields(value: Any, schema: dict, path: str = "") -> list[str]:
+    """Fields the CRD does not define: the API server would drop them silently, so a typo would go unseen."""
+    if isinstance(value, dict) and "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        found = [f"{path}.{key}" for key in value if key not in schema["properties"]]
+        for key, item in value.items():
+            if key in schema["properties"]:
+                found += unknown_fields(item, schema["properties"][key], f"{path}.{key}")
+        return found
+    if isinstance(value, list) and "items" in schema:
+        return [f for n, item in enumerate(value) for f in unknown_fields(item, schema["items"], f"{path}[{n}]")]
+    return []
+
+
+def test_committed_manifests_are_generated_from_the_code() -> None:
+    for relative, text in _manifests_module().render().items():
+        assert (KEDA / relative).read_text() == text, f"{relative} is stale: run python autoscale/keda/manifests.py"
+
+
+@pytest.mark.parametrize("prometheus", [False, True], ids=["nats-jetstream", "prometheus-overlay"])
+def test_keda_objects_validate_against_kedas_crds(prometheus: bool) -> None:
+    module = _manifests_module()
+    objects = [o for o in committed_objects() if o["apiVersion"].startswith("keda.sh/")]
+    if prometheus:  # what the overlay's patches produce
+        objects = [module.scaled_object(stage, module.prometheus_trigger(stage)) for stage in STAGES]
+    kinds = {o["kind"] for o in objects}
+    assert "ScaledObject" in kinds and (not prometheus or kinds == {"ScaledObject"})
+    for obj in objects:
+        schema = keda_schema(obj["kind"])
+        jsonschema.validate(obj, schema)
+        assert not unknown_fields(obj, schema), f"{obj['metadata']['name']}: {unknown_fields(obj, schema)}"
+
+
+def test_core_objects_validate_against_kubernetes_schemas() -> None:
+    core = [o for o in committed_objects() if not o["apiVersion"].startswith("keda.sh/")]
+    assert {o["kind"] for o in core} == {"ConfigMap", "Deployment"}
+    for obj in core:
+        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+
+
+def test_names_are_the_codes_names() -> None:
+    objects = committed_objects()
+    scaled = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ScaledObject"}
+    deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+    for stage in STAGES:
+        names = QueueNames(DEFAULT_PREFIX, stage)
+        [trigger] = scaled[f"pipeline-{stage}"]["spec"]["triggers"]
+        assert trigger["type"] == "nats-jetstream"
+        assert (trigger["metadata"]["stream"], trigger["metadata"]["consumer"]) == (names.stream, names.consumer)
+        assert scaled[f"pipeline-{stage}"]["spec"]["scaleTargetRef"]["name"] == f"pipeline-{stage}"
+        [container] = deployments[f"pipeline-{stage}"]["spec"]["template"]["spec"]["containers"]
+        assert container["command"][:4] == ["dramatiq", "actors", "--queues", stage]
+    patches = yaml.safe_load((KEDA / "overlays" / "prometheus" / "kustomization.yaml").read_text())["patches"]
+    for stage, patch in zip(STAGES, patches, strict=True):
+        [operation] = yaml.safe_load(patch["patch"])
+        assert operation["value"][0]["metadata"]["query"] == f'max({LAG_METRIC}{{queue="{stage}"}})'
+
+
+def test_no_secret_is_inline() -> None:
+    for obj in committed_objects():
+        assert obj["kind"] != "Secret", "secrets are created by the user, never committed"
+        for container in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            for variable in container.get("env", []):
+                if any(word in variable["name"] for word in ("SECRET", "KEY", "DATABASE_URL", "PASSWORD")):
+                    assert "secretKeyRef" in variable.get("valueFrom", {}), variable["name"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed: kustomize builds not checked")
+@pytest.mark.parametrize("directory", ["base", "overlays/prometheus"])
+def test_kustomize_builds_and_the_result_validates(directory: str) -> None:
+    built = subprocess.run(["kubectl", "kustomize", str(KEDA / directory)], capture_output=True, text=True, check=True)
+    objects = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    assert len([o for o in objects if o["kind"] == "ScaledObject"]) == len(STAGES)
+    for obj in objects:
+        if obj["apiVersion"].startswith("keda.sh/"):
+            jsonschema.validate(obj, keda_schema(obj["kind"]))
+        else:
+            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+    triggers = {o["spec"]["triggers"][0]["type"] for o in objects if o["kind"] == "ScaledObject"}
+    assert triggers == ({"prometheus"} if "prometheus" in directory else {"nats-jetstream"})
