@@ -19,7 +19,7 @@ from pipeline.stages import STAGES
 from tests.conftest import ROOT
 
 KEDA = ROOT / "autoscale" / "keda"
-KEDA_CRDS = ROOT.parent / "shared" / "schemas" / "keda"
+KEDA_CRDS = KEDA / "crds"  # KEDA v2.20.2's, as shared with the project
 KUBERNETES = "1.33.0"
 
 
