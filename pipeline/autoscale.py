@@ -16,18 +16,26 @@ rules are KEDA's and the HPA's, so one file sets the policy for both:
 - **rate policies**: at most ``value`` pods (or percent) more or fewer per
   ``periodSeconds``, the most permissive policy of each direction, as the HPA does.
 
-Pure: the clock is passed in, so tests drive it.
+:class:`Scaler` is pure (the clock is passed in, so tests drive it);
+:class:`Autoscaler` polls each queue's lag and resizes its pool.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
+
+from pipeline.service import BackgroundService
+
+logger = logging.getLogger(__name__)
 
 #: The HPA's default tolerance around the target.
 TOLERANCE = 0.1
@@ -159,3 +167,52 @@ class Scaler:
                 self._changes.popleft()
             self.replicas = replicas
         return replicas
+
+
+class Pool(Protocol):
+    """What the autoscaler resizes: :class:`pipeline.workers.WorkerPool`."""
+
+    queue: str
+
+    def resize(self, size: int) -> None: ...
+
+
+class Autoscaler(BackgroundService):
+    """Every polling interval, each pool's size from its queue's lag, by its ScaledObject's rules.
+
+    A pool shrinks by SIGTERM to the processes it drops: they finish their
+    messages and hand the prefetched ones back, so nothing is lost or run twice.
+    """
+
+    def __init__(
+        self,
+        lag: Callable[[set[str]], Mapping[str, int]],
+        pools: Mapping[str, Pool],
+        policies: Mapping[str, Policy],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.lag = lag
+        self.pools = dict(pools)
+        self.scalers = {queue: Scaler(policies[queue]) for queue in self.pools}
+        self.clock = clock
+        self.interval = min(policies[queue].polling for queue in self.pools)
+
+    def step(self) -> dict[str, int]:
+        """Read the lag once and resize every pool; returns the sizes."""
+        lags = self.lag(set(self.pools))
+        now = self.clock()
+        sizes = {}
+        for queue, pool in self.pools.items():
+            sizes[queue] = self.scalers[queue].decide(lags.get(queue, 0), now)
+            pool.resize(sizes[queue])
+        return sizes
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.step()
+            except Exception:  # NATS away for a moment: keep the pools as they are, try again
+                logger.warning("Autoscaling step failed; pools keep their size.", exc_info=True)
+            self.stop_event.wait(self.interval)

@@ -16,18 +16,21 @@ from pathlib import Path
 class WorkerPool:
     """The worker processes of one queue."""
 
-    def __init__(self, queue: str, *, env: dict[str, str], threads: int = 8, log_dir: Path) -> None:
+    def __init__(
+        self, queue: str, *, env: dict[str, str], threads: int = 8, log_dir: Path, module: str = "actors"
+    ) -> None:
         self.queue = queue
         self.env = env
         self.threads = threads
         self.log_dir = log_dir
+        self.module = module  # what `dramatiq` imports: the broker and the actors
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{self.queue}.log", "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "dramatiq", "actors", "--queues", self.queue,
+                [sys.executable, "-m", "dramatiq", self.module, "--queues", self.queue,
                  "--processes", "1", "--threads", str(self.threads)],
                 env=self.env,
                 stdout=log,

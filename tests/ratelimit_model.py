@@ -60,6 +60,7 @@ class QuotaMachine(RuleBasedStateMachine):
         self.clock = Clock()
         self.grants: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
         self.blocked: dict[str, float] = defaultdict(float)
+        self.latest = self.clock.now
 
     @initialize(
         requests=st.integers(1, 50),
@@ -84,10 +85,12 @@ class QuotaMachine(RuleBasedStateMachine):
     @rule(seconds=st.floats(0, 90, allow_nan=False))
     def advance(self, seconds: float) -> None:
         self.clock.now += seconds
+        self.latest = max(self.latest, self.clock.now)
 
     @rule(seconds=st.floats(0, 30, allow_nan=False))
     def go_back(self, seconds: float) -> None:
-        self.clock.now -= seconds
+        # Steps back of up to a minute from the latest time seen (limiter.BACKWARDS_SLACK covers them).
+        self.clock.now = max(self.clock.now - seconds, self.latest - 60.0)
 
     @rule(
         key=st.sampled_from(KEYS),

@@ -30,3 +30,8 @@ def record(value: object) -> None:
 def work(n: int, sleep: float = 0.0) -> None:
     time.sleep(sleep)
     record(n)
+
+
+@dramatiq.actor(queue_name="idle", max_retries=0)
+def idle() -> None:
+    record("idle")

@@ -29,9 +29,13 @@ def _load(raw: bytes | None) -> State:
     return State() if raw is None else State.from_json(json.loads(raw))
 
 
+#: How far the clock may step back and still find the state it would need: kept this long past its use.
+BACKWARDS_SLACK = 60.0
+
+
 def _lifetime(state: State, now: float) -> float:
-    """Seconds until the state means nothing (every TAT and block in the past), plus a second."""
-    return max(1.0, state.expires() - now + 1.0)
+    """Seconds until the state means nothing (every TAT and block in the past), plus the slack."""
+    return max(1.0, state.expires() - now) + BACKWARDS_SLACK
 
 
 def _dump(state: State) -> bytes:
