@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+
+from pipeline.fetcher import parse_retry_after
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -46,13 +46,8 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("retry-after")
     if value is None:
         return None
-    seconds = parse_duration(value)
-    if seconds is not None:
-        return _bounded(seconds)
-    try:
-        return _bounded(parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    seconds = parse_duration(value)  # OpenAI-compatible servers also write "1.5" or "6m0s"
+    return _bounded(seconds if seconds is not None else parse_retry_after(value))
 
 
 @dataclass(frozen=True)
