@@ -96,8 +96,10 @@ class KVStore:
         *,
         replicas: int = 1,
         storage: StorageType = StorageType.FILE,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.bucket = bucket
+        self._on_close = on_close  # a connection of the store's own is closed with it
         self._js = js
         self._run = run
         self._config = KeyValueConfig(bucket=bucket, history=1, replicas=replicas, storage=storage, direct=True)
@@ -120,14 +122,16 @@ class KVStore:
         """A bucket on a connection of its own (``options`` go to ``nats.connect``)."""
         loop = EventLoopThread(name=f"kv-{bucket}")
         nc = loop.run(nats.connect(url, **{"max_reconnect_attempts": -1, **options}), timeout=30)
-        store = cls(bucket, nc.jetstream, loop.run)
-        store._close = lambda: (loop.run(nc.close(), timeout=10), loop.stop())  # type: ignore[attr-defined]
-        return store
+
+        def close() -> None:
+            loop.run(nc.close(), timeout=10)
+            loop.stop()
+
+        return cls(bucket, nc.jetstream, loop.run, on_close=close)
 
     def close(self) -> None:
-        close = getattr(self, "_close", None)
-        if close is not None:
-            close()
+        if self._on_close is not None:
+            self._on_close()
 
     def update(self, key: str, change: Change[R]) -> R:
         return self._run(self._update(kv_key(key), change))
