@@ -27,7 +27,7 @@ from pipeline.broker import JetStreamBroker
 from pipeline.deadletters import list_dead
 from pipeline.nats_server import free_port
 from pipeline.stages import STAGES
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, load_script, wait_for
 from tests.live import publish
 from tests.openai_server import OpenAIServer
 from tests.site import Page, Site
@@ -181,13 +181,7 @@ def test_every_panel_shows_data_and_every_rule_evaluates(
 
 
 def test_committed_dashboards_are_generated_from_the_code() -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("dashboards", ROOT / "grafana" / "dashboards.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rendered = module.render()
+    rendered = load_script(ROOT / "grafana" / "dashboards.py").render()
     assert sorted(rendered) == [p.name for p in DASHBOARDS]
     for path in DASHBOARDS:
         assert rendered[path.name] == path.read_text(), f"{path.name} is stale: run python grafana/dashboards.py"

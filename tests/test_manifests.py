@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
-import sys
 from typing import Any
 
 import jsonschema
@@ -16,7 +14,7 @@ import yaml
 from pipeline.broker.names import DEFAULT_PREFIX, QueueNames
 from pipeline.exporter import LAG_METRIC
 from pipeline.stages import STAGES
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
 KEDA = ROOT / "autoscale" / "keda"
 KEDA_CRDS = KEDA / "crds"  # KEDA v2.20.2's, as shared with the project
@@ -24,12 +22,7 @@ KUBERNETES = "1.33.0"
 
 
 def _manifests_module() -> Any:
-    spec = importlib.util.spec_from_file_location("manifests", KEDA / "manifests.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(KEDA / "manifests.py")
 
 
 def committed_objects() -> list[dict]:
