@@ -22,12 +22,13 @@ rules are KEDA's and the HPA's, so one file sets the policy for both:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,6 +67,10 @@ class Policy:
     down_window: float = 300.0
     up_policies: tuple[RatePolicy, ...] = ()
     down_policies: tuple[RatePolicy, ...] = ()
+    # One replica, as the stage's Deployment runs it:
+    processes: int = 1
+    threads: int = 8
+    shutdown_timeout: float = 100.0
 
     @classmethod
     def from_scaled_object(cls, obj: dict[str, Any]) -> Policy:
@@ -94,15 +99,49 @@ class Policy:
             down_policies=policies("scaleDown"),
         )
 
+    def with_replica(self, command: list[str]) -> Policy:
+        """This policy with a replica's processes, threads and shutdown timeout from its ``dramatiq`` command."""
+        options = dict(itertools.pairwise(command))
+        return replace(
+            self,
+            processes=int(options.get("--processes", self.processes)),
+            threads=int(options.get("--threads", self.threads)),
+            shutdown_timeout=int(options.get("--worker-shutdown-timeout", self.shutdown_timeout * 1000)) / 1000,
+        )
+
+
+def default_manifests() -> Path:
+    """The KEDA base beside the package (a checkout or an editable install): ``autoscale/keda/base``."""
+    return Path(__file__).resolve().parents[1] / "autoscale" / "keda" / "base"
+
 
 def load_policies(directory: Path) -> dict[str, Policy]:
-    """Every ScaledObject in the YAML files of ``directory`` (the KEDA base), by queue."""
+    """Every ScaledObject in the YAML files of ``directory`` (the KEDA base), by queue.
+
+    The Deployment a ScaledObject targets says what one replica is
+    (``--processes``, ``--threads``, ``--worker-shutdown-timeout``).
+    """
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no KEDA manifests at {directory} (the autoscaling policy is read from them)")
+    documents = [
+        document
+        for path in sorted(directory.glob("*.yaml"))
+        for document in yaml.safe_load_all(path.read_text())
+        if document
+    ]
+    commands = {
+        document["metadata"]["name"]: document["spec"]["template"]["spec"]["containers"][0].get("command", [])
+        for document in documents
+        if document.get("kind") == "Deployment"
+    }
     found = {}
-    for path in sorted(directory.glob("*.yaml")):
-        for document in yaml.safe_load_all(path.read_text()):
-            if document and document.get("kind") == "ScaledObject":
-                policy = Policy.from_scaled_object(document)
-                found[policy.queue] = policy
+    for document in documents:
+        if document.get("kind") == "ScaledObject":
+            policy = Policy.from_scaled_object(document)
+            target = document["spec"]["scaleTargetRef"]["name"]
+            found[policy.queue] = policy.with_replica(commands.get(target, []))
+    if not found:
+        raise ValueError(f"no ScaledObject in {directory}")
     return found
 
 
@@ -205,7 +244,10 @@ class Autoscaler(BackgroundService):
         now = self.clock()
         sizes = {}
         for queue, pool in self.pools.items():
+            before = self.scalers[queue].replicas
             sizes[queue] = self.scalers[queue].decide(lags.get(queue, 0), now)
+            if sizes[queue] != before:
+                logger.info("%s: %d -> %d replicas (lag %d)", queue, before, sizes[queue], lags.get(queue, 0))
             pool.resize(sizes[queue])
         return sizes
 

@@ -103,18 +103,22 @@ def _start_ingest(broker):
     return ingest
 
 
+MANIFESTS_HELP = "Directory of the KEDA manifests that set each pool's policy [default: autoscale/keda/base]."
+
+
 @app.command()
 def up(
-    threads: int = typer.Option(8, help="Worker threads per process."),
-    processes: int = typer.Option(1, help="Worker processes per queue."),
+    replicas: int = typer.Option(0, help="Replicas per queue, fixed (0: each pool autoscaled on its lag)."),
+    manifests: Path = typer.Option(None, help=MANIFESTS_HELP),
     interval: float = typer.Option(2.0, help="Seconds between status lines."),
     duration: float = typer.Option(0, help="Stop after this many seconds (0: run until Ctrl-C)."),
     demo: bool = typer.Option(False, "--demo", help="Also serve a local site whose pages change, with monitors on it."),
 ) -> None:
-    """Run the pipeline on this machine: NATS, one worker pool per queue, metrics, and a live status."""
+    """Run the pipeline on this machine: NATS, a worker pool per queue sized on its lag, metrics, a live status."""
+    policies = _policies(manifests)
     metrics_dir = _share_metrics_directory()  # before anything imports prometheus-client
     from pipeline import exporter
-    from pipeline.workers import WorkerPool
+    from pipeline.observability import forget_dead_processes
 
     site = _start_demo() if demo else None
     _nats_url()
@@ -125,9 +129,7 @@ def up(
     metrics_server = (
         _serve_metrics(broker, queues, port, required=False, multiprocess_dir=metrics_dir) if port else None
     )
-    pools = [WorkerPool(q, env=dict(os.environ), threads=threads, log_dir=Path(DEFAULT_HOME) / "logs") for q in queues]
-    for pool in pools:
-        pool.resize(processes)
+    pools, autoscaler = _start_pools(broker, queues, policies, replicas)
     ingest = _start_ingest(broker)
     scheduler = _start_scheduler(broker)
     typer.echo(f"Publish events to {broker.prefix}.events.check | .monitor | .content (JSON; see docs/schemas/)")
@@ -138,10 +140,12 @@ def up(
             done, errors = _recent_checks(interval)
             status = "  ".join(
                 f"{pool.queue}: lag {lag.get(pool.queue, 0)} done {done.get(pool.queue, 0)}"
-                f"{' errors ' + str(errors[pool.queue]) if errors.get(pool.queue) else ''} workers {pool.size}"
-                for pool in pools
+                f"{' errors ' + str(errors[pool.queue]) if errors.get(pool.queue) else ''}"
+                f" replicas {pool.size}{f' ({len(pool.draining)} draining)' if pool.draining else ''}"
+                for pool in pools.values()
             )
             typer.echo(time.strftime("%H:%M:%S ") + (status or "no queues declared in actors/"))
+            forget_dead_processes(metrics_dir)
             time.sleep(interval)
     except KeyboardInterrupt:
         typer.echo("Stopping: workers finish or return their messages...")
@@ -150,11 +154,84 @@ def up(
             site.stop()
         scheduler.stop()
         ingest.stop()
-        for pool in pools:
-            pool.stop()
+        _stop_pools(pools, autoscaler)
         if metrics_server is not None:
             metrics_server.shutdown()
         broker.close()
+
+
+@app.command()
+def autoscale(
+    queue: list[str] = typer.Option(None, help="Only this queue (repeat for several) [default: every stage]."),
+    manifests: Path = typer.Option(None, help=MANIFESTS_HELP),
+) -> None:
+    """Run worker pools on this machine, each resized from its queue's lag by the KEDA manifests' policy.
+
+    Only workers: run `pipeline scheduler` (and `pipeline exporter`) once beside them.
+    """
+    from pipeline.stages import STAGES
+
+    policies = _policies(manifests)
+    queues = queue or list(STAGES)
+    unknown = sorted(set(queues) - set(policies))
+    if unknown:
+        raise typer.BadParameter(f"no ScaledObject for {', '.join(unknown)}", param_hint="--queue")
+    broker = _connected_broker()
+    pools, autoscaler = _start_pools(broker, queues, policies, 0)
+    typer.echo(
+        "Autoscaling "
+        + ", ".join(f"{q} ({policies[q].min_replicas}..{policies[q].max_replicas})" for q in queues)
+        + f" every {autoscaler.interval:g} s on {broker.safe_url}; Ctrl-C stops."
+    )
+    try:
+        _wait_until_stopped()
+    finally:
+        _stop_pools(pools, autoscaler)
+        broker.close()
+
+
+def _policies(manifests: Path | None):
+    """Each queue's scaling policy, from the KEDA manifests; a clear error when they are not there."""
+    from pipeline.autoscale import default_manifests, load_policies
+
+    try:
+        return load_policies(manifests or default_manifests())
+    except (OSError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint="--manifests") from None
+
+
+def _start_pools(broker, queues: list[str], policies, replicas: int):
+    """A pool per queue, each replica as its Deployment runs it; autoscaled unless ``replicas`` fixes the size."""
+    from pipeline.autoscale import Autoscaler, Policy
+    from pipeline.workers import WorkerPool
+
+    policies = {q: policies.get(q) or Policy(q, min_replicas=1, max_replicas=1) for q in queues}  # yours: one
+    pools = {}
+    for queue, policy in policies.items():
+        pools[queue] = WorkerPool(
+            queue,
+            env=dict(os.environ),
+            log_dir=Path(DEFAULT_HOME) / "logs",
+            processes=policy.processes,
+            threads=policy.threads,
+            shutdown_timeout=policy.shutdown_timeout,
+        )
+    if replicas:
+        for pool in pools.values():
+            pool.resize(replicas)
+        return pools, None
+    autoscaler = Autoscaler(broker.lag, pools, policies)
+    autoscaler.start()
+    return pools, autoscaler
+
+
+def _stop_pools(pools, autoscaler) -> None:
+    if autoscaler is not None:
+        autoscaler.stop()
+    for pool in pools.values():
+        pool.resize(0)  # every replica drains at once, rather than one pool after another
+    for pool in pools.values():
+        pool.stop()
 
 
 def _share_metrics_directory() -> str:

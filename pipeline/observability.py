@@ -13,6 +13,7 @@ It also counts worker processes per queue, for the dashboards.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from dramatiq import Broker, Worker
 from dramatiq.common import q_name
@@ -30,3 +31,21 @@ class WorkerMetrics(Prometheus):
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         for queue in {q_name(name) for name in worker.consumers}:  # not the delay queues
             metrics.WORKER_PROCESSES.labels(queue).set(1)
+
+
+def forget_dead_processes(directory: str | Path) -> None:
+    """Drop the live gauges of worker processes that died without shutting down (killed, crashed).
+
+    Dramatiq's middleware does this for a worker that stops cleanly; a
+    killed one would otherwise count as a live worker until the next start.
+    """
+    from prometheus_client import multiprocess
+
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, str(directory))
+        except PermissionError:  # alive, another user's
+            pass

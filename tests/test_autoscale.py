@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dramatiq
@@ -61,3 +65,67 @@ def test_a_burst_grows_only_its_pool_and_every_message_runs_once(
     values = [value for value, _ in read_records(record_file)]
     assert sorted(values, key=int) == [str(n) for n in range(BURST)], "a message was lost or ran twice"
     assert len({pid for _, pid in read_records(record_file)}) >= 2, "the burst ran on one process only"
+
+
+def test_scaling_down_under_load_loses_nothing_and_runs_nothing_twice(
+    nats_server: NatsServer, prefix: str, record_file: Path, tmp_path: Path, make_broker
+) -> None:
+    """Replicas dropped mid-burst finish what they started and hand back what they had only prefetched."""
+    broker: JetStreamBroker = make_broker()
+    env = dict(os.environ, PIPELINE_NATS_URL=nats_server.url, TEST_PREFIX=prefix, TEST_RECORD_FILE=str(record_file))
+    pool = WorkerPool("work", env=env, threads=2, log_dir=tmp_path / "logs", module="tests.workerapp")
+    broker.declare_queue("work")
+    total = 150
+    with broker.batch():
+        for n in range(total):
+            broker.enqueue(dramatiq.Message(queue_name="work", actor_name="work", args=(n,),
+                                            kwargs={"sleep": 0.2, "mark_start": True}, options={}))  # fmt: skip
+    pool.resize(3)
+    try:
+        assert wait_for(lambda: len({pid for _, pid in read_records(record_file)}) == 3, 30), "3 replicas never ran"
+        dropped = list(pool.replicas[1:])
+        pool.resize(1)
+        assert pool.size == 1 and len(pool.draining) == 2
+        for replica in dropped:
+            assert replica.wait(30) == 0, "a dropped replica did not shut down cleanly"
+        after_drop = len(read_records(record_file))
+        assert after_drop < 2 * total, "the burst was over before the scale-down: it tested nothing"
+        assert wait_for(lambda: sum(not v.startswith("start:") for v, _ in read_records(record_file)) >= total, 90)
+    finally:
+        pool.stop()
+    records = read_records(record_file)
+    started = sorted((int(v.removeprefix("start:")) for v, _ in records if v.startswith("start:")))
+    finished = sorted(int(v) for v, _ in records if not v.startswith("start:"))
+    assert finished == list(range(total)), "a message was lost or finished twice"
+    assert started == list(range(total)), "a message was started twice (a dropped replica's work was redone)"
+    assert len({pid for _, pid in records[after_drop:]}) == 1, "a dropped replica went on working"
+
+
+def children(pid: int) -> list[int]:
+    """A process's children (Linux lists them per thread, and the autoscaler's thread spawns them)."""
+    return [
+        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
+    ]
+
+
+def test_pipeline_autoscale_runs_each_pools_minimum_and_stops_them_on_sigterm(
+    nats_server: NatsServer, prefix: str, tmp_path: Path
+) -> None:
+    env = dict(os.environ, PIPELINE_NATS_URL=nats_server.url, PIPELINE_PREFIX=prefix)
+    command = [str(Path(sys.executable).parent / "pipeline"), "autoscale", "--queue", "fetch", "--queue", "alert"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        # fetch's minimum is one replica, alert's is none while its queue is empty.
+        assert wait_for(lambda: len(children(process.pid)) == 1, 20), "fetch's replica was not started"
+        [replica] = children(process.pid)
+        assert "--queues fetch" in Path(f"/proc/{replica}/cmdline").read_text().replace("\0", " ")
+        time.sleep(1)
+        assert len(children(process.pid)) == 1, "the alert pool started with nothing to do"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "Autoscaling fetch (1..20), alert (0..5) every 5 s" in output
+    assert not Path(f"/proc/{replica}").exists(), "the replica outlived the autoscaler"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.autoscale import Policy, RatePolicy, Scaler, load_policies
 from pipeline.stages import STAGES
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
 SIMPLE = Policy("fetch", min_replicas=1, max_replicas=10, lag_threshold=100, cooldown=60, down_window=30)
 
@@ -21,6 +24,22 @@ def test_the_policy_is_read_from_the_keda_manifests() -> None:
     assert fetch.up_policies == (RatePolicy("Pods", 4, 15),)
     assert fetch.down_policies == (RatePolicy("Percent", 50, 30),)
     assert policies["analyse"].min_replicas == 0
+
+
+def test_a_replica_is_what_the_deployment_runs() -> None:
+    manifests = load_script(ROOT / "autoscale" / "keda" / "manifests.py")
+    policies = load_policies(ROOT / "autoscale" / "keda" / "base")
+    for stage, policy in policies.items():
+        table = manifests.POLICIES[stage]
+        assert (policy.processes, policy.threads) == (table.processes, table.threads)
+        assert policy.shutdown_timeout == manifests.SHUTDOWN_SECONDS
+
+
+def test_missing_or_empty_manifests_are_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no KEDA manifests at"):
+        load_policies(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="no ScaledObject in"):
+        load_policies(tmp_path)
 
 
 def test_desired_is_lag_over_threshold_within_bounds() -> None:

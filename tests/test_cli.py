@@ -61,6 +61,20 @@ def test_bad_input_is_refused_with_exit_code_2(args: list[str], message: str) ->
     assert message in " ".join(out.split())
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["up", "--manifests", "/nowhere"], "no KEDA manifests at /nowhere"),
+        (["autoscale", "--manifests", "/nowhere"], "no KEDA manifests at /nowhere"),
+        (["autoscale", "--queue", "fetch", "--queue", "nope"], "no ScaledObject for nope"),
+    ],
+)
+def test_autoscaling_without_a_policy_is_refused(args: list[str], message: str) -> None:
+    code, out = run(*args)
+    assert code == 2
+    assert message in " ".join(out.split())
+
+
 def test_unknown_monitor_exits_1() -> None:
     code, out = run("monitor", "pause", "99")
     assert code == 1 and "no monitor 99" in out

@@ -39,6 +39,9 @@ def test_up_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
         assert 'pipeline_alerts_total{channel="webhook",outcome="sent"}' in metrics
         assert 'pipeline_events_total{kind="monitor",outcome="accepted"}' in metrics
         assert 'pipeline_queue_lag{queue="fetch"}' in metrics
+        # The alert pool's minimum is 0: the autoscaler started it when the first alert was due.
+        assert 'pipeline_worker_processes{queue="alert"} 1.0' in metrics
+        assert 'pipeline_worker_processes{queue="scrape"} 2.0' in metrics  # one replica: 2 processes
     finally:
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C does
         assert up.wait(60) == 0
@@ -62,4 +65,4 @@ def test_up_runs_on_when_the_metrics_port_is_taken(tmp_path: Path, nats_server) 
         )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"warning: cannot serve metrics on port {port}" in result.stderr
-    assert "lag 0" in result.stdout
+    assert "lag 0" in result.stdout and "replicas" in result.stdout

@@ -27,7 +27,9 @@ def record(value: object) -> None:
 
 
 @dramatiq.actor(queue_name="work", max_retries=0)
-def work(n: int, sleep: float = 0.0) -> None:
+def work(n: int, sleep: float = 0.0, mark_start: bool = False) -> None:
+    if mark_start:
+        record(f"start:{n}")
     time.sleep(sleep)
     record(n)
 
