@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from typing import Any
@@ -119,3 +120,24 @@ def test_kustomize_builds_and_the_result_validates(directory: str) -> None:
             kubernetes_validate.validate(obj, KUBERNETES, strict=True)
     triggers = {o["spec"]["triggers"][0]["type"] for o in objects if o["kind"] == "ScaledObject"}
     assert triggers == ({"prometheus"} if "prometheus" in directory else {"nats-jetstream"})
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed: kustomize builds not checked")
+def test_the_readmes_deployment_kustomization_builds(tmp_path) -> None:
+    """The README's own kustomization, as a user would copy it: every workload gets the image and the namespace."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("# deploy/kustomization.yaml\n", 1)[1].split("```", 1)[0]
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    base = os.path.relpath(KEDA / "base", deploy)  # kustomize takes no absolute paths
+    (deploy / "kustomization.yaml").write_text(block.replace("../autoscale/keda/base", base))
+    built = subprocess.run(["kubectl", "kustomize", str(deploy)], capture_output=True, text=True, check=True)
+    objects = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    assert {o["metadata"].get("namespace") for o in objects} == {"pipeline"}
+    images = {
+        container["image"]
+        for o in objects
+        if o["kind"] == "Deployment"
+        for container in o["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {"registry.example.com/nats-ai-pipeline:1"}
