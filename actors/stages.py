@@ -17,6 +17,9 @@ from pipeline.runtime import context
 
 # Errors that retrying cannot fix go straight to the dead letters, with their reason.
 PERMANENT = (FetchError, ExtractError, RuleError, LLMRejectedError)
+# Under the 100 s a worker is given to finish its messages when scaled down (autoscale/keda/manifests.py),
+# so a scale-down never cuts a message short and runs it again; a stage's own timeouts stay well under it.
+TIME_LIMIT_MS = 90_000
 
 
 def _next(actor: dramatiq.Actor) -> stages.Send:
@@ -40,7 +43,7 @@ def _context() -> stages.Context:
     return context(dramatiq.get_broker())  # type: ignore[arg-type]
 
 
-@dramatiq.actor(queue_name="fetch", actor_name="fetch", max_retries=5, throws=PERMANENT)
+@dramatiq.actor(queue_name="fetch", actor_name="fetch", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)
 def fetch(job: dict[str, Any]) -> None:
     try:
         stages.fetch(_context(), job, _next(scrape))
@@ -50,13 +53,20 @@ def fetch(job: dict[str, Any]) -> None:
         raise dramatiq.Retry(str(e), delay=int(e.after * 1000)) from None
 
 
-@dramatiq.actor(queue_name="scrape", actor_name="scrape", max_retries=5, throws=PERMANENT)
+@dramatiq.actor(queue_name="scrape", actor_name="scrape", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)
 def scrape(job: dict[str, Any]) -> None:
     stages.scrape(_context(), job, _next(analyse))
 
 
 # LLM outages last: ten retries, backing off from 15 s to 30 min, ride out about two hours.
-@dramatiq.actor(queue_name="analyse", actor_name="analyse", max_retries=10, max_backoff=1_800_000, throws=PERMANENT)
+@dramatiq.actor(
+    queue_name="analyse",
+    actor_name="analyse",
+    max_retries=10,
+    max_backoff=1_800_000,
+    throws=PERMANENT,
+    time_limit=TIME_LIMIT_MS,
+)
 def analyse(job: dict[str, Any]) -> None:
     try:
         stages.analyse(_context(), job, _next(alert))
@@ -68,6 +78,13 @@ def analyse(job: dict[str, Any]) -> None:
         raise dramatiq.Retry(str(e), delay=math.ceil(e.after * 1000)) from None
 
 
-@dramatiq.actor(queue_name="alert", actor_name="alert", max_retries=8, min_backoff=2000, max_backoff=600_000)
+@dramatiq.actor(
+    queue_name="alert",
+    actor_name="alert",
+    max_retries=8,
+    min_backoff=2000,
+    max_backoff=600_000,
+    time_limit=TIME_LIMIT_MS,
+)
 def alert(job: dict[str, Any]) -> None:
     stages.alert(_context(), job)

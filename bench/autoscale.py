@@ -17,7 +17,8 @@ Reported per run: time to drain (last arrival to last message done),
 message latency (enqueue to done), the most replicas, and worker-seconds
 (replica-seconds, draining replicas included) over one common window, from
 the trace's start until the last run is drained and back at its resting size.
-A PNG of lag and replicas over time goes to ``docs/autoscale.png``.
+A PNG of lag and replicas over time goes to ``docs/autoscale.png``, the
+samples behind it to ``docs/autoscale.json``.
 
     python bench/autoscale.py                  # about 13 minutes
     python bench/autoscale.py --service 0.5    # seconds per message
@@ -27,13 +28,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +49,7 @@ from pipeline.nats_server import NatsServer  # noqa: E402
 from pipeline.workers import WorkerPool  # noqa: E402
 
 QUEUE = "bench"
-WARM_UP_SECONDS = 20  # every run's starting replicas boot before the trace begins
+BOOT_LIMIT_SECONDS = 120  # every run's starting replicas boot before the trace begins
 LIMIT_SECONDS = 900  # a run that has not drained by then is reported as such
 
 
@@ -76,6 +78,11 @@ class Run:
     drained_at: float | None = None  # seconds from the trace's start
     rested_at: float | None = None  # drained and back at its resting size
 
+    def backlog_cleared(self, burst_at: float, threshold: float) -> float | None:
+        """Seconds from the burst until the lag is back under one replica's threshold."""
+        after = [s.t for s in self.samples if s.t > burst_at + 1 and s.lag < threshold]
+        return after[0] - burst_at if after else None
+
     def worker_seconds(self, horizon: float) -> float:
         """Replica-seconds from 0 to ``horizon``, the last size held after the run's end."""
         total = 0.0
@@ -88,13 +95,15 @@ class Run:
 def replay(name: str, policy: Policy, trace: list[int], server: NatsServer, work: Path, service: float) -> Run:
     """Start the pool, replay the trace into its queue, and sample until drained and at rest."""
     prefix = f"bench-autoscale-{uuid.uuid4().hex[:8]}"
-    records = work / f"{name}.records"
+    records, booted = work / f"{name}.records", work / f"{name}.booted"
     records.touch()
+    booted.touch()
     env = dict(
         os.environ,
         PIPELINE_NATS_URL=server.url,
         BENCH_PREFIX=prefix,
         BENCH_RECORD_FILE=str(records),
+        BENCH_BOOT_FILE=str(booted),
         BENCH_SERVICE_SECONDS=str(service),
         PYTHONPATH=str(ROOT),
     )
@@ -120,14 +129,14 @@ def replay(name: str, policy: Policy, trace: list[int], server: NatsServer, work
     run = Run(name)
     total = sum(trace)
     try:
-        time.sleep(WARM_UP_SECONDS)
+        wait_for_boot(booted, resting * policy.processes)
         started = time.monotonic()
         publisher = threading.Thread(target=publish, args=(server.url, prefix, trace, started), daemon=True)
         publisher.start()
         while time.monotonic() - started < LIMIT_SECONDS:
             now = time.monotonic() - started
             done = records.read_bytes().count(b"\n")
-            sample = Sample(now, broker.lag().get(QUEUE, 0), pool.size, len(pool.draining), done)
+            sample = Sample(now, broker.lag().get(QUEUE, 0), pool.size, pool.draining, done)
             run.samples.append(sample)
             if done >= total and run.drained_at is None:
                 run.drained_at = now
@@ -144,6 +153,16 @@ def replay(name: str, policy: Policy, trace: list[int], server: NatsServer, work
         broker.close()
     run.latencies = sorted(float(line.split()[1]) for line in records.read_text().splitlines())
     return run
+
+
+def wait_for_boot(booted: Path, processes: int) -> None:
+    """Until ``processes`` worker processes have booted: a fixed pool is charged from the trace's start, up."""
+    deadline = time.monotonic() + BOOT_LIMIT_SECONDS
+    while booted.read_bytes().count(b"\n") < processes:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{processes} worker processes did not boot within {BOOT_LIMIT_SECONDS} s")
+        time.sleep(0.2)
+    time.sleep(1)  # their first pull requests
 
 
 def publish(url: str, prefix: str, trace: list[int], started: float) -> None:
@@ -181,19 +200,28 @@ def report(runs: list[Run], trace: list[int], policy: Policy, service: float) ->
         f"polling {policy.polling:g} s, cooldown {policy.cooldown:g} s, scale-down window {policy.down_window:g} s; "
         f"{os.cpu_count()} cores\n"
     )
-    print("| pool | time to drain | latency p50 / p95 / max | most replicas | worker-seconds | vs autoscaled |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| pool | burst's backlog cleared in | drained after the last arrival | latency p50 / p95 / max "
+        "| most replicas | worker-seconds | vs autoscaled |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     auto = runs[0].worker_seconds(horizon)
+    burst_at = trace.index(max(trace))
     for run in runs:
+        cleared = run.backlog_cleared(burst_at, policy.lag_threshold)
         drain = f"{run.drained_at - last_arrival:.0f} s" if run.drained_at is not None else "not drained"
         lat = run.latencies
         cost = run.worker_seconds(horizon)
         print(
-            f"| {run.name} | {drain} | {percentile(lat, 0.5):.1f} / {percentile(lat, 0.95):.1f} / "
-            f"{(lat[-1] if lat else float('nan')):.1f} s | {max(s.replicas for s in run.samples)} | "
-            f"{cost:,.0f} | {cost / auto:.2f}x |"
+            f"| {run.name} | {f'{cleared:.0f} s' if cleared is not None else 'never'} | {drain} "
+            f"| {percentile(lat, 0.5):.1f} / {percentile(lat, 0.95):.1f} / {(lat[-1] if lat else float('nan')):.1f} s "
+            f"| {max(s.replicas for s in run.samples)} | {cost:,.0f} | {cost / auto:.2f}x |"
         )
-    print(f"\nworker-seconds over the same {horizon:.0f} s window for every pool (trace start to the last at rest)")
+    print(
+        f"\nbacklog cleared: from the burst until the lag is under one replica's threshold "
+        f"({policy.lag_threshold:g}); worker-seconds: replica-seconds over the same {horizon:.0f} s window "
+        "for every pool (trace start to the last at rest)"
+    )
     return horizon
 
 
@@ -237,6 +265,8 @@ def main() -> None:
             runs.append(replay(name, policy, trace, server, Path(work), args.service))
         report(runs, trace, policy, args.service)
         plot(runs, trace, args.plot)
+        samples = {run.name: [asdict(sample) for sample in run.samples] for run in runs}
+        args.plot.with_suffix(".json").write_text(json.dumps({"trace": trace, "samples": samples}) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,19 +2,28 @@
 
 On a cluster KEDA turns a stage's lag into a replica count for the HPA; here
 the same numbers decide how many worker processes each pool runs.  The
-rules are KEDA's and the HPA's, so one file sets the policy for both:
+rules are KEDA's and the HPA's (``pkg/controller/podautoscaler`` in
+Kubernetes), so one file sets the policy for both:
 
-- **activation**: a pool at zero starts when the lag exceeds
-  ``activationLagThreshold``; with the lag at or under it for
-  ``cooldownPeriod`` seconds, a pool whose ``minReplicaCount`` is 0 goes
-  back to zero;
+- **activation** (KEDA): a pool at zero goes to ``max(minReplicaCount, 1)``
+  when the lag exceeds ``activationLagThreshold``; with the lag at or under
+  it for ``cooldownPeriod`` seconds, a pool whose ``minReplicaCount`` is 0
+  goes back to zero.  In between, the HPA's rules decide:
 - **desired** = ``ceil(lag / lagThreshold)``, kept as it is while
   ``lag / (replicas * lagThreshold)`` is within 10% of 1 (the HPA's
-  tolerance), clamped to ``[minReplicaCount, maxReplicaCount]``;
-- **scale-down stabilisation**: the highest recommendation of the last
-  ``stabilizationWindowSeconds`` wins, so a dip does not shed workers;
-- **rate policies**: at most ``value`` pods (or percent) more or fewer per
-  ``periodSeconds``, the most permissive policy of each direction, as the HPA does.
+  tolerance), clamped to ``[max(minReplicaCount, 1), maxReplicaCount]``;
+- **stabilisation**: scaling down goes only to the highest recommendation
+  of the last ``scaleDown.stabilizationWindowSeconds``, scaling up only to
+  the lowest of the last ``scaleUp.stabilizationWindowSeconds``;
+- **rate policies**: from the size at the start of each policy's
+  ``periodSeconds``, at most ``value`` pods (or percent) more or fewer; of
+  several policies ``selectPolicy`` picks the largest change (``Max``, the
+  default), the smallest (``Min``) or none (``Disabled``).  A direction
+  the ScaledObject leaves out gets the HPA's defaults.
+
+One difference: the HPA re-evaluates every 15 s (its controller's sync
+period), this loop every ``pollingInterval`` (5 s here), so a pool on one
+machine reacts up to 10 s sooner than a Deployment.
 
 :class:`Scaler` is pure (the clock is passed in, so tests drive it);
 :class:`Autoscaler` polls each queue's lag and resizes its pool.
@@ -25,6 +34,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -40,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: The HPA's default tolerance around the target.
 TOLERANCE = 0.1
+#: KEDA's default ``lagThreshold`` of the nats-jetstream scaler.
+DEFAULT_LAG_THRESHOLD = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,42 +60,61 @@ class RatePolicy:
     value: int
     period: float
 
-    def limit(self, replicas: int) -> int:
-        """How many replicas this policy lets change in one period, from ``replicas``."""
-        return self.value if self.kind == "Pods" else max(1, math.ceil(replicas * self.value / 100))
+    def up_limit(self, period_start: int) -> int:
+        """The most replicas this policy allows, from the size at the start of its period."""
+        if self.kind == "Pods":
+            return period_start + self.value
+        return math.ceil(period_start * (1 + self.value / 100))
+
+    def down_limit(self, period_start: int) -> int:
+        """The fewest replicas this policy allows, from the size at the start of its period."""
+        if self.kind == "Pods":
+            return period_start - self.value
+        return int(period_start * (1 - self.value / 100))
+
+
+#: What the HPA uses for a direction a ScaledObject does not configure.
+HPA_DEFAULT_UP = (RatePolicy("Percent", 100, 15), RatePolicy("Pods", 4, 15))
+HPA_DEFAULT_DOWN = (RatePolicy("Percent", 100, 15),)
 
 
 @dataclass(frozen=True)
 class Policy:
-    """One stage's scaling numbers, as its ScaledObject states them."""
+    """One stage's scaling numbers, as its ScaledObject states them (no rate policies: no rate limit)."""
 
     queue: str
     min_replicas: int = 0
     max_replicas: int = 100
-    lag_threshold: float = 5.0
+    lag_threshold: float = DEFAULT_LAG_THRESHOLD
     activation_lag: float = 0.0
     cooldown: float = 300.0
     polling: float = 30.0
     down_window: float = 300.0
+    up_window: float = 0.0
     up_policies: tuple[RatePolicy, ...] = ()
     down_policies: tuple[RatePolicy, ...] = ()
-    # One replica, as the stage's Deployment runs it:
-    processes: int = 1
+    up_select: str = "Max"
+    down_select: str = "Max"
+    # One replica, as the stage's Deployment runs it (Dramatiq's defaults where the command says nothing):
+    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
     threads: int = 8
-    shutdown_timeout: float = 100.0
+    shutdown_timeout: float = 600.0
 
     @classmethod
     def from_scaled_object(cls, obj: dict[str, Any]) -> Policy:
         spec = obj["spec"]
         [trigger] = [t for t in spec["triggers"] if t["type"] in ("nats-jetstream", "prometheus")]
         meta = trigger["metadata"]
-        threshold = float(meta.get("lagThreshold") or meta.get("threshold") or 5)
+        threshold = float(meta.get("lagThreshold") or meta.get("threshold") or DEFAULT_LAG_THRESHOLD)
         activation = float(meta.get("activationLagThreshold") or meta.get("activationThreshold") or 0)
         behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior", {})
+        up, down = behavior.get("scaleUp", {}), behavior.get("scaleDown", {})
 
-        def policies(direction: str) -> tuple[RatePolicy, ...]:
-            rules = behavior.get(direction, {}).get("policies", [])
-            return tuple(RatePolicy(p["type"], int(p["value"]), float(p["periodSeconds"])) for p in rules)
+        def policies(rules: dict, default: tuple[RatePolicy, ...]) -> tuple[RatePolicy, ...]:
+            listed = rules.get("policies")
+            if not listed:
+                return default
+            return tuple(RatePolicy(p["type"], int(p["value"]), float(p["periodSeconds"])) for p in listed)
 
         name = obj["metadata"]["name"]
         return cls(
@@ -94,14 +125,17 @@ class Policy:
             activation_lag=activation,
             cooldown=float(spec.get("cooldownPeriod", 300)),
             polling=float(spec.get("pollingInterval", 30)),
-            down_window=float(behavior.get("scaleDown", {}).get("stabilizationWindowSeconds", 300)),
-            up_policies=policies("scaleUp"),
-            down_policies=policies("scaleDown"),
+            down_window=float(down.get("stabilizationWindowSeconds", 300)),
+            up_window=float(up.get("stabilizationWindowSeconds", 0)),
+            up_policies=policies(up, HPA_DEFAULT_UP),
+            down_policies=policies(down, HPA_DEFAULT_DOWN),
+            up_select=up.get("selectPolicy", "Max"),
+            down_select=down.get("selectPolicy", "Max"),
         )
 
     def with_replica(self, command: list[str]) -> Policy:
         """This policy with a replica's processes, threads and shutdown timeout from its ``dramatiq`` command."""
-        options = dict(itertools.pairwise(command))
+        options = dict(itertools.pairwise(command))  # each flag with the word after it
         return replace(
             self,
             processes=int(options.get("--processes", self.processes)),
@@ -129,17 +163,20 @@ def load_policies(directory: Path) -> dict[str, Policy]:
         for document in yaml.safe_load_all(path.read_text())
         if document
     ]
-    commands = {
-        document["metadata"]["name"]: document["spec"]["template"]["spec"]["containers"][0].get("command", [])
-        for document in documents
-        if document.get("kind") == "Deployment"
-    }
-    found = {}
-    for document in documents:
-        if document.get("kind") == "ScaledObject":
-            policy = Policy.from_scaled_object(document)
-            target = document["spec"]["scaleTargetRef"]["name"]
-            found[policy.queue] = policy.with_replica(commands.get(target, []))
+    try:
+        commands = {
+            document["metadata"]["name"]: document["spec"]["template"]["spec"]["containers"][0].get("command", [])
+            for document in documents
+            if document.get("kind") == "Deployment"
+        }
+        found = {}
+        for document in documents:
+            if document.get("kind") == "ScaledObject":
+                policy = Policy.from_scaled_object(document)
+                target = document["spec"]["scaleTargetRef"]["name"]
+                found[policy.queue] = policy.with_replica(commands.get(target, []))
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise ValueError(f"a manifest in {directory} is not a Deployment or ScaledObject we can read: {e!r}") from e
     if not found:
         raise ValueError(f"no ScaledObject in {directory}")
     return found
@@ -153,7 +190,7 @@ class Scaler:
     replicas: int = 0
     _last_active: float = -math.inf
     _recommendations: deque[tuple[float, int]] = field(default_factory=deque)
-    _changes: deque[tuple[float, int]] = field(default_factory=deque)
+    _events: deque[tuple[float, int]] = field(default_factory=deque)  # the HPA's own changes: (when, delta)
 
     def __post_init__(self) -> None:
         self.replicas = max(self.replicas, self.policy.min_replicas)
@@ -163,47 +200,61 @@ class Scaler:
         policy = self.policy
         if lag > policy.activation_lag:
             self._last_active = now
-        if self.replicas == 0 and lag <= policy.activation_lag:
-            return 0  # not active: stays at zero
-        if policy.min_replicas == 0 and now - self._last_active >= policy.cooldown:
+        if self.replicas == 0:  # KEDA's part: activation
+            if lag <= policy.activation_lag:
+                return 0
             self._recommendations.clear()
-            return self._set(0, now)
-        recommended = self._recommend(lag)
-        self._recommendations.append((now, recommended))
-        while self._recommendations and self._recommendations[0][0] < now - policy.down_window:
-            self._recommendations.popleft()
-        if recommended < self.replicas:  # stabilised: the highest recommendation in the window
-            recommended = min(self.replicas, max(r for _, r in self._recommendations))
-        return self._set(self._rate_limited(recommended, now), now)
+            self.replicas = max(policy.min_replicas, 1)
+            return self.replicas
+        if policy.min_replicas == 0 and now - self._last_active >= policy.cooldown:  # KEDA's part: back to zero
+            self.replicas = 0
+            return 0
+        desired = self._stabilised(self._recommend(lag), now)  # the HPA's part
+        return self._set(self._rate_limited(desired, now), now)
 
     def _recommend(self, lag: int) -> int:
         policy = self.policy
-        floor = max(policy.min_replicas, 1)
-        if self.replicas > 0:
-            ratio = lag / (self.replicas * policy.lag_threshold)
-            if abs(ratio - 1) <= TOLERANCE:
-                return min(max(self.replicas, floor), policy.max_replicas)
-        return min(max(math.ceil(lag / policy.lag_threshold), floor), policy.max_replicas)
+        ratio = lag / (self.replicas * policy.lag_threshold)
+        desired = self.replicas if abs(ratio - 1) <= TOLERANCE else math.ceil(lag / policy.lag_threshold)
+        return min(max(desired, policy.min_replicas, 1), policy.max_replicas)
 
-    def _rate_limited(self, target: int, now: float) -> int:
-        policies = self.policy.up_policies if target > self.replicas else self.policy.down_policies
-        if not policies or target == self.replicas:
-            return target
-        allowed = 0
-        for rate in policies:  # the most permissive policy wins, as in the HPA
-            since = now - rate.period
-            moved = sum(
-                abs(delta) for at, delta in self._changes if at > since and (delta > 0) == (target > self.replicas)
-            )
-            allowed = max(allowed, rate.limit(self.replicas) - moved)
-        step = max(0, allowed)
-        return min(target, self.replicas + step) if target > self.replicas else max(target, self.replicas - step)
+    def _stabilised(self, recommended: int, now: float) -> int:
+        """Up only to the lowest recommendation of the up window, down only to the highest of the down window."""
+        policy = self.policy
+        self._recommendations.append((now, recommended))
+        oldest = now - max(policy.up_window, policy.down_window)
+        while self._recommendations[0][0] < oldest:
+            self._recommendations.popleft()
+        up = min(r for at, r in self._recommendations if at >= now - policy.up_window)
+        down = max(r for at, r in self._recommendations if at >= now - policy.down_window)
+        return min(max(self.replicas, up), down)
+
+    def _rate_limited(self, desired: int, now: float) -> int:
+        policy = self.policy
+        if desired > self.replicas and policy.up_policies:
+            if policy.up_select == "Disabled":
+                return self.replicas
+            limits = [rate.up_limit(self._period_start(rate.period, now)) for rate in policy.up_policies]
+            limit = max(limits) if policy.up_select == "Max" else min(limits)
+            return min(desired, max(limit, self.replicas))
+        if desired < self.replicas and policy.down_policies:
+            if policy.down_select == "Disabled":
+                return self.replicas
+            limits = [rate.down_limit(self._period_start(rate.period, now)) for rate in policy.down_policies]
+            limit = min(limits) if policy.down_select == "Max" else max(limits)  # Max: the largest change
+            return max(desired, min(limit, self.replicas))
+        return desired
+
+    def _period_start(self, period: float, now: float) -> int:
+        """The size this pool had ``period`` seconds ago, counting only the HPA's changes since."""
+        return self.replicas - sum(delta for at, delta in self._events if at > now - period)
 
     def _set(self, replicas: int, now: float) -> int:
         if replicas != self.replicas:
-            self._changes.append((now, replicas - self.replicas))
-            while self._changes and self._changes[0][0] < now - 600:
-                self._changes.popleft()
+            self._events.append((now, replicas - self.replicas))
+            longest = max((r.period for r in self.policy.up_policies + self.policy.down_policies), default=0)
+            while self._events and self._events[0][0] <= now - longest:
+                self._events.popleft()
             self.replicas = replicas
         return replicas
 

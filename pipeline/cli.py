@@ -6,10 +6,12 @@ import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
+import yaml
 
 from pipeline import redact
 from pipeline.nats_server import DEFAULT_HOME, embedded_url
@@ -108,18 +110,19 @@ MANIFESTS_HELP = "Directory of the KEDA manifests that set each pool's policy [d
 
 @app.command()
 def up(
-    replicas: int = typer.Option(0, help="Replicas per queue, fixed (0: each pool autoscaled on its lag)."),
+    replicas: int = typer.Option(0, min=0, help="Replicas per queue, fixed (0: each pool autoscaled on its lag)."),
     manifests: Path = typer.Option(None, help=MANIFESTS_HELP),
     interval: float = typer.Option(2.0, help="Seconds between status lines."),
     duration: float = typer.Option(0, help="Stop after this many seconds (0: run until Ctrl-C)."),
     demo: bool = typer.Option(False, "--demo", help="Also serve a local site whose pages change, with monitors on it."),
 ) -> None:
     """Run the pipeline on this machine: NATS, a worker pool per queue sized on its lag, metrics, a live status."""
-    policies = _policies(manifests)
+    policies = _policies(manifests, required=not replicas)
     metrics_dir = _share_metrics_directory()  # before anything imports prometheus-client
     from pipeline import exporter
     from pipeline.observability import forget_dead_processes
 
+    _interrupt_on_sigterm()  # `kill`, `docker stop`: the same graceful stop as Ctrl-C
     site = _start_demo() if demo else None
     _nats_url()
     broker = _load_broker()
@@ -129,19 +132,20 @@ def up(
     metrics_server = (
         _serve_metrics(broker, queues, port, required=False, multiprocess_dir=metrics_dir) if port else None
     )
-    pools, autoscaler = _start_pools(broker, queues, policies, replicas)
-    ingest = _start_ingest(broker)
-    scheduler = _start_scheduler(broker)
-    typer.echo(f"Publish events to {broker.prefix}.events.check | .monitor | .content (JSON; see docs/schemas/)")
-    started = time.monotonic()
+    pools, autoscaler, ingest, scheduler = {}, None, None, None
     try:
+        pools, autoscaler = _start_pools(broker, queues, policies, replicas)
+        ingest = _start_ingest(broker)
+        scheduler = _start_scheduler(broker)
+        typer.echo(f"Publish events to {broker.prefix}.events.check | .monitor | .content (JSON; see docs/schemas/)")
+        started = time.monotonic()
         while not duration or time.monotonic() - started < duration:
             lag = broker.lag()
             done, errors = _recent_checks(interval)
             status = "  ".join(
                 f"{pool.queue}: lag {lag.get(pool.queue, 0)} done {done.get(pool.queue, 0)}"
                 f"{' errors ' + str(errors[pool.queue]) if errors.get(pool.queue) else ''}"
-                f" replicas {pool.size}{f' ({len(pool.draining)} draining)' if pool.draining else ''}"
+                f" replicas {pool.size}{f' ({pool.draining} draining)' if pool.draining else ''}"
                 for pool in pools.values()
             )
             typer.echo(time.strftime("%H:%M:%S ") + (status or "no queues declared in actors/"))
@@ -152,8 +156,10 @@ def up(
     finally:
         if site is not None:
             site.stop()
-        scheduler.stop()
-        ingest.stop()
+        if scheduler is not None:
+            scheduler.stop()
+        if ingest is not None:
+            ingest.stop()
         _stop_pools(pools, autoscaler)
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -167,7 +173,8 @@ def autoscale(
 ) -> None:
     """Run worker pools on this machine, each resized from its queue's lag by the KEDA manifests' policy.
 
-    Only workers: run `pipeline scheduler` (and `pipeline exporter`) once beside them.
+    Only workers: run `pipeline scheduler` once beside them, and `pipeline exporter` on this machine
+    (with PROMETHEUS_MULTIPROC_DIR set to the directory printed) to serve their metrics.
     """
     from pipeline.stages import STAGES
 
@@ -176,28 +183,33 @@ def autoscale(
     unknown = sorted(set(queues) - set(policies))
     if unknown:
         raise typer.BadParameter(f"no ScaledObject for {', '.join(unknown)}", param_hint="--queue")
+    metrics_dir = _share_metrics_directory()
+    from pipeline.observability import forget_dead_processes
+
     broker = _connected_broker()
     pools, autoscaler = _start_pools(broker, queues, policies, 0)
     typer.echo(
         "Autoscaling "
         + ", ".join(f"{q} ({policies[q].min_replicas}..{policies[q].max_replicas})" for q in queues)
-        + f" every {autoscaler.interval:g} s on {broker.safe_url}; Ctrl-C stops."
+        + f" every {autoscaler.interval:g} s on {broker.safe_url}; workers' metrics in {metrics_dir}; Ctrl-C stops."
     )
     try:
-        _wait_until_stopped()
+        _wait_until_stopped(lambda: forget_dead_processes(metrics_dir), every=autoscaler.interval)
     finally:
         _stop_pools(pools, autoscaler)
         broker.close()
 
 
-def _policies(manifests: Path | None):
-    """Each queue's scaling policy, from the KEDA manifests; a clear error when they are not there."""
+def _policies(manifests: Path | None, *, required: bool = True):
+    """Each queue's scaling policy, from the KEDA manifests; a clear error when they are needed and not there."""
     from pipeline.autoscale import default_manifests, load_policies
 
     try:
         return load_policies(manifests or default_manifests())
-    except (OSError, ValueError) as e:
-        raise typer.BadParameter(str(e), param_hint="--manifests") from None
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        if required or manifests:
+            raise typer.BadParameter(str(e), param_hint="--manifests") from None
+        return {}  # fixed sizes without the manifests: one process of 8 threads per replica
 
 
 def _start_pools(broker, queues: list[str], policies, replicas: int):
@@ -205,7 +217,8 @@ def _start_pools(broker, queues: list[str], policies, replicas: int):
     from pipeline.autoscale import Autoscaler, Policy
     from pipeline.workers import WorkerPool
 
-    policies = {q: policies.get(q) or Policy(q, min_replicas=1, max_replicas=1) for q in queues}  # yours: one
+    unlisted = {"min_replicas": 1, "max_replicas": 1, "processes": 1}  # a queue of yours without a ScaledObject
+    policies = {q: policies.get(q) or Policy(q, **unlisted) for q in queues}
     pools = {}
     for queue, policy in policies.items():
         pools[queue] = WorkerPool(
@@ -260,15 +273,30 @@ def _serve_metrics(broker, queues: list[str], port: int, *, required: bool = Tru
     return server
 
 
-def _wait_until_stopped() -> None:
-    """Block until Ctrl-C or SIGTERM (`docker stop`, a pod's deletion); the caller then shuts down in order."""
+def _wait_until_stopped(tick: Callable[[], None] | None = None, *, every: float = 5.0) -> None:
+    """Block until Ctrl-C or SIGTERM (`docker stop`, a pod's deletion), calling ``tick`` every ``every`` seconds.
+
+    The caller then shuts down in order.
+    """
     import signal
     import threading
 
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
-    stopped.wait()
+    while not stopped.wait(every):
+        if tick is not None:
+            tick()
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt in the main thread, so it stops `up` as gracefully as Ctrl-C."""
+    import signal
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @app.command()

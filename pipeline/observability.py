@@ -42,10 +42,12 @@ def forget_dead_processes(directory: str | Path) -> None:
     from prometheus_client import multiprocess
 
     for path in Path(directory).glob("gauge_live*_*.db"):
-        pid = int(path.stem.rsplit("_", 1)[1])
+        pid = path.stem.rsplit("_", 1)[1]
+        if not pid.isdigit():  # not prometheus-client's file
+            continue
         try:
-            os.kill(pid, 0)
+            os.kill(int(pid), 0)
         except ProcessLookupError:
-            multiprocess.mark_process_dead(pid, str(directory))
+            multiprocess.mark_process_dead(int(pid), str(directory))
         except PermissionError:  # alive, another user's
             pass

@@ -7,10 +7,12 @@ replica: a ``dramatiq`` command with the Deployment's processes and threads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 
@@ -21,6 +23,11 @@ class WorkerPool:
     messages it is running (up to ``shutdown_timeout``) and hands its
     prefetched ones back to the stream.  Until it has exited it is *draining*:
     no longer counted in :attr:`size`, still waited for by :meth:`stop`.
+
+    The autoscaler resizes a pool from its thread while a status line reads
+    it from another, so every method holds the pool's lock; once stopped, a
+    pool starts nothing more (an autoscaler step finishing late cannot leak
+    a replica).
     """
 
     def __init__(
@@ -41,8 +48,10 @@ class WorkerPool:
         self.processes = processes
         self.threads = threads
         self.shutdown_timeout = shutdown_timeout
-        self.replicas: list[subprocess.Popen[bytes]] = []
-        self.draining: list[subprocess.Popen[bytes]] = []
+        self._replicas: list[subprocess.Popen[bytes]] = []
+        self._draining: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.RLock()
+        self._stopped = False
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -57,29 +66,52 @@ class WorkerPool:
                 start_new_session=True,  # Ctrl-C reaches us; we stop the pool gracefully
             )  # fmt: skip
 
+    def _reap(self) -> None:
+        self._replicas = [p for p in self._replicas if p.poll() is None]
+        self._draining = [p for p in self._draining if p.poll() is None]
+
     @property
     def size(self) -> int:
         """Replicas running and not draining (a replica that died is dropped, and the next resize replaces it)."""
-        self.replicas = [p for p in self.replicas if p.poll() is None]
-        self.draining = [p for p in self.draining if p.poll() is None]
-        return len(self.replicas)
+        with self._lock:
+            self._reap()
+            return len(self._replicas)
+
+    @property
+    def draining(self) -> int:
+        """Replicas told to stop that are still finishing their messages."""
+        with self._lock:
+            self._reap()
+            return len(self._draining)
+
+    @property
+    def pids(self) -> list[int]:
+        """The running replicas' ``dramatiq`` commands, oldest first."""
+        with self._lock:
+            self._reap()
+            return [p.pid for p in self._replicas]
 
     def resize(self, size: int) -> None:
         """Grow or shrink to ``size`` replicas; the newest go first when shrinking."""
-        while self.size < size:
-            self.replicas.append(self._spawn())
-        while self.size > size:
-            replica = self.replicas.pop()
-            replica.send_signal(signal.SIGTERM)
-            self.draining.append(replica)
+        with self._lock:
+            self._reap()
+            while not self._stopped and len(self._replicas) < size:
+                self._replicas.append(self._spawn())
+            while len(self._replicas) > size:
+                replica = self._replicas.pop()
+                replica.send_signal(signal.SIGTERM)
+                self._draining.append(replica)
 
     def stop(self) -> None:
         """SIGTERM to every replica, then wait; a replica still busy past its shutdown timeout is killed."""
-        self.resize(0)
-        for replica in self.draining:
+        with self._lock:
+            self._stopped = True
+            self.resize(0)
+            draining, self._draining = self._draining, []
+        for replica in draining:
             try:
                 replica.wait(self.shutdown_timeout + 10)
             except subprocess.TimeoutExpired:
-                os.killpg(replica.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(replica.pid, signal.SIGKILL)
                 replica.wait()
-        self.draining.clear()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.autoscale import Policy, RatePolicy, Scaler, load_policies
+from pipeline.autoscale import HPA_DEFAULT_DOWN, HPA_DEFAULT_UP, Policy, RatePolicy, Scaler, load_policies
 from pipeline.stages import STAGES
 from tests.conftest import ROOT, load_script
 
@@ -77,9 +79,57 @@ def test_rate_policies_limit_each_step() -> None:
     assert scaler.decide(lag=200, now=0) == 5  # 1 + 4 pods per 15 s
     assert scaler.decide(lag=200, now=5) == 5
     assert scaler.decide(lag=200, now=16) == 9
-    assert scaler.decide(lag=0, now=100) == 4  # 50% of 9, rounded up (5 pods), may go at once
+    assert scaler.decide(lag=0, now=100) == 4  # 9 x (1 - 50%), rounded down as the HPA does
     assert scaler.decide(lag=0, now=110) == 4  # nothing more within the period
     assert scaler.decide(lag=0, now=131) == 2
+
+
+def test_percent_policies_count_from_the_size_at_the_period_start() -> None:
+    policy = Policy(
+        "q", min_replicas=1, max_replicas=100, lag_threshold=1, up_policies=(RatePolicy("Percent", 100, 60),)
+    )
+    scaler = Scaler(policy, replicas=2)
+    assert scaler.decide(lag=100, now=0) == 4  # doubles: 2 -> 4
+    assert scaler.decide(lag=100, now=10) == 4  # within the period: still at most 2 x 2
+    assert scaler.decide(lag=100, now=61) == 8
+
+
+def test_select_policy_min_and_disabled() -> None:
+    both = (RatePolicy("Pods", 1, 60), RatePolicy("Percent", 100, 60))
+    most = Scaler(Policy("q", min_replicas=1, max_replicas=50, lag_threshold=1, up_policies=both), replicas=4)
+    least = Scaler(replace(most.policy, up_select="Min"), replicas=4)
+    frozen = Scaler(replace(most.policy, up_select="Disabled"), replicas=4)
+    assert most.decide(lag=40, now=0) == 8  # Max: the larger change (+100% = +4)
+    assert least.decide(lag=40, now=0) == 5  # Min: the smaller (+1)
+    assert frozen.decide(lag=40, now=0) == 4
+
+
+def test_scale_up_waits_for_its_stabilisation_window() -> None:
+    scaler = Scaler(Policy("q", min_replicas=1, max_replicas=20, lag_threshold=10, up_window=30), replicas=1)
+    assert scaler.decide(lag=100, now=0) == 10  # the only recommendation in the window
+    assert scaler.decide(lag=20, now=5) == 10  # down is the down window's business (300 s)
+    scaler = Scaler(Policy("q", min_replicas=1, max_replicas=20, lag_threshold=10, up_window=30), replicas=1)
+    assert scaler.decide(lag=5, now=0) == 1
+    assert scaler.decide(lag=100, now=10) == 1  # the window still holds a recommendation of 1
+    assert scaler.decide(lag=100, now=31) == 10
+
+
+def test_a_direction_left_out_gets_the_hpas_defaults(tmp_path: Path) -> None:
+    manifest = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "pipeline-q"},
+        "spec": {
+            "scaleTargetRef": {"name": "pipeline-q"},
+            "triggers": [{"type": "nats-jetstream", "metadata": {"stream": "s", "consumer": "c"}}],
+        },
+    }
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(manifest))
+    policy = load_policies(tmp_path)["q"]
+    assert policy.lag_threshold == 10  # KEDA's default
+    assert policy.up_policies == HPA_DEFAULT_UP and policy.down_policies == HPA_DEFAULT_DOWN
+    assert (policy.down_window, policy.up_window, policy.cooldown, policy.polling) == (300, 0, 300, 30)
+    assert policy.shutdown_timeout == 600  # Dramatiq's, as the Deployment's command sets none
 
 
 def test_to_zero_after_the_cooldown_and_back_on_activation() -> None:
@@ -88,10 +138,12 @@ def test_to_zero_after_the_cooldown_and_back_on_activation() -> None:
     )
     scaler = Scaler(policy)
     assert scaler.decide(lag=0, now=0) == 0  # never active
-    assert scaler.decide(lag=120, now=5) == 3
+    assert scaler.decide(lag=120, now=5) == 1  # KEDA activates: 0 -> 1
+    assert scaler.decide(lag=120, now=10) == 3  # then the HPA: ceil(120 / 50)
     assert scaler.decide(lag=0, now=60) == 1  # idle, but not for a whole cooldown
-    assert scaler.decide(lag=0, now=126) == 0
-    assert scaler.decide(lag=1, now=130) == 1
+    assert scaler.decide(lag=0, now=129) == 1
+    assert scaler.decide(lag=0, now=131) == 0  # 120 s after the last lag
+    assert scaler.decide(lag=1, now=135) == 1
 
 
 @settings(max_examples=200, deadline=None)

@@ -72,3 +72,18 @@ def test_grafana_is_provisioned_with_the_datasource_the_dashboards_use(compose: 
         for panel in json.loads(path.read_text())["panels"]:
             for target in panel.get("targets", []):
                 assert target["datasource"]["uid"] == source["uid"], f"{path.name}: {panel['title']}"
+
+
+def test_a_stage_container_runs_what_its_kubernetes_deployment_runs(compose: dict) -> None:
+    """One replica shape per stage, the KEDA manifests': compose does not keep a copy of its own."""
+    from pipeline.autoscale import load_policies
+
+    for stage, policy in load_policies(ROOT / "autoscale" / "keda" / "base").items():
+        command = compose["services"][stage]["command"]
+        options = dict(zip(command[2::2], command[3::2], strict=True))
+        assert options == {
+            "--queues": stage,
+            "--processes": str(policy.processes),
+            "--threads": str(policy.threads),
+            "--worker-shutdown-timeout": str(int(policy.shutdown_timeout * 1000)),
+        }, stage

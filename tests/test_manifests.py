@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from typing import Any
 
 import jsonschema
@@ -141,3 +143,17 @@ def test_the_readmes_deployment_kustomization_builds(tmp_path) -> None:
         for container in o["spec"]["template"]["spec"]["containers"]
     }
     assert images == {"registry.example.com/nats-ai-pipeline:1"}
+
+
+def test_every_stage_ends_a_message_within_a_scale_downs_grace(nats_server, prefix: str) -> None:
+    """A scaled-down worker gets SHUTDOWN_SECONDS to finish: a time limit under it means nothing is cut short."""
+    code = (
+        "import json, actors; "
+        "print(json.dumps({a.queue_name: a.options.get('time_limit') for a in actors.broker.actors.values()}))"
+    )
+    env = dict(os.environ, PIPELINE_NATS_URL=nats_server.url, PIPELINE_PREFIX=prefix)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+    limits = json.loads(out.stdout.splitlines()[-1])
+    assert set(limits) == set(STAGES)
+    shutdown_ms = _manifests_module().SHUTDOWN_SECONDS * 1000
+    assert all(limit is not None and limit < shutdown_ms for limit in limits.values()), limits

@@ -66,3 +66,39 @@ def test_up_runs_on_when_the_metrics_port_is_taken(tmp_path: Path, nats_server) 
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"warning: cannot serve metrics on port {port}" in result.stderr
     assert "lag 0" in result.stdout and "replicas" in result.stdout
+
+
+def test_up_stops_gracefully_on_sigterm_and_leaves_no_worker_behind(tmp_path: Path, nats_server) -> None:
+    """`kill`, `docker stop` and systemd send SIGTERM: the same orderly stop as Ctrl-C, every replica with it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(PIPELINE_NATS_URL=nats_server.url, PIPELINE_METRICS_PORT="0")
+    up = subprocess.Popen(
+        [str(Path(sys.executable).parent / "pipeline"), "up", "--interval", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("fetch: lag 0 done 0 replicas 1" in line for line in lines):
+            time.sleep(0.2)
+        replicas = [p for p in Path("/proc").glob("[0-9]*") if _is_worker_of(p, env["PIPELINE_NATS_URL"])]
+        assert replicas, "no worker replica was running:\n" + "".join(lines)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    reader.join(5)
+    assert any("Stopping" in line for line in lines)
+    assert not [p for p in replicas if p.exists()], "a replica outlived `pipeline up`"
+
+
+def _is_worker_of(proc: Path, nats_url: str) -> bool:
+    """A `dramatiq actors` process started with this NATS URL (the test's own server)."""
+    try:
+        cmdline = (proc / "cmdline").read_bytes()
+        environ = (proc / "environ").read_bytes()
+    except OSError:
+        return False
+    return b"dramatiq\0actors" in cmdline and f"PIPELINE_NATS_URL={nats_url}\0".encode() in environ
