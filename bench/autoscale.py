@@ -13,8 +13,9 @@ It is replayed three times, on a fresh stream each time:
 - **autoscaled**: the one-machine :class:`~pipeline.autoscale.Autoscaler`;
 - **fixed at the minimum** (1 replica) and **fixed at the maximum** (20).
 
-Reported per run: time to drain (last arrival to last message done),
-message latency (enqueue to done), the most replicas, and worker-seconds
+Reported per run: how long the burst's backlog takes to clear (until the
+lag is under one replica's threshold), time to drain (last arrival to last
+message done), message latency (enqueue to done), the most replicas, and worker-seconds
 (replica-seconds, draining replicas included) over one common window, from
 the trace's start until the last run is drained and back at its resting size.
 A PNG of lag and replicas over time goes to ``docs/autoscale.png``, the
@@ -190,11 +191,12 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def report(runs: list[Run], trace: list[int], policy: Policy, service: float) -> float:
+def report(runs: list[Run], trace: list[int], policy: Policy, service: float) -> None:
     horizon = max(run.rested_at or run.samples[-1].t for run in runs)
     last_arrival = len(trace)
+    burst_at = trace.index(max(trace))
     print(
-        f"\n{sum(trace)} messages over {len(trace)} s (burst of {max(trace)} at t={trace.index(max(trace))} s); "
+        f"\n{sum(trace)} messages over {len(trace)} s (burst of {max(trace)} at t={burst_at} s); "
         f"{service:g} s each; a replica = {policy.processes} process x {policy.threads} threads; "
         f"policy: {policy.min_replicas}..{policy.max_replicas} replicas, lag threshold {policy.lag_threshold:g}, "
         f"polling {policy.polling:g} s, cooldown {policy.cooldown:g} s, scale-down window {policy.down_window:g} s; "
@@ -206,7 +208,6 @@ def report(runs: list[Run], trace: list[int], policy: Policy, service: float) ->
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     auto = runs[0].worker_seconds(horizon)
-    burst_at = trace.index(max(trace))
     for run in runs:
         cleared = run.backlog_cleared(burst_at, policy.lag_threshold)
         drain = f"{run.drained_at - last_arrival:.0f} s" if run.drained_at is not None else "not drained"
@@ -222,7 +223,6 @@ def report(runs: list[Run], trace: list[int], policy: Policy, service: float) ->
         f"({policy.lag_threshold:g}); worker-seconds: replica-seconds over the same {horizon:.0f} s window "
         "for every pool (trace start to the last at rest)"
     )
-    return horizon
 
 
 def plot(runs: list[Run], trace: list[int], path: Path) -> None:

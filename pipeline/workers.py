@@ -84,13 +84,6 @@ class WorkerPool:
             self._reap()
             return len(self._draining)
 
-    @property
-    def pids(self) -> list[int]:
-        """The running replicas' ``dramatiq`` commands, oldest first."""
-        with self._lock:
-            self._reap()
-            return [p.pid for p in self._replicas]
-
     def resize(self, size: int) -> None:
         """Grow or shrink to ``size`` replicas; the newest go first when shrinking."""
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -108,6 +109,15 @@ def record_file(tmp_path: Path) -> Path:
     path = tmp_path / "record.txt"
     path.touch()
     return path
+
+
+def children(pid: int) -> list[int]:
+    """A process's children (Linux lists them per thread, and an autoscaler's thread spawns worker replicas)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 def read_records(path: Path) -> list[tuple[str, int]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pipeline.autoscale import Autoscaler, Policy
 from pipeline.broker import JetStreamBroker
 from pipeline.nats_server import NatsServer
 from pipeline.workers import WorkerPool
-from tests.conftest import read_records, wait_for
+from tests.conftest import children, read_records, wait_for
 
 BURST = 300
 
@@ -98,15 +97,6 @@ def test_scaling_down_under_load_loses_nothing_and_runs_nothing_twice(
     assert finished == list(range(total)), "a message was lost or finished twice"
     assert started == list(range(total)), "a message was started twice (a dropped replica's work was redone)"
     assert len({pid for _, pid in records[after_drop:]}) == 1, "a dropped replica went on working"
-
-
-def children(pid: int) -> list[int]:
-    """A process's children (Linux lists them per thread, and the autoscaler's thread spawns them)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
-            found += [int(child) for child in (task / "children").read_text().split()]
-    return found
 
 
 def test_pipeline_autoscale_runs_each_pools_minimum_and_stops_them_on_sigterm(

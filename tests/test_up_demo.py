@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.conftest import children, wait_for
+
 
 def test_up_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
     from pipeline.nats_server import free_port
@@ -81,10 +83,8 @@ def test_up_stops_gracefully_on_sigterm_and_leaves_no_worker_behind(tmp_path: Pa
     reader = threading.Thread(target=lambda: lines.extend(up.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any("fetch: lag 0 done 0 replicas 1" in line for line in lines):
-            time.sleep(0.2)
-        replicas = [p for p in Path("/proc").glob("[0-9]*") if _is_worker_of(p, env["PIPELINE_NATS_URL"])]
+        wait_for(lambda: any("fetch: lag 0 done 0 replicas 1" in line for line in lines), 60)
+        replicas = [Path(f"/proc/{pid}") for pid in children(up.pid)]  # `up` starts no other process here
         assert replicas, "no worker replica was running:\n" + "".join(lines)
     finally:
         up.send_signal(signal.SIGTERM)
@@ -92,13 +92,3 @@ def test_up_stops_gracefully_on_sigterm_and_leaves_no_worker_behind(tmp_path: Pa
     reader.join(5)
     assert any("Stopping" in line for line in lines)
     assert not [p for p in replicas if p.exists()], "a replica outlived `pipeline up`"
-
-
-def _is_worker_of(proc: Path, nats_url: str) -> bool:
-    """A `dramatiq actors` process started with this NATS URL (the test's own server)."""
-    try:
-        cmdline = (proc / "cmdline").read_bytes()
-        environ = (proc / "environ").read_bytes()
-    except OSError:
-        return False
-    return b"dramatiq\0actors" in cmdline and f"PIPELINE_NATS_URL={nats_url}\0".encode() in environ
