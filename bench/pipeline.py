@@ -1,8 +1,8 @@
 """Pipeline benchmark: N monitors on local pages, through all four stages, end to end.
 
 One run: a fresh nats-server and SQLite database, a local site with N pages
-and a webhook inbox, one worker pool per stage (as ``pipeline up`` runs
-them), the ingest and the scheduler.  Every monitor is due at once; the
+and a webhook inbox, one fixed worker pool per stage (``pipeline up`` runs
+the same, autoscaled), the ingest and the scheduler.  Every monitor is due at once; the
 clock runs from the scheduler's pass until the last webhook arrives.
 
     python bench/pipeline.py                  # 500 monitors, 1 process x 8 threads per stage
