@@ -8,7 +8,7 @@ from typing import Any
 import dramatiq
 
 from pipeline import stages
-from pipeline.extract import ExtractError
+from pipeline.content import ExtractError
 from pipeline.fetcher import FetchError, RetryLaterError
 from pipeline.llm import LLMRejectedError, LLMUnavailableError
 from pipeline.ratelimit import RateLimitedError

@@ -387,7 +387,9 @@ def _migrated_engine(url: str):
 def monitor_add(
     url: str = typer.Argument(..., help="http(s) URL to watch."),
     name: str = typer.Option("", help="A name to show (default: the URL)."),
-    selector: str = typer.Option(None, help="CSS selector (or JSON path) of the part to watch."),
+    selector: str = typer.Option(
+        None, help="The part to watch: CSS (.price), XPath (//p, xpath:...) or JSONPath ($.item.price)."
+    ),
     rule: str = typer.Option(None, help='When a change matters: changed | "phrase" | /regex/i | price < 100.'),
     question: str = typer.Option(None, help="A question for the LLM analyser about each change that passes the rule."),
     every: int = typer.Option(3600, help="Seconds between checks (at least 30)."),
@@ -399,13 +401,11 @@ def monitor_add(
 
     from pipeline.events import CheckEvent
     from pipeline.models import Monitor
-    from pipeline.rules import RuleError, parse_rule
 
-    try:
+    try:  # the same checks as an event's: URL, selector and rule syntax, targets
         CheckEvent(url=url, selector=selector, rule=rule, question=question, notify=notify)
-        parse_rule(rule)
-    except (ValidationError, RuleError) as e:
-        raise typer.BadParameter(str(e).splitlines()[0] if isinstance(e, RuleError) else _first_error(e)) from None
+    except ValidationError as e:
+        raise typer.BadParameter(_first_error(e)) from None
     if every < 30:
         raise typer.BadParameter("--every must be at least 30 seconds")
     with Session(_engine()) as session:
@@ -425,7 +425,7 @@ def monitor_add(
 
 def _first_error(error) -> str:
     item = error.errors()[0]
-    return f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+    return f"{'.'.join(str(p) for p in item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
 
 
 @monitor_app.command("show")
@@ -433,6 +433,7 @@ def monitor_show(monitor_id: int) -> None:
     """One monitor in full, with its latest checks and findings."""
     from sqlmodel import Session, select
 
+    from pipeline.jobs import monitor_source
     from pipeline.models import Check, Finding, Monitor
 
     with Session(_engine()) as session:
@@ -440,7 +441,7 @@ def monitor_show(monitor_id: int) -> None:
         if monitor is None:
             typer.echo(f"no monitor {monitor_id}", err=True)
             raise typer.Exit(1)
-        source = f"monitor:{monitor.id}"
+        source = monitor_source(monitor_id)
         checks = session.exec(select(Check).where(Check.source == source).order_by(Check.id.desc()).limit(8)).all()  # type: ignore[union-attr]
         findings = session.exec(
             select(Finding).where(Finding.source == source).order_by(Finding.id.desc()).limit(5)
@@ -674,7 +675,9 @@ def _ask_llm(question: str, change: Any) -> Any:
 @app.command()
 def check(
     url: str = typer.Argument(..., help="http(s) URL to check now."),
-    selector: str = typer.Option(None, help="CSS selector (or JSON path) of the part to watch."),
+    selector: str = typer.Option(
+        None, help="The part to watch: CSS (.price), XPath (//p, xpath:...) or JSONPath ($.item.price)."
+    ),
     rule: str = typer.Option(None, help='When a change matters: changed | "phrase" | /regex/i | price < 100.'),
     question: str = typer.Option(None, help="Ask the LLM analyser too (needs PIPELINE_OPENAI_API_KEYS)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -686,25 +689,26 @@ def check(
     """
     from pydantic import ValidationError
 
+    from pipeline.content import ExtractError, diff, extract
     from pipeline.events import CheckEvent
-    from pipeline.extract import ExtractError, diff, extract
     from pipeline.fetcher import Fetcher, FetchError
-    from pipeline.rules import RuleError, parse_rule
+    from pipeline.rules import parse_rule
 
-    try:
+    try:  # the same checks as an event's: a bad selector or rule is bad input (2), not a bad page (1)
         CheckEvent(url=url, selector=selector, rule=rule, question=question)
-        parsed = parse_rule(rule)
-    except (ValidationError, RuleError) as e:
-        raise typer.BadParameter(str(e) if isinstance(e, RuleError) else _first_error(e)) from None
+    except ValidationError as e:
+        raise typer.BadParameter(_first_error(e)) from None
+    parsed = parse_rule(rule)
     fetcher = Fetcher()
     try:
         result = fetcher.fetch(url)
-        text = extract(result.body, result.content_type, selector)
+        extracted = extract(result.body, result.content_type, selector)
     except (FetchError, ExtractError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     finally:
         fetcher.close()
+    text = extracted.text
     change = diff(None, text)
     verdict = parsed.evaluate(change)
     if question and verdict.relevant:
@@ -714,6 +718,9 @@ def check(
             json.dumps(
                 {
                     "text": text,
+                    "kind": extracted.kind.value,
+                    "encoding": extracted.encoding,
+                    "note": extracted.note,
                     "relevant": verdict.relevant,
                     "summary": verdict.summary,
                     "evidence": list(verdict.evidence),
@@ -723,6 +730,8 @@ def check(
         )
     else:
         typer.echo(text[:2000] + ("\n…" if len(text) > 2000 else ""))
+        if extracted.note:
+            typer.echo(f"({extracted.note})")
         typer.echo(f"\n{'MATCHES' if verdict.relevant else 'no match'}: {verdict.summary}")
     raise typer.Exit(0 if verdict.relevant else 3)
 

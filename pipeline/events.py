@@ -32,10 +32,31 @@ class _Event(BaseModel):
 
 
 class _WhatMatters(_Event):
-    selector: str | None = Field(None, max_length=512, description="CSS selector (or JSON path for JSON) to watch")
+    selector: str | None = Field(
+        None,
+        max_length=512,
+        description="What to watch: CSS (`.price`), XPath (`//p` or `xpath:...`) or JSONPath (`$.item.price`)",
+    )
     rule: str | None = Field(None, max_length=1000, description="Offline rule, e.g. `price < 100` or `/sold out/i`")
     question: str | None = Field(None, max_length=2000, description="A question for the LLM analyser")
     notify: list[NotifyTarget] = Field(default_factory=list, max_length=20, description="Where to send alerts")
+
+    @field_validator("selector")
+    @classmethod
+    def _selector_syntax(cls, selector: str | None) -> str | None:
+        if selector is not None:
+            from pipeline.content.selectors import parse_selector  # lxml and lexbor load only when needed
+
+            parse_selector(selector)  # a SelectorError is a ValueError: pydantic reports it with the field
+        return selector
+
+    @field_validator("rule")
+    @classmethod
+    def _rule_syntax(cls, rule: str | None) -> str | None:
+        from pipeline.rules import parse_rule
+
+        parse_rule(rule)  # a RuleError is a ValueError, reported with the field
+        return rule
 
     @field_validator("notify")
     @classmethod
@@ -66,7 +87,9 @@ class ContentEvent(_WhatMatters):
     kind: Literal["content"] = "content"
     source: str = Field(min_length=1, max_length=2048, description="What the content is of: a URL or any stable name")
     content: str = Field(max_length=MAX_EVENT_BYTES)
-    content_type: Literal["text/html", "text/plain", "application/json"] = "text/html"
+    content_type: Literal[
+        "text/html", "text/plain", "application/json", "application/xml", "application/rss+xml", "application/atom+xml"
+    ] = "text/html"
     monitor_id: int | None = Field(None, gt=0)
 
 
@@ -112,7 +135,7 @@ def _describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "event"
-        problems.append(f"{where}: {item['msg']}")
+        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems)
 
 

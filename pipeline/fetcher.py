@@ -9,6 +9,7 @@ here, one hop at a time, so each hop is checked like the first.
 from __future__ import annotations
 
 import email.utils
+import importlib.util
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,17 @@ from pipeline.netguard import AddressPolicy, BlockedAddressError
 from pipeline.redact import redact_url
 
 USER_AGENT = "nats-ai-pipeline/0.1 (+https://github.com/; monitoring)"
+
+
+def _decodable_codings() -> tuple[str, ...]:
+    """The content codings httpx can decode here: br needs brotli, zstd needs zstandard (httpx's extras)."""
+    optional = {"br": ("brotli", "brotlicffi"), "zstd": ("zstandard",)}
+    found = [coding for coding, modules in optional.items() if any(importlib.util.find_spec(m) for m in modules)]
+    return ("gzip", "deflate", *found)
+
+
+CODINGS = _decodable_codings()
+ACCEPT_ENCODING = ", ".join(CODINGS)
 
 
 class FetchError(Exception):
@@ -52,7 +64,7 @@ class FetchResult:
     status: int
     not_modified: bool
     body: bytes
-    content_type: str
+    content_type: str  # the whole header, parameters (charset) included
     etag: str | None
     last_modified: str | None
     elapsed: float
@@ -121,7 +133,7 @@ class Fetcher:
             transport=_GuardedTransport(self.policy),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             follow_redirects=False,
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"},
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
             trust_env=False,
         )
 
@@ -180,17 +192,26 @@ class Fetcher:
             return self._result(response, b"", started)
         if response.status_code >= 400:
             raise FetchError(f"HTTP {response.status_code} from {response.url.host}", "http_status")
+        unknown = _unknown_codings(response.headers.get("content-encoding", ""))
+        if unknown:  # httpx would hand the compressed bytes on as if they were the page
+            raise FetchError(
+                f"unsupported Content-Encoding {', '.join(unknown)!r} from {response.url.host}", "bad_content"
+            )
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             raise TooLargeError(f"body of {declared} bytes is over the {self.max_bytes} byte limit")
         chunks, size = [], 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise TooLargeError(f"body is over the {self.max_bytes} byte limit")
-            if time.monotonic() - started > self.timeout:
-                raise FetchError(f"timed out after {self.timeout:g}s reading the body", "timeout")
-            chunks.append(chunk)
+        try:
+            for chunk in response.iter_bytes():  # decoded: the size limit also bounds a decompression bomb
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise TooLargeError(f"body is over the {self.max_bytes} byte limit")
+                if time.monotonic() - started > self.timeout:
+                    raise FetchError(f"timed out after {self.timeout:g}s reading the body", "timeout")
+                chunks.append(chunk)
+        except httpx.DecodingError:
+            coding = response.headers.get("content-encoding", "")
+            raise FetchError(f"cannot decode the body sent with Content-Encoding {coding!r}", "bad_content") from None
         return self._result(response, b"".join(chunks), started)
 
     @staticmethod
@@ -200,7 +221,7 @@ class Fetcher:
             status=response.status_code,
             not_modified=response.status_code == 304,
             body=body,
-            content_type=response.headers.get("content-type", "").split(";")[0].strip().lower(),
+            content_type=response.headers.get("content-type", ""),
             etag=response.headers.get("etag"),
             last_modified=response.headers.get("last-modified"),
             elapsed=time.monotonic() - started,
@@ -208,6 +229,12 @@ class Fetcher:
 
 
 _KNOWN_CODES = {int(status) for status in HTTPStatus}
+
+
+def _unknown_codings(header: str) -> list[str]:
+    """The codings in a ``Content-Encoding`` header that are not decoded here (RFC 9110 §8.4)."""
+    codings = [coding.strip().lower() for coding in header.split(",") if coding.strip()]
+    return [coding for coding in codings if coding not in (*CODINGS, "identity", "x-gzip")]
 
 
 def _code_label(code: int) -> str:

@@ -23,6 +23,7 @@ from sqlmodel import Session
 from pipeline import metrics
 from pipeline.broker import JetStreamBroker, QueueNames
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
+from pipeline.jobs import monitor_source, watched_source
 from pipeline.models import Monitor
 from pipeline.service import BackgroundService
 from pipeline.stages import Context
@@ -45,7 +46,7 @@ def job_for(event: Event, ctx: Context) -> tuple[str, dict[str, Any]]:
         if monitor is None:
             raise InvalidEventError(f"monitor_id: no monitor {event.monitor_id}")
         job = {
-            "source": f"monitor:{monitor.id}",
+            "source": monitor_source(event.monitor_id),
             "url": monitor.url,
             "selector": monitor.selector,
             "rule": monitor.rule,
@@ -55,11 +56,17 @@ def job_for(event: Event, ctx: Context) -> tuple[str, dict[str, Any]]:
         return "fetch", job
     common = {"selector": event.selector, "rule": event.rule, "question": event.question, "notify": list(event.notify)}
     if isinstance(event, CheckEvent):
-        return "fetch", {"source": str(event.url), "url": str(event.url), **common}
+        url = str(event.url)
+        return "fetch", {"source": watched_source(url, event.selector, "fetch"), "url": url, **common}
     assert isinstance(event, ContentEvent)
     key = ctx.bodies.put(event.content.encode())
-    source = f"monitor:{event.monitor_id}" if event.monitor_id else event.source
-    return "scrape", {"source": source, "body_key": key, "content_type": event.content_type, **common}
+    if event.monitor_id:
+        source = monitor_source(event.monitor_id)
+    else:
+        source = watched_source(event.source, event.selector, "content")
+    # The content arrived as JSON text, so its bytes are UTF-8 whatever a <meta> in it says.
+    content_type = f"{event.content_type}; charset=utf-8"
+    return "scrape", {"source": source, "body_key": key, "content_type": content_type, **common}
 
 
 class Ingest(BackgroundService):

@@ -20,8 +20,11 @@ def utcnow() -> datetime:
 
 
 class Monitor(SQLModel, table=True):
+    """A watched source.  Ids are never reused (SQLite AUTOINCREMENT, PostgreSQL's sequence), so the
+    history kept under ``monitor:<id>`` after a monitor is removed never passes to a new one."""
+
     __tablename__ = "monitors"
-    __table_args__ = (Index("ix_monitors_due", "paused", "next_check_at"),)
+    __table_args__ = (Index("ix_monitors_due", "paused", "next_check_at"), {"sqlite_autoincrement": True})
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=200)
@@ -43,7 +46,7 @@ class Snapshot(SQLModel, table=True):
     __table_args__ = (Index("ix_snapshots_source_taken", "source", "taken_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    source: str = Field(max_length=2048)  # "monitor:<id>" or the URL of an ad-hoc check
+    source: str = Field(max_length=2048)  # what is watched: pipeline.jobs (monitor:<id>, or URL#digest)
     content_hash: str = Field(max_length=64, index=True)
     text: str
     etag: str | None = Field(default=None, max_length=512)

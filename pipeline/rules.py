@@ -8,7 +8,8 @@ A monitor's ``rule`` is one line, checked when the monitor is saved:
 ``/back in stock/i``        the regular expression matches what was added
 ``price < 100``             the first number in the watched text is below
                             100 (``<``, ``<=``, ``>``, ``>=``, ``==``, ``!=``);
-                            the name on the left is only a label
+                            the name on the left is only a label; numbers
+                            are read as ``pipeline.content.numbers`` says
 ==========================  ===============================================
 
 Rules run on normalised text, never on markup, and need no network.
@@ -22,21 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.content.diff import Change
+from pipeline.content.numbers import first_number
+
 Severity = Literal["info", "warning", "critical"]
 
 
 class RuleError(ValueError):
     """A rule that cannot be understood; the message shows what would be."""
-
-
-@dataclass(frozen=True)
-class Change:
-    """What scrape found: the text before (None on a first check), after, and the line diff."""
-
-    before: str | None
-    after: str
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,7 +41,6 @@ class Verdict:
     evidence: tuple[str, ...] = field(default_factory=tuple)
 
 
-_NUMBER = re.compile(r"-?\d+(?:[.,\s]\d+)*")
 _COMPARISON = re.compile(r"^\s*([A-Za-z_][\w ]*?)\s*(<=|>=|==|!=|<|>)\s*(-?\d[\d.,]*)\s*$")
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -58,26 +51,6 @@ _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "!=": operator.ne,
 }
 _EXAMPLES = 'changed | "sold out" | /back in stock/i | price < 100'
-
-
-def parse_number(text: str) -> float | None:
-    """The first number in ``text``: ``1,299.00`` -> 1299.0, ``89,99`` -> 89.99, ``1 000`` -> 1000."""
-    match = _NUMBER.search(text)
-    if match is None:
-        return None
-    raw = re.sub(r"\s", "", match.group())
-    if "," in raw and "." in raw:
-        decimal = "," if raw.rfind(",") > raw.rfind(".") else "."
-    elif "," in raw:
-        decimal = "," if re.search(r",\d{1,2}$", raw) and raw.count(",") == 1 else ""
-    elif "." in raw:
-        decimal = "." if not re.fullmatch(r"-?\d{1,3}(\.\d{3})+", raw) else ""
-    else:
-        decimal = ""
-    thousands = {",", "."} - {decimal}
-    for separator in thousands:
-        raw = raw.replace(separator, "")
-    return float(raw.replace(decimal, ".") if decimal else raw)
 
 
 def _added_text(change: Change) -> str:
@@ -112,10 +85,10 @@ class Threshold:
     limit: float
 
     def evaluate(self, change: Change) -> Verdict:
-        now = parse_number(change.after)
+        now = first_number(change.after)
         if now is None:
             return Verdict(False, "info", f"no number found for {self.label}")
-        was = parse_number(change.before) if change.before is not None else None
+        was = first_number(change.before) if change.before is not None else None
         holds = _OPERATORS[self.op](now, self.limit)
         if not holds or now == was:
             return Verdict(False, "info", f"{self.label} is {now:g}")
@@ -148,7 +121,8 @@ def parse_rule(text: str | None) -> Rule:
     match = _COMPARISON.match(text)
     if match:
         label, op, limit = match.groups()
-        number = parse_number(limit)
-        assert number is not None  # the pattern only admits numbers
+        number = first_number(limit)
+        if number is None:
+            raise RuleError(f"cannot read {limit!r} as a number in rule {text!r}")
         return Threshold(label.strip(), op, number)
     raise RuleError(f"cannot understand rule {text!r}; examples: {_EXAMPLES}")

@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 
 from pipeline import metrics, notify, webhooks
 from pipeline.bodies import BodyStore
-from pipeline.extract import content_hash, diff, extract
+from pipeline.content import content_hash, diff, extract
 from pipeline.fetcher import Fetcher, FetchError
 from pipeline.llm import LLMAnalyser
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
@@ -118,7 +118,7 @@ def fetch(ctx: Context, job: Job, send_scrape: Send) -> None:
 def scrape(ctx: Context, job: Job, send_analyse: Send) -> None:
     """Extract and normalise; an unchanged source ends here."""
     started = time.monotonic()
-    text = extract(ctx.bodies.get(job["body_key"]), job.get("content_type", ""), job.get("selector"))
+    text = extract(ctx.bodies.get(job["body_key"]), job.get("content_type"), job.get("selector")).text
     digest = content_hash(text)
     with Session(ctx.engine) as session:
         last = _latest_snapshot(session, job["source"])

@@ -215,3 +215,26 @@ def test_exporter_and_scheduler_commands_serve_metrics(nats_server, prefix: str,
         for process in processes:
             process.terminate()
             process.wait(10)
+
+
+def test_a_removed_monitors_id_and_history_never_pass_to_a_new_one() -> None:
+    assert run("monitor", "add", "https://example.com/a")[1].strip() == "1"
+    assert run("monitor", "add", "https://example.com/b")[1].strip() == "2"
+    assert run("monitor", "rm", "2")[0] == 0
+    code, out = run("monitor", "add", "https://example.com/c")
+    assert (code, out.strip()) == (0, "3")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--selector", "p["], "invalid selector 'p['"),
+        (["--selector", "$.a["], "invalid JSONPath"),
+        (["--selector", "//p["], "invalid XPath"),
+        (["--rule", "price <"], "cannot understand rule 'price <'"),
+    ],
+)
+def test_monitor_add_refuses_a_bad_selector_or_rule(args: list[str], message: str) -> None:
+    code, out = run("monitor", "add", "https://example.com", *args)
+    assert code == 2 and message in " ".join(out.split())
+    assert json.loads(run("monitor", "list", "--json")[1]) == []

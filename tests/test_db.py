@@ -81,3 +81,38 @@ def test_a_change_gets_one_finding_and_a_target_one_alert(db_engine: Engine) -> 
         )
         with pytest.raises(IntegrityError):
             session.commit()
+
+
+def test_monitor_ids_are_never_reused(db_engine: Engine) -> None:
+    with Session(db_engine) as session:
+        first, second = Monitor(name="a", url="https://a.example"), Monitor(name="b", url="https://b.example")
+        session.add_all([first, second])
+        session.commit()
+        session.delete(second)  # the newest: SQLite without AUTOINCREMENT would give its id out again
+        session.commit()
+        third = Monitor(name="c", url="https://c.example")
+        session.add(third)
+        session.commit()
+        assert (first.id, third.id) == (1, 3)
+
+
+def test_the_upgrade_starts_ids_above_any_history(tmp_path: Path) -> None:
+    """A database made before ids were kept unique: a removed monitor 3 left snapshots behind."""
+    from alembic import command
+
+    from pipeline.db import alembic_config
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    command.upgrade(alembic_config(engine), "0001")
+    with Session(engine) as session:
+        session.add(Monitor(name="a", url="https://a.example"))
+        session.add(Snapshot(source="monitor:3", content_hash="ab" * 32, text="the old page"))
+        session.commit()
+    migrate(engine)
+    with Session(engine) as session:
+        monitor = Monitor(name="new", url="https://new.example")
+        session.add(monitor)
+        session.commit()
+        assert monitor.id == 4
+        assert session.exec(select(Monitor).where(Monitor.name == "a")).one().id == 1
+    engine.dispose()

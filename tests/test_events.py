@@ -47,6 +47,11 @@ def test_monitor_and_content_events_are_parsed() -> None:
         ("pipeline.events.monitor", b"{}", "monitor_id: Field required"),
         ("pipeline.events.nope", b"{}", "unknown event subject 'pipeline.events.nope'"),
         ("pipeline.events.check", b"\xff\xfe", "not JSON"),
+        ("pipeline.events.check", b'{"url": "https://e.com", "rule": "price <"}', "rule: cannot understand rule"),
+        ("pipeline.events.check", b'{"url": "https://e.com", "selector": "p["}', "selector: invalid selector 'p['"),
+        ("pipeline.events.check", b'{"url": "https://e.com", "selector": "$.a[?("}', "selector: invalid JSONPath"),
+        ("pipeline.events.content", b'{"source": "s", "content": "x", "rule": "/(/"}', "invalid regular expression"),
+        ("pipeline.events.content", b'{"source": "s", "content": "x", "selector": "//["}', "invalid XPath"),
     ],
 )
 def test_invalid_events_say_why(subject: str, data: bytes, reason: str) -> None:

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from pipeline import redact
 from pipeline.broker import JetStreamBroker
-from pipeline.extract import diff
+from pipeline.content import diff
 from pipeline.llm import InvalidVerdictError, LLMAnalyser, LLMRejectedError, LLMSettings, LLMUnavailableError
 from pipeline.llm.analyser import quota
 from pipeline.llm.cache import VerdictCache

@@ -41,10 +41,12 @@ def test_a_check_event_ends_as_a_signed_webhook(env, pipeline: JetStreamBroker) 
 def test_invalid_events_are_dead_lettered_with_the_reason(env, pipeline: JetStreamBroker) -> None:
     publish(env, "check", b'{"url": "ftp://example.com"}')
     publish(env, "check", b"not json")
-    assert wait_for(lambda: pipeline.dead_letter_count("events") == 2, 30)
+    # A rule or selector that cannot be understood is refused here, not left to end a check in silence.
+    publish(env, "check", b'{"url": "https://example.com", "selector": ".price", "rule": "price <"}')
+    assert wait_for(lambda: pipeline.dead_letter_count("events") == 3, 30)
     names = pipeline.names("events")
     last = pipeline.run(pipeline.js.get_last_msg(f"{pipeline.prefix}_dead", names.dead_subject))
-    assert "not JSON" in last.headers["Pipeline-Dead-Reason"]
+    assert "rule: cannot understand rule 'price <'" in last.headers["Pipeline-Dead-Reason"]
 
 
 def test_a_question_is_answered_by_the_llm(env, llm: OpenAIServer, pipeline: JetStreamBroker) -> None:

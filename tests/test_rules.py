@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.rules import AnyChange, Change, RuleError, Threshold, parse_number, parse_rule
+from pipeline.content import first_number as parse_number
+from pipeline.rules import AnyChange, Change, RuleError, Threshold, parse_rule
 
 
 @pytest.mark.parametrize(

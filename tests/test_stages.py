@@ -10,8 +10,10 @@ from sqlmodel import Session, select
 from pipeline import stages
 from pipeline.bodies import BodyStore
 from pipeline.broker import JetStreamBroker
+from pipeline.events import CheckEvent, ContentEvent
 from pipeline.fetcher import Fetcher
-from pipeline.models import Check, Delivery
+from pipeline.ingest import job_for
+from pipeline.models import Check, Delivery, Snapshot
 from pipeline.netguard import AddressPolicy
 from pipeline.stages import Context
 from pipeline.webhooks import new_secret
@@ -214,3 +216,45 @@ def test_content_that_comes_back_alerts_again(ctx: Context, site: Site) -> None:
         site.routes["/p"] = Page(b"<p class='price'>" + text + b"</p>")
         run_through(ctx, job(site, rule=rule))
     assert len(site.posts) == 2  # both outages, although the second looks like the first
+
+
+def test_two_selectors_on_one_url_keep_their_own_history(ctx: Context, site: Site) -> None:
+    def page(handler) -> Page:
+        if handler.headers.get("If-None-Match") == '"v1"':
+            return Page(b"", 304, {"ETag": '"v1"'})
+        return Page(b"<p class='a'>A 1</p><p class='b'>B 2</p>", headers={"Content-Type": "text/html", "ETag": '"v1"'})
+
+    site.routes["/p"] = page
+    url = site.url("/p")
+    watch_a = job_for(CheckEvent(url=url, selector=".a"), ctx)[1]
+    watch_b = job_for(CheckEvent(url=url, selector=".b"), ctx)[1]
+    assert watch_a["source"] != watch_b["source"]
+
+    assert [stage for stage, _ in run_through(ctx, watch_a)] == ["scrape", "analyse"]
+    # B has no history of its own: it must not send A's validators (and be told 304, and never see the page).
+    assert [stage for stage, _ in run_through(ctx, watch_b)] == ["scrape", "analyse"]
+    assert "If-None-Match" not in site.requests[-1][1]
+
+    site.routes["/p"] = Page(b"<p class='a'>A 1</p><p class='b'>B 2</p>")  # no validators: scrape compares
+    for watch in (watch_a, watch_b):  # each compares with its own snapshot: unchanged, nothing handed to analyse
+        assert [stage for stage, _ in run_through(ctx, watch)] == ["scrape"]
+    assert outcomes(ctx)[-4:] == [("fetch", "fetched"), ("scrape", "unchanged")] * 2
+
+
+def test_one_url_written_two_ways_is_one_watched_thing(ctx: Context) -> None:
+    def source(url: str) -> str:
+        return job_for(CheckEvent(url=url, selector=".a"), ctx)[1]["source"]
+
+    assert source("http://Example.COM:80/a/../p#top") == source("http://example.com/p")
+    assert source("http://example.com/p?x=1") != source("http://example.com/p?x=2")
+    assert "secret" not in source("http://user:secret@example.com/p")
+
+
+def test_pushed_content_keeps_its_utf8_whatever_its_meta_says(ctx: Context) -> None:
+    event = ContentEvent(source="shop", content='<meta charset="shift_jis"><p class="t">Crème</p>', selector=".t")
+    queue, job = job_for(event, ctx)
+    handed: list[dict] = []
+    stages.scrape(ctx, job, handed.append)
+    with Session(ctx.engine) as session:
+        [snapshot] = session.exec(select(Snapshot)).all()
+    assert (queue, snapshot.text) == ("scrape", "Crème")

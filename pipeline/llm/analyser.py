@@ -24,12 +24,13 @@ from collections.abc import Callable
 import openai
 
 from pipeline import metrics, redact
+from pipeline.content import Change
 from pipeline.llm import prompt, tokens
 from pipeline.llm.cache import VerdictCache, cache_key
 from pipeline.llm.headers import QuotaHeaders, retry_after
 from pipeline.llm.settings import APIKey, LLMSettings
 from pipeline.ratelimit import Limiter, Rate, RateLimitedError, TooLargeError
-from pipeline.rules import Change, Verdict
+from pipeline.rules import Verdict
 
 logger = logging.getLogger(__name__)
 

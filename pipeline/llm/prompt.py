@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from pipeline.rules import Change, Verdict
+from pipeline.content import Change
+from pipeline.rules import Verdict
 
 SYSTEM = (
     "You watch web pages for a user. Decide whether a change to a page matters for the user's question. "
