@@ -22,7 +22,8 @@ CHECKS = Counter(
 FETCH_RESPONSES = Counter("pipeline_fetch_responses", "HTTP responses fetch received, by status code", ["code"])
 FETCH_ERRORS = Counter(
     "pipeline_fetch_errors",
-    "Fetches that failed: blocked, bad_url, connection, timeout, too_large, http_status, retry_later, redirects",
+    "Fetches that failed: blocked, bad_url, connection, timeout, too_large, http_status, retry_later, redirects, "
+    "bad_content",
     ["kind"],
 )
 FETCH_BYTES = Counter("pipeline_fetch_response_bytes", "Bytes of the bodies fetch read")
