@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -70,3 +72,31 @@ def test_no_rule_means_any_change() -> None:
 def test_bad_rules_say_what_would_work(rule: str, message: str) -> None:
     with pytest.raises(RuleError, match=message):
         parse_rule(rule)
+
+
+@given(st.text(alphabet=st.sampled_from("0123456789 .,'-\u2212\u00a0\n€$kr eE+_/:vRTX"), max_size=80) | st.text())
+def test_reading_a_number_never_raises(text: str) -> None:
+    number = parse_number(text)
+    assert number is None or math.isfinite(number)
+    assert Threshold("price", "<", 100).evaluate(Change(None, text)).summary  # and the rule says something
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("89.99\n120.00", 89.99),  # two numbers on two lines are two numbers
+        ("Size 42 price 89", 42),  # ... and on one line, when no group of three follows the space
+        ("RTX-4090 costs 1599", 1599),  # a hyphenated model name is not minus 4090
+        ("v2.0 ships at 15:00 for 30", 15),
+        ("1,000,000 visitors", 1_000_000),
+        ("12\u2019345.50 CHF", 12345.5),
+        ("\u221212 °C", -12),
+    ],
+)
+def test_one_number_at_a_time(text: str, number: float) -> None:
+    assert parse_number(text) == number
+
+
+def test_a_limit_that_is_no_number_is_refused() -> None:
+    with pytest.raises(RuleError, match="cannot read"):
+        parse_rule("price < " + "9" * 400)

@@ -56,7 +56,7 @@ def _read(text: str, match: re.Match[str]) -> float | None:
             return None  # a hyphenated name or a date: RTX-4090, 2024-05-01
         negative = True
     try:
-        amount = parse_price(raw).amount_float
+        amount = parse_price(raw.replace("\u2019", "'")).amount_float  # it knows only the ASCII apostrophe
     except Exception:  # price-parser's own guesswork; a number it cannot read is no number
         return None
     if amount is None or not math.isfinite(amount):
