@@ -9,7 +9,7 @@ import dramatiq
 
 from pipeline import stages
 from pipeline.content import ExtractError
-from pipeline.fetcher import FetchError, RetryLaterError
+from pipeline.fetcher import FetchError
 from pipeline.llm import LLMRejectedError, LLMUnavailableError
 from pipeline.ratelimit import RateLimitedError
 from pipeline.rules import RuleError
@@ -31,12 +31,18 @@ def _next(actor: dramatiq.Actor) -> stages.Send:
 
     def send(job: dict[str, Any]) -> None:
         trace = job.get("trace")
-        if trace:
-            actor.send_with_options(args=(job,), message_id=f"{trace}-{actor.actor_name}")
+        if trace:  # "part" tells apart the several messages one stage sends (an alert per target)
+            part = f"-{job['part']}" if job.get("part") else ""
+            actor.send_with_options(args=(job,), message_id=f"{trace}-{actor.actor_name}{part}")
         else:
             actor.send(job)
 
     return send
+
+
+def _retry(reason: str, after: float | None) -> dramatiq.Retry:
+    """A Dramatiq retry after the server's delay, or with the actor's backoff when it gave none."""
+    return dramatiq.Retry(reason, delay=None if after is None else math.ceil(after * 1000))
 
 
 def _context() -> stages.Context:
@@ -49,8 +55,10 @@ def fetch(job: dict[str, Any]) -> None:
         stages.fetch(_context(), job, _next(scrape))
     except stages.NotYetError as e:  # politeness: come back later, without using up a retry
         fetch.send_with_options(args=(job,), delay=math.ceil(e.after * 1000))
-    except RetryLaterError as e:
-        raise dramatiq.Retry(str(e), delay=int(e.after * 1000)) from None
+    except FetchError as e:
+        if not e.transient:
+            raise  # one of PERMANENT: dead-lettered now, with the reason
+        raise _retry(e.reason, e.after) from None
 
 
 @dramatiq.actor(queue_name="scrape", actor_name="scrape", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)
@@ -73,9 +81,7 @@ def analyse(job: dict[str, Any]) -> None:
     except RateLimitedError as e:  # the shared LLM quota is busy: wait in the queue, not in a thread
         analyse.send_with_options(args=(job,), delay=math.ceil(e.wait * 1000))
     except LLMUnavailableError as e:  # 429s, 5xx: a retry, after the delay the server asked for, else backoff
-        if e.after is None:
-            raise
-        raise dramatiq.Retry(str(e), delay=math.ceil(e.after * 1000)) from None
+        raise _retry(str(e), e.after) from None
 
 
 @dramatiq.actor(
@@ -84,7 +90,13 @@ def analyse(job: dict[str, Any]) -> None:
     max_retries=8,
     min_backoff=2000,
     max_backoff=600_000,
+    throws=(stages.DeliveryError,),
     time_limit=TIME_LIMIT_MS,
 )
 def alert(job: dict[str, Any]) -> None:
-    stages.alert(_context(), job)
+    try:
+        stages.alert(_context(), job)
+    except stages.DeliveryError as e:
+        if not e.transient:
+            raise  # a 4xx, a refused address: dead-lettered now, with the reason
+        raise _retry(e.reason, e.after) from None

@@ -8,17 +8,17 @@ here, one hop at a time, so each hop is checked like the first.
 
 from __future__ import annotations
 
-import email.utils
 import importlib.util
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from http import HTTPStatus
+from typing import Any
 
 import httpcore
 import httpx
 
-from pipeline import metrics
+from pipeline import deadline, metrics
+from pipeline.failures import is_transient_status, parse_retry_after
 from pipeline.netguard import AddressPolicy, BlockedAddressError
 from pipeline.redact import redact_url
 
@@ -37,25 +37,24 @@ ACCEPT_ENCODING = ", ".join(CODINGS)
 
 
 class FetchError(Exception):
-    """The source could not be fetched; ``reason`` is safe to store and show, ``kind`` is its metric label."""
+    """The source could not be fetched.
 
-    def __init__(self, reason: str, kind: str = "error") -> None:
+    ``reason`` is safe to store and show; ``kind`` is its metric label; ``transient``
+    says whether the same request may succeed later (``pipeline.failures``), and
+    ``after`` how long the server asked us to wait (seconds; None: it did not say).
+    """
+
+    def __init__(self, reason: str, kind: str = "error", *, transient: bool = False, after: float | None = None):
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
+        self.transient = transient
+        self.after = after
 
 
 class TooLargeError(FetchError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason, "too_large")
-
-
-class RetryLaterError(FetchError):
-    """The server asked us to come back later (429/503 with ``Retry-After``)."""
-
-    def __init__(self, reason: str, after: float) -> None:
-        super().__init__(reason, "retry_later")
-        self.after = after
 
 
 @dataclass(frozen=True)
@@ -67,11 +66,40 @@ class FetchResult:
     content_type: str  # the whole header, parameters (charset) included
     etag: str | None
     last_modified: str | None
-    elapsed: float
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read, write and TLS handshake gets at most what is left of the deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _clip(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _clip(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):  # type: ignore[no-untyped-def]
+        tls = self._stream.start_tls(ssl_context, server_hostname, _clip(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+def _clip(timeout: float | None, error: type[Exception]) -> float | None:
+    try:
+        return deadline.clip(timeout)
+    except deadline.DeadlineExceededError as e:
+        raise error(str(e)) from None
 
 
 class _GuardedBackend(httpcore.SyncBackend):
-    """Resolves names itself and connects only to addresses the policy allows."""
+    """Resolves names itself, connects only to addresses the policy allows, within the exchange's deadline."""
 
     def __init__(self, policy: AddressPolicy) -> None:
         self.policy = policy
@@ -80,9 +108,13 @@ class _GuardedBackend(httpcore.SyncBackend):
         last_error: Exception | None = None
         for address in self.policy.resolve(host, port):
             try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+                stream = super().connect_tcp(
+                    address, port, _clip(timeout, httpcore.ConnectTimeout), local_address, socket_options
+                )
             except httpcore.ConnectError as e:
                 last_error = e
+            else:
+                return _DeadlineStream(stream)
         raise last_error or httpcore.ConnectError(f"no address for {host}")
 
 
@@ -98,22 +130,6 @@ class _GuardedTransport(httpx.HTTPTransport):
             keepalive_expiry=5.0,
             network_backend=_GuardedBackend(policy),
         )
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (now if now is not None else datetime.now(UTC).timestamp()))
 
 
 class Fetcher:
@@ -141,10 +157,15 @@ class Fetcher:
         self.client.close()
 
     def fetch(self, url: str, *, etag: str | None = None, last_modified: str | None = None) -> FetchResult:
-        """GET ``url``; with ``etag``/``last_modified`` a 304 comes back as ``not_modified``."""
+        """GET ``url``; with ``etag``/``last_modified`` a 304 comes back as ``not_modified``.
+
+        One deadline of ``timeout`` seconds covers the whole exchange, redirects included.
+        Raises ``FetchError`` (``transient`` set for what a later try may fix).
+        """
         started = time.monotonic()
         try:
-            result = self._fetch(url, etag, last_modified)
+            with deadline.deadline(self.timeout):
+                result = self._fetch(url, etag, last_modified)
         except FetchError as e:
             metrics.FETCH_ERRORS.labels(e.kind).inc()
             raise
@@ -154,7 +175,6 @@ class Fetcher:
         return result
 
     def _fetch(self, url: str, etag: str | None, last_modified: str | None) -> FetchResult:
-        started = time.monotonic()
         headers = {}
         if etag:
             headers["If-None-Match"] = etag
@@ -168,30 +188,36 @@ class Fetcher:
                     if response.is_redirect and "location" in response.headers:
                         url = str(response.url.join(response.headers["location"]))
                         continue
-                    return self._read(response, started)
+                    return self._read(response)
             except BlockedAddressError as e:
                 raise FetchError(str(e), "blocked") from None
             except httpx.InvalidURL as e:
                 raise FetchError(f"invalid URL: {e}", "bad_url") from None
-            except (OSError, UnicodeError) as e:  # name resolution and the like
-                raise FetchError(f"{type(e).__name__} fetching {redact_url(url)}: {e}", "connection") from None
-            except httpx.TimeoutException:
-                raise FetchError(f"timed out after {self.timeout:g}s fetching {redact_url(url)}", "timeout") from None
+            except UnicodeError as e:  # a host name IDNA cannot encode
+                raise FetchError(f"invalid URL: {e}", "bad_url") from None
+            except (httpx.TimeoutException, deadline.DeadlineExceededError):
+                reason = f"timed out after {self.timeout:g}s fetching {redact_url(url)}"
+                raise FetchError(reason, "timeout", transient=True) from None
+            except OSError as e:  # name resolution and the like
+                reason = f"{type(e).__name__} fetching {redact_url(url)}: {e}"
+                raise FetchError(reason, "connection", transient=True) from None
             except httpx.HTTPError as e:
-                raise FetchError(f"{type(e).__name__} fetching {redact_url(url)}", "connection") from None
-            if time.monotonic() - started > self.timeout:
-                raise FetchError(f"timed out after {self.timeout:g}s fetching {redact_url(url)}", "timeout")
+                reason = f"{type(e).__name__} fetching {redact_url(url)}"
+                raise FetchError(reason, "connection", transient=True) from None
         raise FetchError(f"more than {self.max_redirects} redirects", "redirects")
 
-    def _read(self, response: httpx.Response, started: float) -> FetchResult:
-        metrics.FETCH_RESPONSES.labels(_code_label(response.status_code)).inc()
-        if response.status_code in (429, 503):
+    def _read(self, response: httpx.Response) -> FetchResult:
+        status = response.status_code
+        metrics.FETCH_RESPONSES.labels(_code_label(status)).inc()
+        if status == 304:
+            return self._result(response, b"")
+        if status >= 400:
+            reason = f"HTTP {status} from {response.url.host}"
+            if not is_transient_status(status):
+                raise FetchError(reason, "http_status")
             after = parse_retry_after(response.headers.get("retry-after"))
-            raise RetryLaterError(f"HTTP {response.status_code} from {response.url.host}", after or 60.0)
-        if response.status_code == 304:
-            return self._result(response, b"", started)
-        if response.status_code >= 400:
-            raise FetchError(f"HTTP {response.status_code} from {response.url.host}", "http_status")
+            kind = "retry_later" if status in (408, 429, 503) else "http_status"
+            raise FetchError(reason + (f", retry after {after:g}s" if after else ""), kind, transient=True, after=after)
         unknown = _unknown_codings(response.headers.get("content-encoding", ""))
         if unknown:  # httpx would hand the compressed bytes on as if they were the page
             raise FetchError(
@@ -206,16 +232,14 @@ class Fetcher:
                 size += len(chunk)
                 if size > self.max_bytes:
                     raise TooLargeError(f"body is over the {self.max_bytes} byte limit")
-                if time.monotonic() - started > self.timeout:
-                    raise FetchError(f"timed out after {self.timeout:g}s reading the body", "timeout")
                 chunks.append(chunk)
         except httpx.DecodingError:
             coding = response.headers.get("content-encoding", "")
             raise FetchError(f"cannot decode the body sent with Content-Encoding {coding!r}", "bad_content") from None
-        return self._result(response, b"".join(chunks), started)
+        return self._result(response, b"".join(chunks))
 
     @staticmethod
-    def _result(response: httpx.Response, body: bytes, started: float) -> FetchResult:
+    def _result(response: httpx.Response, body: bytes) -> FetchResult:
         return FetchResult(
             url=str(response.url),
             status=response.status_code,
@@ -224,7 +248,6 @@ class Fetcher:
             content_type=response.headers.get("content-type", ""),
             etag=response.headers.get("etag"),
             last_modified=response.headers.get("last-modified"),
-            elapsed=time.monotonic() - started,
         )
 
 

@@ -30,9 +30,8 @@ from pipeline.content import content_hash, diff, extract
 from pipeline.fetcher import Fetcher, FetchError
 from pipeline.llm import LLMAnalyser
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
-from pipeline.netguard import BlockedAddressError
 from pipeline.politeness import Politeness
-from pipeline.redact import redact_url
+from pipeline.redact import display_url, redact_url
 from pipeline.rules import parse_rule
 
 #: The stages, in order; each is a Dramatiq queue of the same name.
@@ -188,42 +187,69 @@ def analyse(ctx: Context, job: Job, send_alert: Send) -> None:
             finding = session.exec(select(Finding).where(*same_change)).one()
         finding_id, relevant = finding.id, finding.relevant
     _record(ctx, job, "analyse", "relevant" if relevant else "irrelevant", started, verdict.summary)
-    if relevant and job.get("notify"):
-        send_alert({**job, "finding_id": finding_id})
+    if relevant:
+        # One message per target: a receiver that hangs or fails delays and retries only its own alert.
+        for target in job.get("notify", []):
+            send_alert({**job, "finding_id": finding_id, "notify": [target], "part": _target_hash(target)[:12]})
+
+
+class DeliveryError(RuntimeError):
+    """A delivery that did not succeed; ``transient`` and ``after`` as ``pipeline.failures`` decides."""
+
+    def __init__(self, reason: str, *, transient: bool, after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+        self.after = after
+
+
+#: What the history says of an attempt whose worker stopped between sending and recording.
+UNKNOWN_OUTCOME = "outcome unknown: the worker stopped during this attempt (it may have arrived)"
 
 
 def alert(ctx: Context, job: Job) -> None:
-    """Deliver a finding to each target once; raise (to retry) while any delivery is not done."""
+    """Deliver a finding to the job's target once; raise ``DeliveryError`` while it is not delivered."""
     started = time.monotonic()
-    failures = []
+    [target] = job["notify"]
     with Session(ctx.engine) as session:
         finding = session.get(Finding, job["finding_id"])
         assert finding is not None
-        for target in job.get("notify", []):
-            record = _alert_row(session, finding.id, target)  # type: ignore[arg-type]
-            if record.status == "sent":
-                continue  # redelivered message: never a second alert
-            if not _claim(session, record):
-                failures.append(f"{redact_url(target)}: being delivered by another worker")
-                continue
-            attempt = len(session.exec(select(Delivery).where(Delivery.alert_id == record.id)).all()) + 1
-            ok, status, error = _deliver(ctx, record, finding, job)
-            channel = "webhook" if target.startswith(("http://", "https://")) else "apprise"
-            metrics.ALERTS.labels(channel, "sent" if ok else "failed").inc()
-            session.add(Delivery(alert_id=record.id, attempt=attempt, ok=ok, status_code=status, error=error))  # type: ignore[arg-type]
-            record.status = "sent" if ok else "failed"
-            record.claimed_at = None
-            session.add(record)
-            session.commit()
-            if not ok:
-                failures.append(f"{redact_url(target)}: {error}")
-    _record(ctx, job, "alert", "error" if failures else "sent", started, "; ".join(failures))
-    if failures:
-        raise DeliveryError("; ".join(failures))
+        record = _alert_row(session, finding.id, target)  # type: ignore[arg-type]
+        if record.status == "sent":
+            return  # redelivered message: never a second alert
+        taken_over = record.status == "sending"
+        if not _claim(session, record):
+            raise DeliveryError(f"{redact_url(target)}: being delivered by another worker", transient=True,
+                                after=CLAIM_LEASE.total_seconds())  # fmt: skip
+        attempts = len(session.exec(select(Delivery).where(Delivery.alert_id == record.id)).all())
+        if taken_over:  # its lease ran out: a worker died after sending, perhaps, and before recording
+            attempts += 1
+            session.add(Delivery(alert_id=record.id, attempt=attempts, ok=False, error=UNKNOWN_OUTCOME))  # type: ignore[arg-type]
+        outcome = _deliver(ctx, record, finding, job, target)
+        channel = "webhook" if target.startswith(("http://", "https://")) else "apprise"
+        metrics.ALERTS.labels(channel, "sent" if outcome.ok else "failed").inc()
+        session.add(
+            Delivery(
+                alert_id=record.id,  # type: ignore[arg-type]
+                attempt=attempts + 1,
+                ok=outcome.ok,
+                status_code=outcome.status,
+                error=outcome.error,
+            )
+        )
+        record.status = "sent" if outcome.ok else "failed"
+        record.claimed_at = None
+        session.add(record)
+        session.commit()
+    failure = "" if outcome.ok else f"{redact_url(target)}: {outcome.error}"
+    _record(ctx, job, "alert", "sent" if outcome.ok else "error", started, failure)
+    if not outcome.ok:
+        raise DeliveryError(failure, transient=outcome.transient, after=outcome.after)
 
 
-#: How long a worker may hold an alert for sending before another may take it over.
-CLAIM_LEASE = timedelta(minutes=5)
+#: How long a worker may hold an alert for sending before another may take it over: a live worker
+#: has finished its attempt by then (every delivery has one deadline, ``Fetcher.timeout``, 15 s).
+CLAIM_LEASE = timedelta(seconds=30)
 
 
 def _claim(session: Session, record: Alert) -> bool:
@@ -241,12 +267,12 @@ def _claim(session: Session, record: Alert) -> bool:
     return result.rowcount == 1
 
 
-class DeliveryError(RuntimeError):
-    pass
+def _target_hash(target: str) -> str:
+    return hashlib.sha256(target.encode()).hexdigest()
 
 
 def _alert_row(session: Session, finding_id: int, target: str) -> Alert:
-    target_hash = hashlib.sha256(target.encode()).hexdigest()
+    target_hash = _target_hash(target)
     existing = session.exec(
         select(Alert).where(Alert.finding_id == finding_id, Alert.target_hash == target_hash)
     ).first()
@@ -258,31 +284,22 @@ def _alert_row(session: Session, finding_id: int, target: str) -> Alert:
     return record
 
 
-def _deliver(ctx: Context, record: Alert, finding: Finding, job: Job) -> tuple[bool, int | None, str]:
+def _deliver(ctx: Context, record: Alert, finding: Finding, job: Job, target: str) -> notify.Delivered:
     payload = {
         "type": "pipeline.alert",
         "timestamp": utcnow().isoformat(),
         "data": {
             "source": job["source"],
-            "url": job.get("url"),
+            "url": display_url(job["url"]) if job.get("url") else None,
             "severity": finding.severity,
             "summary": finding.summary,
             "evidence": finding.evidence,
             "finding_id": finding.id,
         },
     }
-    body = json.dumps(payload, sort_keys=True).encode()
-    target = next(t for t in job["notify"] if hashlib.sha256(t.encode()).hexdigest() == record.target_hash)
     if not target.startswith(("http://", "https://")):
         return notify.send(target, finding, job, ctx.fetcher)
+    body = json.dumps(payload, sort_keys=True).encode()
     headers = webhooks.signed_headers(ctx.webhook_secret, f"alert-{record.id}", body)
-    try:
-        headers["Content-Type"] = "application/json"
-        with ctx.fetcher.client.stream("POST", target, content=body, headers=headers) as response:
-            status_code = response.status_code  # the body is never read: nothing to bound
-    except BlockedAddressError as e:  # names the host only
-        return False, None, str(e)
-    except Exception as e:  # the type says why; the message could name the target's secrets
-        return False, None, f"{type(e).__name__} posting to {redact_url(target)}"
-    ok = 200 <= status_code < 300
-    return ok, status_code, "" if ok else f"HTTP {status_code}"
+    headers["Content-Type"] = "application/json"
+    return webhooks.post(ctx.fetcher, target, body, headers)

@@ -14,6 +14,18 @@ import hashlib
 import hmac
 import secrets
 import time
+from typing import TYPE_CHECKING
+
+import httpx
+
+from pipeline import deadline
+from pipeline.failures import is_transient_status, parse_retry_after
+from pipeline.netguard import BlockedAddressError
+from pipeline.notify import Delivered
+from pipeline.redact import redact_url
+
+if TYPE_CHECKING:
+    from pipeline.fetcher import Fetcher
 
 SECRET_PREFIX = "whsec_"
 
@@ -65,3 +77,21 @@ def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None 
     expected = signature(secret, message_id, timestamp, body)
     if not any(hmac.compare_digest(expected, candidate) for candidate in offered.split()):
         raise WebhookVerificationError("no matching signature")
+
+
+def post(fetcher: Fetcher, url: str, body: bytes, headers: dict[str, str]) -> Delivered:
+    """POST ``body`` under one deadline (``fetcher.timeout``), no redirects followed, nothing read back."""
+    try:
+        with deadline.deadline(fetcher.timeout), fetcher.client.stream("POST", url, content=body, headers=headers) as r:
+            status, retry_after = r.status_code, r.headers.get("retry-after")
+    except BlockedAddressError as e:  # names the host only
+        return Delivered(False, None, str(e), transient=False)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
+        return Delivered(False, None, f"invalid URL: {type(e).__name__}", transient=False)
+    except Exception as e:  # timeouts and connection errors: the type says why; the message could hold secrets
+        return Delivered(False, None, f"{type(e).__name__} posting to {redact_url(url)}", transient=True)
+    if 200 <= status < 300:
+        return Delivered(True, status)
+    transient = is_transient_status(status)
+    after = parse_retry_after(retry_after) if transient else None
+    return Delivered(False, status, f"HTTP {status}", transient=transient, after=after)

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.fetcher import Fetcher, FetchError, RetryLaterError, TooLargeError, parse_retry_after
+from pipeline.failures import parse_retry_after
+from pipeline.fetcher import Fetcher, FetchError, TooLargeError
 from pipeline.netguard import AddressPolicy, is_public
 from tests.site import Page, Site
 
@@ -57,9 +58,9 @@ def test_body_size_is_capped(site: Site, fetcher: Fetcher) -> None:
 
 def test_retry_after_is_honoured(site: Site, fetcher: Fetcher) -> None:
     site.routes["/busy"] = Page(b"", 429, {"Retry-After": "7"})
-    with pytest.raises(RetryLaterError) as raised:
+    with pytest.raises(FetchError) as raised:
         fetcher.fetch(site.url("/busy"))
-    assert raised.value.after == 7
+    assert (raised.value.transient, raised.value.after) == (True, 7)
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
 
 
@@ -116,3 +117,91 @@ def test_allow_list_takes_hosts_and_networks() -> None:
     assert is_public(ipaddress.ip_address("93.184.216.34"))
     assert not is_public(ipaddress.ip_address("64:ff9b::a00:1"))  # NAT64 of 10.0.0.1
     assert not is_public(ipaddress.ip_address("2002:7f00:1::"))  # 6to4 of 127.0.0.1
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("7", 7.0),
+        ("2.5", 2.5),  # fractions: servers send them
+        ("0", 0.5),  # now, at the floor
+        (" 120 ", 120.0),
+        ("86400", 3600.0),  # capped: a server asking for a day is down, ask again in an hour
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.5),  # a date in the past is now
+        ("-3", None),
+        ("soon", None),
+        ("nan", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_as_servers_send_it(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value, now=1445412470.0) == seconds
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [(500, True), (502, True), (503, True), (504, True), (408, True), (429, True),
+     (409, True), (400, False), (401, False), (403, False), (404, False), (410, False), (451, False)],
+)  # fmt: skip
+def test_statuses_are_transient_or_permanent_by_kind(
+    site: Site, fetcher: Fetcher, status: int, transient: bool
+) -> None:
+    site.routes["/s"] = Page(b"", status)
+    with pytest.raises(FetchError) as raised:
+        fetcher.fetch(site.url("/s"))
+    assert (raised.value.transient, raised.value.after) == (transient, None)
+
+
+def test_connection_errors_and_timeouts_are_transient(fetcher: Fetcher) -> None:
+    import socket
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(FetchError) as raised:
+        fetcher.fetch(f"http://127.0.0.1:{port}/")
+    assert raised.value.transient and raised.value.kind == "connection"
+
+
+def test_blocked_and_bad_urls_are_permanent(fetcher: Fetcher) -> None:
+    for url in ("http://169.254.169.254/latest", "ftp://example.com/x", "http://[::1/", "http://10.0.0.1/"):
+        with pytest.raises(FetchError) as raised:
+            Fetcher().fetch(url)
+        assert not raised.value.transient, url
+
+
+def test_one_deadline_covers_a_server_that_trickles_headers(fetcher: Fetcher) -> None:
+    """The status line, then one header every 0.3 s forever: each read succeeds, the exchange never ends."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.3):
+                try:
+                    connection.sendall(b"X-Wait: 1\r\n")
+                except OSError:
+                    return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    short = Fetcher(AddressPolicy.from_entries(["127.0.0.1"]), timeout=1.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(FetchError) as raised:
+            short.fetch(f"http://127.0.0.1:{server.getsockname()[1]}/")
+    finally:
+        stop.set()
+        server.close()
+        short.close()
+    assert raised.value.kind == "timeout" and raised.value.transient
+    assert "timed out after 1.5s" in raised.value.reason
+    assert time.monotonic() - started < 5  # one deadline, not 1.5 s per header line

@@ -25,6 +25,7 @@ import openai
 
 from pipeline import metrics, redact
 from pipeline.content import Change
+from pipeline.failures import is_transient_status
 from pipeline.llm import prompt, tokens
 from pipeline.llm.cache import VerdictCache, cache_key
 from pipeline.llm.headers import QuotaHeaders, retry_after
@@ -36,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: How long a key refused as unauthorised (or out of credit) is asked last, per worker process.
 BENCH_SECONDS = 600.0
-#: Answers that no retry of the same request can change.
-PERMANENT_STATUSES = {400, 404, 413, 422}
 
 
 class LLMUnavailableError(Exception):
@@ -189,9 +188,9 @@ class LLMAnalyser:
             self.limiter.observe(
                 _quota_key(key), remaining=quota_headers.remaining, reset=quota_headers.reset, retry_after=wait
             )
-        elif error.status_code in PERMANENT_STATUSES:
+        elif not is_transient_status(error.status_code):  # no retry of the same request can change it
             outcome = "bad_request"
-        else:  # 5xx, 408, 409, ...: the server's trouble, another key or a later try may do
+        else:  # 5xx, 408, 409: the server's trouble, another key or a later try may do
             outcome = "server_error"
             if wait is not None:
                 self.limiter.observe(_quota_key(key), retry_after=wait)

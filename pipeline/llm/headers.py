@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pipeline.fetcher import parse_retry_after
+from pipeline.failures import MAX_RETRY_AFTER, parse_retry_after
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -26,10 +26,6 @@ def parse_duration(text: str) -> float | None:
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
 
 
-#: The longest wait a server may impose on a key: beyond it, it is down, and we ask again then.
-MAX_RETRY_AFTER = 3600.0
-
-
 def _bounded(seconds: float | None) -> float | None:
     if seconds is None or not math.isfinite(seconds):
         return None
@@ -46,8 +42,10 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("retry-after")
     if value is None:
         return None
-    seconds = parse_duration(value)  # OpenAI-compatible servers also write "1.5" or "6m0s"
-    return _bounded(seconds if seconds is not None else parse_retry_after(value))
+    seconds = parse_retry_after(value)  # seconds, fractions, HTTP dates: the one parser of every client
+    if seconds is None:  # some OpenAI-compatible servers write Go durations: "6m0s"
+        seconds = _bounded(parse_duration(value))
+    return seconds
 
 
 @dataclass(frozen=True)
