@@ -544,20 +544,52 @@ def _connected_broker():
 @dlq_app.command("list")
 def dlq_list(
     queue: str = typer.Option(None, help="Only this queue (events: invalid events)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    limit: int = typer.Option(100, min=1, help="Show at most this many."),
+    since: str = typer.Option(
+        None, help="Only after this: a sequence number (the last one shown, to page on), a time, or an age (30m, 2h)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (a list; the count goes to stderr)."),
 ) -> None:
-    """Dead letters, oldest first, with why they failed."""
-    from pipeline.deadletters import list_dead
+    """Dead letters, oldest first, with why they failed; says how many there are in all."""
+    from pipeline.deadletters import count_dead, list_dead
 
+    after, since_time = _since(since)
     broker = _connected_broker()
-    letters = list_dead(broker, queue)
+    letters = list_dead(broker, queue, limit, after=after, since=since_time)
+    total = count_dead(broker, queue)
     broker.close()
     if as_json:
         keys = ("sequence", "queue", "subject", "message_id", "reason", "failed_at")
         typer.echo(json.dumps([{k: getattr(letter, k) for k in keys} for letter in letters]))
-        return
-    for letter in letters:
-        typer.echo(f"{letter.sequence}\t{letter.failed_at}\t{letter.queue}\t{letter.reason}")
+    else:
+        if letters:
+            typer.echo("SEQUENCE\tFAILED AT\tQUEUE\tREASON")
+        for letter in letters:
+            typer.echo(f"{letter.sequence}\t{letter.failed_at}\t{letter.queue}\t{letter.reason}")
+    shown = f"{len(letters)} of {total} dead letter(s)" + (f" of {queue}" if queue else "")
+    more = f"; next page: --since {letters[-1].sequence}" if len(letters) == limit else ""
+    typer.echo(f"{shown}{more}", err=True)
+
+
+def _since(value: str | None) -> tuple[int, Any]:
+    """``--since``: (sequence to page after, earliest failure time); a bad value is bad input."""
+    from datetime import UTC, datetime, timedelta
+
+    if value is None:
+        return 0, None
+    value = value.strip()
+    if value.isdigit():
+        return int(value), None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[:-1].isdigit() and value[-1:] in units:
+        return 0, datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"--since takes a sequence number, a time (2026-11-30T12:00) or an age (30m, 2h, 1d), not {value!r}"
+        ) from None
+    return 0, when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dlq_app.command("replay")

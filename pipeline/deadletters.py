@@ -9,6 +9,7 @@ reset.  A replayed dead letter is removed from the dead-letter stream.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import nats.js.errors
 from dramatiq.errors import DecodeError
@@ -29,11 +30,20 @@ class DeadLetter:
     data: bytes
 
 
-def list_dead(broker: JetStreamBroker, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+def list_dead(
+    broker: JetStreamBroker,
+    queue: str | None = None,
+    limit: int = 1000,
+    *,
+    after: int = 0,
+    since: datetime | None = None,
+) -> list[DeadLetter]:
+    """Dead letters oldest first: at most ``limit``, with sequences above ``after`` (to page on) and,
+    with ``since``, only those that failed at or after it."""
     stream = dead_stream(broker.prefix)
     subject = f"{broker.prefix}.dead.{queue or '>'}"
     letters: list[DeadLetter] = []
-    sequence = 0
+    sequence = after
     while len(letters) < limit:
         try:
             raw = broker.run(broker.js.get_msg(stream, seq=sequence + 1, subject=subject, next=True))
@@ -41,6 +51,8 @@ def list_dead(broker: JetStreamBroker, queue: str | None = None, limit: int = 10
             break
         sequence = raw.seq
         headers = raw.headers or {}
+        if since is not None and _failed_before(headers.get("Pipeline-Failed-At", ""), since):
+            continue
         letters.append(DeadLetter(
             sequence=raw.seq,
             queue=headers.get("Pipeline-Queue", ""),
@@ -51,6 +63,24 @@ def list_dead(broker: JetStreamBroker, queue: str | None = None, limit: int = 10
             data=raw.data or b"",
         ))  # fmt: skip
     return letters
+
+
+def count_dead(broker: JetStreamBroker, queue: str | None = None) -> int:
+    """How many dead letters are kept, for one queue or all."""
+    if queue:
+        return broker.dead_letter_count(queue)
+    try:
+        info = broker.run(broker.js.stream_info(dead_stream(broker.prefix)))
+    except nats.js.errors.NotFoundError:
+        return 0
+    return info.state.messages
+
+
+def _failed_before(failed_at: str, since: datetime) -> bool:
+    try:
+        return datetime.fromisoformat(failed_at) < since
+    except ValueError:
+        return False  # a letter that does not say when it failed is shown
 
 
 def replay(broker: JetStreamBroker, letter: DeadLetter) -> None:

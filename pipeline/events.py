@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, ValidationError, field_validator
 
 #: Subjects under which producers publish events, by event kind.
 SUBJECTS = {
@@ -23,6 +23,10 @@ SUBJECTS = {
 
 #: The largest event accepted, in bytes (NATS' default max payload is 1 MiB).
 MAX_EVENT_BYTES = 1024 * 1024
+#: The longest URL accepted: what the database keeps, and what servers commonly take (RFC 9110 §4.1 asks 8000).
+MAX_URL_LENGTH = 2048
+#: Ids are 64-bit signed integers in the database: a larger number is no monitor, and no crash either.
+MonitorId = Annotated[int, Field(strict=True, gt=0, le=2**63 - 1, description="A monitor's id")]
 
 NotifyTarget = Annotated[str, Field(min_length=3, max_length=2048, description="An Apprise URL or https webhook")]
 
@@ -71,14 +75,14 @@ class CheckEvent(_WhatMatters):
     """An ad-hoc check of a URL: fetch it, extract, compare, analyse, alert."""
 
     kind: Literal["check"] = "check"
-    url: AnyHttpUrl = Field(description="http(s) URL to fetch")
+    url: Annotated[AnyHttpUrl, UrlConstraints(max_length=MAX_URL_LENGTH)] = Field(description="http(s) URL to fetch")
 
 
 class MonitorEvent(_Event):
     """Check a stored monitor now."""
 
     kind: Literal["monitor"] = "monitor"
-    monitor_id: int = Field(gt=0)
+    monitor_id: MonitorId
 
 
 class ContentEvent(_WhatMatters):
@@ -90,7 +94,7 @@ class ContentEvent(_WhatMatters):
     content_type: Literal[
         "text/html", "text/plain", "application/json", "application/xml", "application/rss+xml", "application/atom+xml"
     ] = "text/html"
-    monitor_id: int | None = Field(None, gt=0)
+    monitor_id: MonitorId | None = None
 
 
 Event = CheckEvent | MonitorEvent | ContentEvent
@@ -120,8 +124,10 @@ def parse_event(subject: str, data: bytes) -> Event:
         raise InvalidEventError(f"event of {len(data)} bytes is over the {MAX_EVENT_BYTES} byte limit")
     try:
         payload = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidEventError(f"not JSON: {e}") from None
+    except RecursionError:
+        raise InvalidEventError("not JSON this pipeline reads: nested too deeply") from None
+    except ValueError as e:  # not UTF-8, not JSON, or an integer longer than Python reads (4,300 digits)
+        raise InvalidEventError(f"not JSON: {str(e)[:200]}") from None
     if not isinstance(payload, dict):
         raise InvalidEventError(f"expected a JSON object, got {type(payload).__name__}")
     payload.setdefault("kind", kind)

@@ -16,8 +16,11 @@ import logging
 from typing import Any
 
 import dramatiq
+from dramatiq.errors import ConnectionClosed
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from pipeline import metrics
@@ -31,6 +34,12 @@ from pipeline.stages import Context
 logger = logging.getLogger(__name__)
 
 CONSUMER = "ingest"
+#: The largest job a stage message may carry: NATS' default max payload, less room for headers.
+MAX_JOB_BYTES = 1024 * 1024 - 8192
+#: How often an event is tried while NATS or the database is away, before it is dead-lettered.
+MAX_DELIVERIES = 20
+#: The store being away (not the event's fault): the event is tried again.
+STORE_ERRORS: tuple[type[BaseException], ...] = (OperationalError, ConnectionClosed, NatsError, TimeoutError, OSError)
 
 
 def events_stream(prefix: str) -> str:
@@ -118,22 +127,50 @@ class Ingest(BackgroundService):
                         self.broker.run(msg.nak(delay=5))
 
     def handle(self, msg: Msg) -> None:
+        """Turn one event into a job on its first stage, or dead-letter it with the reason.
+
+        Any exception but the store being away dead-letters the event: a poison event never
+        loops.  While NATS or the database is away the event comes back (``run`` naks it),
+        up to ``MAX_DELIVERIES`` times, and is then dead-lettered with the last error.
+        """
         try:
-            event = parse_event(msg.subject, msg.data)
-            queue, job = job_for(event, self.ctx)
+            self._enqueue(msg)
         except InvalidEventError as e:
-            logger.warning("Dead-lettering an invalid event on %s: %s", msg.subject, e.reason)
-            self.broker.dead_letter(self.dead, msg, "", e)
-            metrics.EVENTS.labels(_kind(msg.subject), "invalid").inc()
+            self._dead_letter(msg, e)
             return
+        except STORE_ERRORS as e:
+            if msg.metadata.num_delivered < MAX_DELIVERIES:
+                raise
+            self._dead_letter(msg, InvalidEventError(f"gave up after {MAX_DELIVERIES} tries: {_describe(e)}"))
+            return
+        except Exception as e:  # a fault of ours this event triggers: the reason, and on with the next
+            logger.exception("Could not turn an event on %s into a job", msg.subject)
+            self._dead_letter(msg, InvalidEventError(f"cannot ingest this event: {_describe(e)}"))
+            return
+        self.broker.run(msg.ack())
+        metrics.EVENTS.labels(_kind(msg.subject), "accepted").inc()
+
+    def _enqueue(self, msg: Msg) -> None:
+        event = parse_event(msg.subject, msg.data)
+        queue, job = job_for(event, self.ctx)
         message_id = f"event-{msg.metadata.stream}-{msg.metadata.sequence.stream}"
         job["trace"] = message_id  # one check, end to end: stages derive their message ids from it
         message = dramatiq.Message(
             queue_name=queue, actor_name=queue, args=(job,), kwargs={}, options={}, message_id=message_id
         )
+        size = len(message.encode())
+        if size > MAX_JOB_BYTES:  # bounded by the event models; this is the last line of defence
+            raise InvalidEventError(f"the job would be {size} bytes, over NATS' {MAX_JOB_BYTES} byte payload")
         self.broker.enqueue(message)
-        self.broker.run(msg.ack())
-        metrics.EVENTS.labels(_kind(msg.subject), "accepted").inc()
+
+    def _dead_letter(self, msg: Msg, error: InvalidEventError) -> None:
+        logger.warning("Dead-lettering an invalid event on %s: %s", msg.subject, error.reason)
+        self.broker.dead_letter(self.dead, msg, "", error)
+        metrics.EVENTS.labels(_kind(msg.subject), "invalid").inc()
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error)[:300]}"
 
 
 def _kind(subject: str) -> str:

@@ -99,12 +99,13 @@ def test_status_and_dlq_on_a_live_server(nats_server, prefix: str, monkeypatch: 
     code, out = run("status", "--json")
     assert code == 0
     assert json.loads(out)["queues"]["fetch"] == {"lag": 0, "dead": 1}
-    code, out = run("dlq", "list", "--json")
-    [letter] = json.loads(out)
+    listed = runner.invoke(app, ["dlq", "list", "--json"])
+    [letter] = json.loads(listed.stdout)
+    assert "1 of 1 dead letter(s)" in listed.stderr
     assert (letter["queue"], letter["reason"]) == ("fetch", "ValueError: broken page")
     assert run("dlq", "replay", str(letter["sequence"]))[0] == 0
     assert broker.lag() == {"fetch": 1}  # back where it came from
-    assert json.loads(run("dlq", "list", "--json")[1]) == []
+    assert json.loads(runner.invoke(app, ["dlq", "list", "--json"]).stdout) == []
     broker.close()
 
 
@@ -238,3 +239,35 @@ def test_monitor_add_refuses_a_bad_selector_or_rule(args: list[str], message: st
     code, out = run("monitor", "add", "https://example.com", *args)
     assert code == 2 and message in " ".join(out.split())
     assert json.loads(run("monitor", "list", "--json")[1]) == []
+
+
+def test_dlq_list_pages_and_says_how_many_in_all(nats_server, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dramatiq
+
+    from pipeline.broker import JetStreamBroker
+
+    monkeypatch.setenv("PIPELINE_NATS_URL", nats_server.url)
+    monkeypatch.setenv("PIPELINE_PREFIX", prefix)
+    broker = JetStreamBroker(nats_server.url, prefix=prefix)
+    broker.declare_queue("fetch")
+    for n in range(5):
+        broker.enqueue(dramatiq.Message(queue_name="fetch", actor_name="fetch", args=(n,), kwargs={}, options={}))
+    consumer = broker.consume("fetch", prefetch=5, timeout=2000)
+    for _ in range(5):
+        message = next(consumer)
+        message.stuff_exception(ValueError(f"broken {message.args[0]}"))
+        consumer.nack(message)
+    consumer.close()
+    broker.close()
+
+    first = runner.invoke(app, ["dlq", "list", "--limit", "2"])
+    lines = first.stdout.splitlines()
+    assert lines[0].split("\t") == ["SEQUENCE", "FAILED AT", "QUEUE", "REASON"] and len(lines) == 3
+    last = lines[-1].split("\t")[0]
+    assert f"2 of 5 dead letter(s); next page: --since {last}" in first.stderr
+    second = json.loads(runner.invoke(app, ["dlq", "list", "--json", "--since", last, "--limit", "10"]).stdout)
+    assert [letter["reason"] for letter in second] == ["ValueError: broken 2", "ValueError: broken 3",
+                                                       "ValueError: broken 4"]  # fmt: skip
+    assert len(json.loads(runner.invoke(app, ["dlq", "list", "--json", "--since", "1h"]).stdout)) == 5
+    assert json.loads(runner.invoke(app, ["dlq", "list", "--json", "--since", "2099-01-01T00:00"]).stdout) == []
+    assert run("dlq", "list", "--since", "yesterday")[0] == 2

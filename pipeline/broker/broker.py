@@ -102,6 +102,12 @@ def _server_version(nc: NatsClient) -> tuple[int, int]:
     return (version.major, version.minor)
 
 
+#: Bytes kept for the dead-letter headers when a message is as large as the server's max payload.
+DEAD_LETTER_HEADROOM = 8192
+#: What is kept of a message too large to be dead-lettered whole (an oversized event, say).
+TRUNCATED_DEAD_LETTER_BYTES = 64 * 1024
+
+
 def describe_exception(exc: BaseException | None) -> str:
     if exc is None:
         return "failed (no exception recorded)"
@@ -634,7 +640,12 @@ class JetStreamBroker(Broker):
             self._dead_exceptions[message_id] = exception
             while len(self._dead_exceptions) > REMEMBERED_DEAD_EXCEPTIONS:  # a worker runs for months
                 self._dead_exceptions.popitem(last=False)
-        self.run(self._publish(names.dead_subject, msg.data, headers))
+        data = msg.data
+        room = (self._nc.max_payload if self._nc is not None else 1024 * 1024) - DEAD_LETTER_HEADROOM
+        if len(data) > room:  # stored, it fit; with our headers it would not: keep its start, say so
+            headers["Pipeline-Truncated-From"] = str(len(data))
+            data = data[:TRUNCATED_DEAD_LETTER_BYTES]
+        self.run(self._publish(names.dead_subject, data, headers))
         self.run(msg.term())
         self.inflight.pop(id(msg), None)
 
