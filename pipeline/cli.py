@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -684,6 +685,10 @@ def alerts(limit: int = typer.Option(20, help="How many, newest first.")) -> Non
         typer.echo(f"{when}\t{alert_row.status}\t{finding.source}\t{finding.summary}\t{alert_row.target}")
 
 
+#: C0 and C1 control characters but newline and tab: what a terminal would obey.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _ask_llm(question: str, change: Any) -> Any:
     from pipeline.llm import LLMRejectedError, LLMUnavailableError, SettingsError
     from pipeline.ratelimit import RateLimitedError
@@ -761,7 +766,8 @@ def check(
             )
         )
     else:
-        typer.echo(text[:2000] + ("\n…" if len(text) > 2000 else ""))
+        shown = text[:2000] + ("\n…" if len(text) > 2000 else "")
+        typer.echo(_CONTROL.sub("\ufffd", shown))  # a page's escape sequences never reach the terminal
         if extracted.note:
             typer.echo(f"({extracted.note})")
         typer.echo(f"\n{'MATCHES' if verdict.relevant else 'no match'}: {verdict.summary}")

@@ -40,14 +40,13 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        seconds = float(value)
+        number = float(value)
     except ValueError:
-        seconds = _seconds_until(value, now)
-        if seconds is None:
-            return None
+        seconds = _seconds_until(value, now)  # a date in the past is "now"
     else:
-        if not math.isfinite(seconds) or seconds < 0:
-            return None
+        seconds = number if math.isfinite(number) and number >= 0 else None
+    if seconds is None:
+        return None
     return min(max(seconds, MIN_RETRY_AFTER), MAX_RETRY_AFTER)
 
 

@@ -8,8 +8,8 @@ here, one hop at a time, so each hop is checked like the first.
 
 from __future__ import annotations
 
-import importlib.util
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -17,23 +17,12 @@ from typing import Any
 import httpcore
 import httpx
 
-from pipeline import deadline, metrics
+from pipeline import codings, deadline, metrics
 from pipeline.failures import is_transient_status, parse_retry_after
 from pipeline.netguard import AddressPolicy, BlockedAddressError
 from pipeline.redact import redact_url
 
 USER_AGENT = "nats-ai-pipeline/0.1 (+https://github.com/; monitoring)"
-
-
-def _decodable_codings() -> tuple[str, ...]:
-    """The content codings httpx can decode here: br needs brotli, zstd needs zstandard (httpx's extras)."""
-    optional = {"br": ("brotli", "brotlicffi"), "zstd": ("zstandard",)}
-    found = [coding for coding, modules in optional.items() if any(importlib.util.find_spec(m) for m in modules)]
-    return ("gzip", "deflate", *found)
-
-
-CODINGS = _decodable_codings()
-ACCEPT_ENCODING = ", ".join(CODINGS)
 
 
 class FetchError(Exception):
@@ -149,7 +138,7 @@ class Fetcher:
             transport=_GuardedTransport(self.policy),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             follow_redirects=False,
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": codings.ACCEPT},
             trust_env=False,
         )
 
@@ -218,25 +207,32 @@ class Fetcher:
             after = parse_retry_after(response.headers.get("retry-after"))
             kind = "retry_later" if status in (408, 429, 503) else "http_status"
             raise FetchError(reason + (f", retry after {after:g}s" if after else ""), kind, transient=True, after=after)
-        unknown = _unknown_codings(response.headers.get("content-encoding", ""))
-        if unknown:  # httpx would hand the compressed bytes on as if they were the page
-            raise FetchError(
-                f"unsupported Content-Encoding {', '.join(unknown)!r} from {response.url.host}", "bad_content"
-            )
+        coding = response.headers.get("content-encoding", "")
+        unknown = codings.unknown(coding)
+        if unknown:  # its bytes would be taken for the page
+            reason = f"unsupported Content-Encoding {', '.join(unknown)!r} from {response.url.host}"
+            raise FetchError(reason, "bad_content")
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             raise TooLargeError(f"body of {declared} bytes is over the {self.max_bytes} byte limit")
-        chunks, size = [], 0
         try:
-            for chunk in response.iter_bytes():  # decoded: the size limit also bounds a decompression bomb
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise TooLargeError(f"body is over the {self.max_bytes} byte limit")
-                chunks.append(chunk)
-        except httpx.DecodingError:
-            coding = response.headers.get("content-encoding", "")
-            raise FetchError(f"cannot decode the body sent with Content-Encoding {coding!r}", "bad_content") from None
-        return self._result(response, b"".join(chunks))
+            body = codings.decode(self._raw(response), coding, self.max_bytes)
+        except codings.BodyTooLargeError as e:
+            raise TooLargeError(str(e)) from None
+        except codings.CodingError as e:
+            raise FetchError(
+                f"cannot decode the body sent with Content-Encoding {coding!r}: {e}", "bad_content"
+            ) from None
+        return self._result(response, body)
+
+    def _raw(self, response: httpx.Response) -> Iterator[bytes]:
+        """The body as sent, at most ``max_bytes`` of it (compressed bodies are bounded twice)."""
+        size = 0
+        for chunk in response.iter_raw():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise TooLargeError(f"body is over the {self.max_bytes} byte limit")
+            yield chunk
 
     @staticmethod
     def _result(response: httpx.Response, body: bytes) -> FetchResult:
@@ -252,12 +248,6 @@ class Fetcher:
 
 
 _KNOWN_CODES = {int(status) for status in HTTPStatus}
-
-
-def _unknown_codings(header: str) -> list[str]:
-    """The codings in a ``Content-Encoding`` header that are not decoded here (RFC 9110 §8.4)."""
-    codings = [coding.strip().lower() for coding in header.split(",") if coding.strip()]
-    return [coding for coding in codings if coding not in (*CODINGS, "identity", "x-gzip")]
 
 
 def _code_label(code: int) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.content.diff import Change
-from pipeline.content.numbers import first_number
+from pipeline.content.numbers import first_number, format_number
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -60,7 +60,7 @@ def _added_text(change: Change) -> str:
 @dataclass(frozen=True)
 class AnyChange:
     def evaluate(self, change: Change) -> Verdict:
-        if change.before == change.after:
+        if change.before == change.after or not (change.added or change.removed):
             return Verdict(False, "info", "unchanged")
         lines = change.added[:5] or change.removed[:5]
         return Verdict(True, "info", f"{len(change.added)} line(s) added, {len(change.removed)} removed", lines)
@@ -90,10 +90,12 @@ class Threshold:
             return Verdict(False, "info", f"no number found for {self.label}")
         was = first_number(change.before) if change.before is not None else None
         holds = _OPERATORS[self.op](now, self.limit)
+        shown = format_number(now)
         if not holds or now == was:
-            return Verdict(False, "info", f"{self.label} is {now:g}")
-        history = f" (was {was:g})" if was is not None else ""
-        return Verdict(True, "warning", f"{self.label} is {now:g}{history}, {self.op} {self.limit:g}", (f"{now:g}",))
+            return Verdict(False, "info", f"{self.label} is {shown}")
+        history = f" (was {format_number(was)})" if was is not None else ""
+        summary = f"{self.label} is {shown}{history}, {self.op} {format_number(self.limit)}"
+        return Verdict(True, "warning", summary, (shown,))
 
 
 Rule = AnyChange | Pattern | Threshold

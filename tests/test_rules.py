@@ -87,7 +87,7 @@ def test_reading_a_number_never_raises(text: str) -> None:
         ("89.99\n120.00", 89.99),  # two numbers on two lines are two numbers
         ("Size 42 price 89", 42),  # ... and on one line, when no group of three follows the space
         ("RTX-4090 costs 1599", 1599),  # a hyphenated model name is not minus 4090
-        ("v2.0 ships at 15:00 for 30", 15),
+        ("v2.0 ships at 15:00 for 30", 30),  # a time is not an amount
         ("1,000,000 visitors", 1_000_000),
         ("12\u2019345.50 CHF", 12345.5),
         ("\u221212 °C", -12),

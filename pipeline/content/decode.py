@@ -45,6 +45,8 @@ def _choose(body: bytes, content_type: str | None, kind: Kind) -> tuple[str, byt
     declared = http_content_type_encoding(content_type) if content_type else None
     if declared is None and kind in (Kind.HTML, Kind.XML, Kind.FEED):
         declared = html_body_declared_encoding(body)
+        if declared and declared.startswith("utf-16") and kind is Kind.HTML:
+            declared = "utf-8"  # a page read as ASCII cannot be UTF-16: browsers take UTF-8 (HTML §13.2.3.2)
     if declared and _known(declared):
         return declared, body
     return _detect(body), body
@@ -58,10 +60,16 @@ def _detect(body: bytes) -> str:
     except UnicodeDecodeError as e:
         if e.start >= len(sample) - 3 and len(body) > len(sample):
             return "utf-8"  # only the sample's cut split a character
-    best = charset_normalizer.from_bytes(sample).best()
-    if best is not None and _known(best.encoding):
-        return best.encoding
-    return "utf-8"
+    matches = charset_normalizer.from_bytes(sample)
+    best = matches.best()
+    if best is None:
+        return "utf-8"
+    # Short Western texts fit several single-byte codecs equally well; among the equals, take the one
+    # browsers fall back to (windows-1252, HTML §13.2.3.3's default for most locales).
+    tied = {m.encoding for m in matches if m.chaos <= best.chaos and m.coherence >= best.coherence}
+    if "cp1252" in tied:
+        return "cp1252"
+    return best.encoding if _known(best.encoding) else "utf-8"
 
 
 def _known(encoding: str) -> bool:

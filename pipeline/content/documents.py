@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from typing import Any
 
 from pipeline.content.errors import ExtractError
@@ -49,6 +50,7 @@ def pdf_text(body: bytes) -> str:
     """The text of each page in order (pypdf, pure Python); raises ``ExtractError`` for a broken file."""
     from pypdf import PdfReader
 
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings about damaged files are ours to say
     try:
         reader = PdfReader(io.BytesIO(body))
         if reader.is_encrypted:
@@ -62,7 +64,7 @@ def pdf_text(body: bytes) -> str:
     return "\n".join(pages)
 
 
-def binary_text(body: bytes, media_type: str) -> str:
-    """One line that changes exactly when the bytes do: the type, size and SHA-256."""
+def binary_text(body: bytes, what: str) -> str:
+    """One line that changes exactly when the bytes do: what it is, its size and SHA-256."""
     digest = hashlib.sha256(body).hexdigest()
-    return f"{media_type or 'binary'} content, {len(body)} bytes, SHA-256 {digest}"
+    return f"{what}, {len(body)} bytes, SHA-256 {digest}"

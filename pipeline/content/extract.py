@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pipeline.content import documents, markup
 from pipeline.content.decode import decode
 from pipeline.content.errors import ExtractError
-from pipeline.content.kinds import Kind, fallback, media_type, sniff
-from pipeline.content.selectors import parse_selector
+from pipeline.content.kinds import Kind, binary_format, fallback, media_type, sniff
+from pipeline.content.selectors import Selector, parse_selector
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,24 @@ def extract(body: bytes, content_type: str | None, selector: str | None = None) 
     a body that is not what it claims to be.
     """
     chosen = parse_selector(selector) if selector else None
+    extracted = _extract(body, content_type, chosen)
+    if chosen is not None and not extracted.text:
+        raise ExtractError(
+            f"selector {chosen.text!r} matched only empty text (is that part of the page written by JavaScript?)"
+        )
+    return extracted
+
+
+def _extract(body: bytes, content_type: str | None, chosen: Selector | None) -> Extracted:
     kind = sniff(body, content_type)
     if kind is Kind.PDF:
         _no_selector(chosen, "a PDF")
         return Extracted(normalise(documents.pdf_text(body)), kind)
     if kind is Kind.BINARY:
         _no_selector(chosen, "binary content")
-        text = documents.binary_text(body, media_type(content_type))
-        return Extracted(text, kind, note="binary content: watched by its SHA-256 hash only")
+        what = binary_format(body) or f"{media_type(content_type) or 'binary'} content"
+        text = documents.binary_text(body, what)
+        return Extracted(text, kind, note=f"{what}: watched by its SHA-256 hash only")
     encoding, text = decode(body, content_type, kind)
     if kind is Kind.JSON:
         try:

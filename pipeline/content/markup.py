@@ -12,6 +12,7 @@ its title, link, date and summary.
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 from pipeline.content.errors import ExtractError
@@ -27,10 +28,14 @@ def html_text(html: str, selector: Selector | None) -> str:
     if selector is None:
         return _main_text(html)
     if selector.dialect is Dialect.XPATH:
+        from lxml import etree
         from lxml import html as lxml_html
 
         parser = lxml_html.HTMLParser(encoding="utf-8", remove_comments=True)
-        document = lxml_html.document_fromstring(html.encode("utf-8", "surrogatepass"), parser=parser)
+        try:
+            document = lxml_html.document_fromstring(html.encode("utf-8", "surrogatepass"), parser=parser)
+        except etree.ParserError:  # an empty page
+            document = lxml_html.document_fromstring("<html></html>")
         return _xpath_text(document, selector)
     if selector.dialect is not Dialect.CSS:
         raise ExtractError(f"{selector.dialect.value} selector {selector.text!r} cannot apply to an HTML page")
@@ -52,6 +57,7 @@ def _main_text(html: str) -> str:
 
 
 def xml_text(xml: str, selector: Selector | None) -> str:
+    """The document's text, or what ``selector`` picks; namespaces are ignored, prefixes in selectors too."""
     root = _parse_xml(xml)
     if selector is None:
         return "\n".join(_element_lines(root))
@@ -61,11 +67,22 @@ def xml_text(xml: str, selector: Selector | None) -> str:
         from cssselect import GenericTranslator, SelectorError
 
         try:
-            expression = GenericTranslator().css_to_xpath(selector.expression)
+            expression = GenericTranslator().css_to_xpath(_CSS_PREFIX.sub("", selector.expression))
         except SelectorError as e:
             raise ExtractError(f"CSS selector {selector.text!r} is not supported on XML: {e}") from None
         return _xpath_text(root, Selector(selector.text, Dialect.CSS, expression))
-    return _xpath_text(root, selector)
+    return _xpath_text(root, Selector(selector.text, selector.dialect, _without_prefixes(selector.expression)))
+
+
+#: A namespace prefix in an XPath name test (``dc:creator``, not the axis in ``child::x``) or in CSS (``dc|creator``).
+_XPATH_PREFIX = re.compile(r"(?<![\w.-])[A-Za-z_][\w.-]*:(?=[A-Za-z_*])")
+_CSS_PREFIX = re.compile(r"(?<![\w|-])(?:[A-Za-z_][\w-]*|\*)\|(?!=)")
+
+
+def _without_prefixes(expression: str) -> str:
+    """``//dc:creator`` -> ``//creator``, outside string literals: the document's namespaces are dropped too."""
+    parts = re.split(r"""('[^']*'|"[^"]*")""", expression)
+    return "".join(part if i % 2 else _XPATH_PREFIX.sub("", part) for i, part in enumerate(parts))
 
 
 def feed_text(xml: str) -> str:

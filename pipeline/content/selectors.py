@@ -11,13 +11,15 @@ Written as             Dialect                                     Applies to
 =====================  ==========================================  =====================
 
 A bare name such as ``price`` is both a CSS type selector and a dotted
-path: it is CSS on markup and a key on JSON.  Syntax is checked where a
+path: it is CSS on markup and a key on JSON.  What is not CSS is tried as
+XPath (``count(//p)``), then as JSONPath without its ``$`` (``items[0].price``).  Syntax is checked where a
 selector enters (events, ``monitor add``, ``check``) by ``parse_selector``;
 whether it fits the body is only known once the body is there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from dataclasses import dataclass
@@ -70,6 +72,14 @@ def parse_selector(text: str) -> Selector:
         return Selector(text, Dialect.CSS, text, json_path=dotted)
     if dotted is not None:
         return Selector(text, Dialect.JSONPATH, dotted)
+    # Not CSS: an XPath written without its prefix (count(//p)), or a JSONPath without its $ (items[0].price).
+    with contextlib.suppress(SelectorError):
+        _compile_xpath(text)
+        return Selector(text, Dialect.XPATH, text)
+    expression = "$" + text if text.startswith("[") else "$." + text
+    with contextlib.suppress(SelectorError):
+        compile_jsonpath(expression)
+        return Selector(text, Dialect.JSONPATH, expression)
     raise SelectorError(f"invalid selector {text!r}: {css_error}; expected {_HINT}")
 
 

@@ -1,0 +1,217 @@
+"""Failures as they really happen, against real servers: real worker processes (tests/live.py), NATS, HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from sqlmodel import Session, select
+from typer.testing import CliRunner
+
+from pipeline.broker import JetStreamBroker
+from pipeline.cli import app
+from pipeline.db import make_engine
+from pipeline.ingest import events_stream
+from pipeline.models import Alert, Delivery
+from tests.conftest import children, wait_for
+from tests.live import publish
+from tests.site import Page, Site
+
+
+@pytest.fixture
+def no_politeness(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Every check fetches from 127.0.0.1: no waiting a second between them (set before the workers start)."""
+    env["PIPELINE_FETCH_DOMAIN_INTERVAL"] = "0"
+    monkeypatch.setenv("PIPELINE_FETCH_DOMAIN_INTERVAL", "0")
+    return env
+
+
+def test_a_page_that_answers_502_once_is_retried_and_alerts(env, pipeline: JetStreamBroker) -> None:
+    answers = iter([Page(b"bad gateway", 502)])
+
+    def flaky(_handler) -> Page:  # a proxy while the app restarts, then the app
+        return next(answers, Page(b'<p class="p">89</p>'))
+
+    with Site() as shop, Site() as receiver:
+        shop.routes["/p"] = flaky
+        publish(env, "check", {"url": shop.url("/p"), "selector": ".p", "rule": "price < 100",
+                               "notify": [receiver.url("/hook")]})  # fmt: skip
+        assert wait_for(lambda: len(receiver.posts) == 1, 90), "no alert after the 502"
+        assert [path for path, _ in shop.requests] == ["/p", "/p"]
+        assert json.loads(receiver.posts[0][2])["data"]["summary"] == "price is 89, < 100"
+    assert pipeline.dead_letter_count("fetch") == 0
+
+
+def test_check_gives_up_on_a_server_that_trickles_headers_within_20_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status line, then `X-Wait: 1` every 2 s, forever."""
+    monkeypatch.setenv("PIPELINE_FETCH_ALLOW_HOSTS", "127.0.0.1")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(2):
+                try:
+                    connection.sendall(b"X-Wait: 1\r\n")
+                except OSError:
+                    return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    started = time.monotonic()
+    try:
+        result = CliRunner().invoke(app, ["check", f"http://127.0.0.1:{server.getsockname()[1]}/"])
+    finally:
+        stop.set()
+        server.close()
+    assert time.monotonic() - started < 20
+    assert result.exit_code == 1 and "timed out after 15s" in result.stderr
+
+
+@pytest.fixture
+def hanging_receiver() -> Iterator[str]:
+    """A webhook receiver that reads the request and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            held.append(connection)
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def test_a_hanging_receiver_does_not_hold_up_the_other_targets(env, pipeline, hanging_receiver: str) -> None:
+    with Site() as shop, Site() as receiver:
+        shop.routes["/p"] = Page(b'<p class="p">89</p>')
+        started = time.monotonic()
+        publish(env, "check", {"url": shop.url("/p"), "selector": ".p", "rule": "price < 100",
+                               "notify": [hanging_receiver, receiver.url("/hook")]})  # fmt: skip
+        assert wait_for(lambda: len(receiver.posts) == 1, 60)
+        assert time.monotonic() - started < 12  # not after the hanging one's 15 s deadline
+
+
+def test_an_attempt_cut_short_by_a_crash_is_recorded_as_unknown(env, pipeline: JetStreamBroker) -> None:
+    """A worker killed after its POST, before recording it: the lease runs out, the alert goes again with
+    the same webhook-id, and the history says the first attempt's outcome is unknown."""
+    from datetime import timedelta
+
+    from pipeline import stages
+    from pipeline.models import Finding, Snapshot, utcnow
+
+    engine = make_engine(env["PIPELINE_DATABASE_URL"])
+    with Site() as receiver, Session(engine) as session:
+        snapshot = Snapshot(source="monitor:1", content_hash="ab" * 32, text="price 89")
+        session.add(snapshot)
+        session.commit()
+        finding = Finding(snapshot_id=snapshot.id, source="monitor:1", content_hash="ab" * 32, analyser="rules",
+                          relevant=True, severity="warning", summary="price is 89, < 100")  # fmt: skip
+        session.add(finding)
+        session.commit()
+        target = receiver.url("/hook")
+        # What the crashed worker left: the alert claimed ("sending") a lease ago, no delivery recorded.
+        lease_ran_out = utcnow() - stages.CLAIM_LEASE - timedelta(seconds=1)
+        session.add(Alert(finding_id=finding.id, target=target, target_hash=stages._target_hash(target),
+                          status="sending", claimed_at=lease_ran_out))  # fmt: skip
+        session.commit()
+        job = {"source": "monitor:1", "url": None, "finding_id": finding.id, "notify": [target], "trace": "crash-1"}
+        import dramatiq
+
+        pipeline.enqueue(dramatiq.Message(queue_name="alert", actor_name="alert", args=(job,), kwargs={}, options={}))
+        assert wait_for(lambda: len(receiver.posts) == 1, 30)
+        session.expire_all()
+        history = [(d.attempt, d.ok, d.error) for d in session.exec(select(Delivery).order_by(Delivery.attempt))]
+    assert history == [(1, False, stages.UNKNOWN_OUTCOME), (2, True, "")]
+    assert stages.CLAIM_LEASE.total_seconds() <= 30
+
+
+def _bad_events(n: int) -> list[tuple[str, bytes]]:
+    """``n`` events of the kinds that looped or crashed before, round robin."""
+    kinds = [
+        ("monitor", b'{"monitor_id": 9223372036854775808}'),
+        ("monitor", b'{"monitor_id": 1e29}'),
+        ("monitor", b"[" * 10_000 + b"]" * 10_000),
+        ("check", b'{"a": ' * 10_000 + b"1" + b"}" * 10_000),
+        ("monitor", b'{"monitor_id": ' + b"7" * 5000 + b"}"),
+        ("monitor", b'{"monitor_id": 424242}'),  # no such monitor
+        ("check", b"not json at all"),
+        ("check", b'{"url": "https://example.com", "rule": "price <"}'),
+        ("check", b'{"url": "https://example.com", "selector": "p["}'),
+        ("check", b'{"url": "ftp://example.com"}'),
+        ("content", b'{"source": "x", "content": 5}'),
+        ("nope", b"{}"),
+    ]
+    events = [kinds[i % len(kinds)] for i in range(n - 5)]
+    long_url = json.dumps({"url": "https://example.com/" + "a" * 900_000}).encode()  # a valid URL of 900 KB
+    return events + [("check", long_url)] * 5
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_flood_of_bad_events_among_good_ones(no_politeness, pipeline: JetStreamBroker) -> None:
+    env = no_politeness
+    good, bad = 200, 2000
+    bad_events = _bad_events(bad)
+    with Site() as shop, Site() as receiver:
+        for i in range(good):
+            shop.routes[f"/p/{i}"] = Page(f'<p class="p">{50 + i % 40}</p>'.encode())
+        shop.routes["/warm-up"] = Page(b'<p class="p">1</p>')
+        publish(env, "check", {"url": shop.url("/warm-up"), "selector": ".p", "notify": [receiver.url("/warm")]})
+        assert wait_for(lambda: len(receiver.posts) == 1, 60)  # the ingest is up and has ingested once
+        receiver.posts.clear()
+        [ingest] = [pid for pid in children(os.getpid()) if b"scheduler" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        rss_before = _rss_kib(ingest)
+
+        async def flood() -> None:
+            nc = await nats.connect(env["PIPELINE_NATS_URL"])
+            js = nc.jetstream()
+            for i in range(bad):
+                kind, data = bad_events[i]
+                await js.publish(f"{env['PIPELINE_PREFIX']}.events.{kind}", data, timeout=10)
+                if i % 10 == 0:
+                    event = {"url": shop.url(f"/p/{i // 10}"), "selector": ".p", "rule": "price < 100",
+                             "notify": [receiver.url("/hook")]}  # fmt: skip
+                    await js.publish(f"{env['PIPELINE_PREFIX']}.events.check", json.dumps(event).encode())
+            await nc.close()
+
+        started = time.monotonic()
+        asyncio.run(flood())
+        dead = pipeline.dead_letter_count
+        assert wait_for(lambda: dead("events") == bad, 180), dead("events")
+        assert wait_for(lambda: len(receiver.posts) == good, 300), len(receiver.posts)
+        took = time.monotonic() - started
+    info = pipeline.run(pipeline.js.stream_info(events_stream(env["PIPELINE_PREFIX"])))
+    rss_after = _rss_kib(ingest)
+    letters = pipeline.run(pipeline.js.get_msg(f"{env['PIPELINE_PREFIX']}_dead", seq=1))
+    print(f"\nflood: {good} good and {bad} bad events in {took:.1f} s: {len(receiver.posts)} alerts, "
+          f"{pipeline.dead_letter_count('events')} dead letters, {info.state.messages} left in the events stream; "
+          f"ingest RSS {rss_before // 1024} MiB before, {rss_after // 1024} MiB after")  # fmt: skip
+    assert info.state.messages == 0
+    assert letters.headers["Pipeline-Dead-Reason"]
+    assert rss_after - rss_before < 64 * 1024  # bounded: a few large events parsed, no growth per event
