@@ -215,3 +215,48 @@ def test_a_flood_of_bad_events_among_good_ones(no_politeness, pipeline: JetStrea
     assert info.state.messages == 0
     assert letters.headers["Pipeline-Dead-Reason"]
     assert rss_after - rss_before < 64 * 1024  # bounded: a few large events parsed, no growth per event
+
+
+def test_secrets_in_watched_urls_and_targets_stay_where_they_must(env, pipeline: JetStreamBroker, tmp_path) -> None:
+    """A password and a token in the watched URL, keys in the targets: they reach the site and the receivers
+    that must get them, and appear in no table, log, metric file, dead letter, payload or CLI output."""
+    watched = ["S3cretPass", "T0kenValue"]
+    targets = ["H00kKey", "JsonPass", "HeaderSecret"]
+    runner = CliRunner()
+    with Site() as shop, Site() as receiver:
+        shop.routes["/page?token=T0kenValue"] = Page(b'<p class="p">89</p>')
+        shop.routes["/gone?token=T0kenValue"] = Page(b"gone", 404)
+        port = shop.port
+        notify = [receiver.url("/hook?key=H00kKey"),
+                  f"json://hookuser:JsonPass@127.0.0.1:{receiver.port}/json?+X-Api=HeaderSecret"]  # fmt: skip
+        for path in ("/page", "/gone"):
+            publish(env, "check", {"url": f"http://user:S3cretPass@127.0.0.1:{port}{path}?token=T0kenValue",
+                                   "selector": ".p", "rule": "price < 100", "notify": notify})  # fmt: skip
+        assert wait_for(lambda: len(receiver.posts) == 2, 60), receiver.posts
+        assert wait_for(lambda: pipeline.dead_letter_count("fetch") == 1, 30)  # the 404: permanent
+        assert runner.invoke(app, ["monitor", "add", f"http://user:S3cretPass@127.0.0.1:{port}/page",
+                                   "--notify", notify[0]]).exit_code == 0  # fmt: skip
+        outputs = [runner.invoke(app, args).output for args in (
+            ["alerts"], ["status"], ["monitor", "list"], ["monitor", "list", "--json"], ["monitor", "show", "1"],
+            ["dlq", "list"], ["dlq", "list", "--json"])]  # fmt: skip
+        # The site got its credentials; each receiver got its own and none of the site's.
+        assert "Authorization" in shop.requests[0][1]
+        payloads = [path + json.dumps(headers) + body.decode() for path, headers, body in receiver.posts]
+    assert not [s for s in watched if any(s in payload for payload in payloads)]
+
+    engine = make_engine(env["PIPELINE_DATABASE_URL"])
+    with engine.connect() as connection:
+        from sqlalchemy import inspect, text
+
+        for table in inspect(engine).get_table_names():
+            rows = " ".join(map(str, connection.execute(text(f"SELECT * FROM {table}")).all()))
+            allowed = watched[:1] + targets[:1] if table == "monitors" else []  # the monitor's own URL and target
+            assert not [s for s in watched + targets if s in rows and s not in allowed], table
+    dead = pipeline.run(pipeline.js.get_msg(f"{env['PIPELINE_PREFIX']}_dead", seq=1))
+    logs = (tmp_path / "workers.log").read_text()
+    metric_files = b"".join(p.read_bytes() for p in (tmp_path / "metrics").iterdir())
+    for secret in watched + targets:
+        assert secret not in logs, secret
+        assert secret.encode() not in metric_files, secret
+        assert not [out for out in outputs if secret in out], secret
+        assert all(secret not in value for value in dead.headers.values()), secret
