@@ -15,7 +15,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from pipeline.models import Monitor
 
@@ -100,7 +100,7 @@ class DemoSite:
 def install_monitors(engine: Engine, site: DemoSite) -> list[int]:
     """Replace the previous run's demo monitors (their site had another port) with this run's."""
     with Session(engine) as session:
-        for old in session.exec(select(Monitor).where(Monitor.name.startswith("demo: "))).all():  # type: ignore[attr-defined]
+        for old in session.exec(select(Monitor).where(col(Monitor.name).startswith("demo: "))).all():
             session.delete(old)
         monitors = site.monitors()
         session.add_all(monitors)

@@ -52,7 +52,7 @@ class JetStreamCollector(Collector):
         consumers = []
         for queue in self.queues:
             info = self.broker.consumer_info(queue)
-            consumers.append((queue, info.num_pending, info.num_ack_pending))
+            consumers.append((queue, info.num_pending or 0, info.num_ack_pending or 0))
         dead = [(queue, self.broker.dead_letter_count(queue)) for queue in [*self.queues, "events"]]
         return consumers, dead
 

@@ -155,7 +155,7 @@ class Ingest(BackgroundService):
         queue, job = job_for(event, self.ctx)
         message_id = f"event-{msg.metadata.stream}-{msg.metadata.sequence.stream}"
         job["trace"] = message_id  # one check, end to end: stages derive their message ids from it
-        message = dramatiq.Message(
+        message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=queue, actor_name=queue, args=(job,), kwargs={}, options={}, message_id=message_id
         )
         size = len(message.encode())

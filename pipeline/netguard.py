@@ -91,7 +91,7 @@ class AddressPolicy:
             raise ConnectionError(f"cannot resolve {host!r}: {e}") from None
         addresses = []
         for info in infos:
-            ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+            ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
             if not self.allows(host, ip):
                 raise BlockedAddressError(
                     f"refusing to connect to {host!r}: it resolves to non-public address {ip}"

@@ -116,7 +116,7 @@ def _recording_send(self: requests.Session, request: requests.PreparedRequest, *
     return response
 
 
-urllib3.util.connection.create_connection = _guarded_create_connection  # type: ignore[assignment]
+urllib3.util.connection.create_connection = _guarded_create_connection
 requests.Session.send = _recording_send  # type: ignore[method-assign]
 
 

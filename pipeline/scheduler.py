@@ -14,7 +14,7 @@ import logging
 import random
 from datetime import UTC, datetime, timedelta
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from pipeline.broker import JetStreamBroker
 from pipeline.ingest import Ingest
@@ -46,7 +46,7 @@ class Scheduler(BackgroundService):
         now = now or datetime.now(UTC)
         with Session(self.ctx.engine) as session:
             query = select(Monitor).where(Monitor.paused == False, Monitor.next_check_at <= now)  # noqa: E712
-            query = query.order_by(Monitor.next_check_at).limit(BATCH)
+            query = query.order_by(col(Monitor.next_check_at)).limit(BATCH)
             if self.ctx.engine.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)  # schedulers share the work instead of racing
             due = session.exec(query).all()

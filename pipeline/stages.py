@@ -70,7 +70,8 @@ def _record(ctx: Context, job: Job, stage: str, outcome: str, started: float, de
 
 
 def _latest_snapshot(session: Session, source: str) -> Snapshot | None:
-    query = select(Snapshot).where(Snapshot.source == source).order_by(Snapshot.taken_at.desc(), Snapshot.id.desc())  # type: ignore[attr-defined]
+    newest_first = (col(Snapshot.taken_at).desc(), col(Snapshot.id).desc())
+    query = select(Snapshot).where(Snapshot.source == source).order_by(*newest_first)
     return session.exec(query.limit(1)).first()
 
 
@@ -156,13 +157,9 @@ def analyse(ctx: Context, job: Job, send_alert: Send) -> None:
     with Session(ctx.engine) as session:
         after = session.get(Snapshot, job["after_id"])
         before = session.get(Snapshot, job["before_id"]) if job.get("before_id") else None
-        assert after is not None, f"snapshot {job['after_id']} is gone"
-        after_id, content_hash, before_text, after_text = (
-            after.id,
-            after.content_hash,
-            before and before.text,
-            after.text,
-        )
+        assert after is not None and after.id is not None, f"snapshot {job['after_id']} is gone"
+        after_id, content_hash, after_text = after.id, after.content_hash, after.text
+        before_text = before.text if before is not None else None
     change = diff(before_text, after_text)
     verdict, analyser = rule.evaluate(change), "rules"
     if verdict.relevant and job.get("question") and ctx.llm is not None:
@@ -257,14 +254,14 @@ def _claim(session: Session, record: Alert) -> bool:
     now = utcnow()
     claimable = or_(
         col(Alert.status).in_(("pending", "failed")),
-        and_(Alert.status == "sending", col(Alert.claimed_at) < now - CLAIM_LEASE),
+        and_(col(Alert.status) == "sending", col(Alert.claimed_at) < now - CLAIM_LEASE),
     )
     result = session.execute(
-        update(Alert).where(Alert.id == record.id, claimable).values(status="sending", claimed_at=now)
+        update(Alert).where(col(Alert.id) == record.id, claimable).values(status="sending", claimed_at=now)
     )
     session.commit()
     session.refresh(record)
-    return result.rowcount == 1
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
 
 
 def _target_hash(target: str) -> str:

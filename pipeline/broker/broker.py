@@ -394,18 +394,17 @@ class JetStreamBroker(Broker):
     async def _declare_streams(self, names: QueueNames) -> None:
         js = self._js
         assert js is not None
-        schedules = {"allow_msg_schedules": True} if self._schedules else {}
-        await self._add_or_update_stream(
-            StreamConfig(
-                name=names.stream,
-                subjects=[names.subject, names.delayed_wildcard],
-                retention=RetentionPolicy.WORK_QUEUE,
-                storage=self.storage,
-                num_replicas=self.replicas,
-                duplicate_window=self.duplicate_window,
-                **schedules,
-            )
+        config = StreamConfig(
+            name=names.stream,
+            subjects=[names.subject, names.delayed_wildcard],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=self.storage,
+            num_replicas=self.replicas,
+            duplicate_window=self.duplicate_window,
         )
+        if self._schedules:  # servers before 2.12 refuse the field
+            config.allow_msg_schedules = True
+        await self._add_or_update_stream(config)
         await js.add_consumer(
             names.stream,
             ConsumerConfig(
@@ -665,7 +664,7 @@ class JetStreamBroker(Broker):
         result = {}
         for queue in sorted(queues or self.queues):
             info = self.consumer_info(queue)
-            result[queue] = info.num_pending + info.num_ack_pending
+            result[queue] = (info.num_pending or 0) + (info.num_ack_pending or 0)
         return result
 
     def dead_letter_count(self, queue_name: str) -> int:

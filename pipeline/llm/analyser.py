@@ -112,10 +112,10 @@ class LLMAnalyser:
         while (key := self._take_slot(costs, tried, failures)) is not None:
             tried.append(key)
             try:
-                raw = self._clients[key.label].chat.completions.with_raw_response.create(
+                raw = self._clients[key.label].chat.completions.with_raw_response.create(  # type: ignore[call-overload]
                     model=self.settings.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    response_format=prompt.SCHEMA,  # type: ignore[arg-type]
+                    messages=messages,  # plain dicts: the SDK's TypedDicts are not worth the ceremony here
+                    response_format=prompt.SCHEMA,
                     max_completion_tokens=self.settings.max_completion_tokens,
                 )
             except openai.APIStatusError as e:

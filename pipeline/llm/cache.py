@@ -56,6 +56,10 @@ class VerdictCache:
         return Verdict(data["relevant"], data["severity"], data["summary"], tuple(data["evidence"]))
 
     def put(self, key: str, verdict: Verdict) -> None:
-        data = {"relevant": verdict.relevant, "severity": verdict.severity, "summary": verdict.summary}
-        data["evidence"] = list(verdict.evidence)
+        data = {
+            "relevant": verdict.relevant,
+            "severity": verdict.severity,
+            "summary": verdict.summary,
+            "evidence": list(verdict.evidence),
+        }
         self.broker.run(self._put(key, json.dumps(data).encode()), timeout=10)  # type: ignore[attr-defined]

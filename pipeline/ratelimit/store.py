@@ -20,7 +20,6 @@ from typing import Any, Protocol, TypeVar
 import nats
 import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 
@@ -202,8 +201,8 @@ class KVStore:
 
     async def _read(self, js: JetStreamContext, subject: str) -> tuple[bytes | None, int]:
         try:
-            msg: Msg = await js.get_msg(f"KV_{self.bucket}", subject=subject, direct=True)
+            msg = await js.get_msg(f"KV_{self.bucket}", subject=subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None, 0
         deleted = msg.headers and (msg.headers.get("KV-Operation") or msg.headers.get("Nats-Marker-Reason"))
-        return (None if deleted else msg.data), msg.seq
+        return (None if deleted else msg.data), msg.seq or 0
