@@ -27,9 +27,9 @@ from sqlmodel import Session, func, select
 from pipeline.broker import JetStreamBroker
 from pipeline.ingest import Ingest
 from pipeline.models import Check, Monitor
+from pipeline.names import STAGES
 from pipeline.nats_server import NatsServer
 from pipeline.scheduler import Scheduler
-from pipeline.stages import STAGES
 from pipeline.workers import WorkerPool
 
 

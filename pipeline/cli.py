@@ -177,7 +177,7 @@ def autoscale(
     Only workers: run `pipeline scheduler` once beside them, and `pipeline exporter` on this machine
     (with PROMETHEUS_MULTIPROC_DIR set to the directory printed) to serve their metrics.
     """
-    from pipeline.stages import STAGES
+    from pipeline.names import STAGES
 
     policies = _policies(manifests)
     queues = queue or list(STAGES)
@@ -328,7 +328,7 @@ def exporter(
     port: int = typer.Option(9464, envvar="PIPELINE_METRICS_PORT", help="Port of /metrics."),
 ) -> None:
     """Serve each queue's lag and dead letters (and, with PROMETHEUS_MULTIPROC_DIR, this machine's workers' metrics)."""
-    from pipeline.stages import STAGES
+    from pipeline.names import STAGES
 
     broker = _connected_broker()
     server = _serve_metrics(broker, list(STAGES), port, multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -534,7 +534,7 @@ app.add_typer(dlq_app, name="dlq")
 def _connected_broker():
     """A broker for inspection: the stage queues declared, no actors imported."""
     from pipeline.broker import JetStreamBroker
-    from pipeline.stages import STAGES
+    from pipeline.names import STAGES
 
     broker = JetStreamBroker(_nats_url(), prefix=os.environ.get("PIPELINE_PREFIX", "pipeline"))
     for stage in STAGES:

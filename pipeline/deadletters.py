@@ -16,7 +16,7 @@ from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 
 from pipeline.broker import JetStreamBroker
-from pipeline.broker.names import dead_stream
+from pipeline.names import dead_stream
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,10 @@ from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, ValidationError, field_validator
 
-#: Subjects under which producers publish events, by event kind.
-SUBJECTS = {
-    "check": "pipeline.events.check",
-    "monitor": "pipeline.events.monitor",
-    "content": "pipeline.events.content",
-}
+from pipeline.names import EVENT_KINDS, event_subject
+
+#: Subjects under which producers publish events, by event kind, for the default prefix.
+SUBJECTS = {kind: event_subject(kind) for kind in EVENT_KINDS}
 
 #: The largest event accepted, in bytes (NATS' default max payload is 1 MiB).
 MAX_EVENT_BYTES = 1024 * 1024

@@ -28,6 +28,7 @@ from pipeline.broker import JetStreamBroker, QueueNames
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
 from pipeline.jobs import monitor_source, watched_source
 from pipeline.models import Monitor
+from pipeline.names import EVENT_KINDS, EVENTS_QUEUE, events_stream
 from pipeline.service import BackgroundService
 from pipeline.stages import Context
 
@@ -40,11 +41,6 @@ MAX_JOB_BYTES = 1024 * 1024 - 8192
 MAX_DELIVERIES = 20
 #: The store being away (not the event's fault): the event is tried again.
 STORE_ERRORS: tuple[type[BaseException], ...] = (OperationalError, ConnectionClosed, NatsError, TimeoutError, OSError)
-
-
-def events_stream(prefix: str) -> str:
-    """``<prefix>-events``: a hyphen, so no Dramatiq queue's stream (``<prefix>_<queue>``) can take the name."""
-    return f"{prefix}-events"
 
 
 def job_for(event: Event, ctx: Context) -> tuple[str, dict[str, Any]]:
@@ -83,7 +79,7 @@ class Ingest(BackgroundService):
         super().__init__()
         self.broker = broker
         self.ctx = ctx
-        self.dead = QueueNames(broker.prefix, "events")
+        self.dead = QueueNames(broker.prefix, EVENTS_QUEUE)
 
     def declare(self) -> None:
         """Create the events stream and its consumer; declare the queues events go to."""
@@ -176,4 +172,4 @@ def _describe(error: BaseException) -> str:
 def _kind(subject: str) -> str:
     """The event kind for a metric label: one of the known kinds, else ``other`` (labels stay bounded)."""
     kind = subject.rsplit(".", 1)[-1]
-    return kind if kind in ("check", "monitor", "content") else "other"
+    return kind if kind in EVENT_KINDS else "other"

@@ -34,9 +34,6 @@ from pipeline.politeness import Politeness
 from pipeline.redact import display_url, redact_url
 from pipeline.rules import parse_rule
 
-#: The stages, in order; each is a Dramatiq queue of the same name.
-STAGES = ("fetch", "scrape", "analyse", "alert")
-
 Job = dict[str, Any]
 Send = Callable[[Job], None]
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.autoscale import HPA_DEFAULT_DOWN, HPA_DEFAULT_UP, Policy, RatePolicy, Scaler, load_policies
-from pipeline.stages import STAGES
+from pipeline.names import STAGES
 from tests.conftest import ROOT, load_script
 
 SIMPLE = Policy("fetch", min_replicas=1, max_replicas=10, lag_threshold=100, cooldown=60, down_window=30)

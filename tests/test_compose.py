@@ -10,7 +10,7 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 
-from pipeline.stages import STAGES
+from pipeline.names import STAGES
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "compose" / "docker-compose.yml"

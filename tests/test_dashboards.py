@@ -25,8 +25,8 @@ import yaml
 from pipeline import exporter
 from pipeline.broker import JetStreamBroker
 from pipeline.deadletters import list_dead
+from pipeline.names import STAGES
 from pipeline.nats_server import free_port
-from pipeline.stages import STAGES
 from tests.conftest import ROOT, load_script, wait_for
 from tests.live import publish
 from tests.openai_server import OpenAIServer

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from pipeline.broker import JetStreamBroker
 from pipeline.cli import app
 from pipeline.db import make_engine
-from pipeline.ingest import events_stream
 from pipeline.models import Alert, Delivery
+from pipeline.names import events_stream
 from tests.conftest import children, wait_for
 from tests.live import publish
 from tests.site import Page, Site

@@ -14,9 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pipeline.broker.names import DEFAULT_PREFIX, QueueNames
 from pipeline.exporter import LAG_METRIC
-from pipeline.stages import STAGES
+from pipeline.names import DEFAULT_PREFIX, STAGES, QueueNames
 from tests.conftest import ROOT, load_script
 
 KEDA = ROOT / "autoscale" / "keda"

@@ -82,8 +82,8 @@ def test_workers_metrics_and_queue_lag_are_served_by_the_exporter(
     env, pipeline: JetStreamBroker, tmp_path: Path
 ) -> None:
     from pipeline import exporter
+    from pipeline.names import STAGES
     from pipeline.nats_server import free_port
-    from pipeline.stages import STAGES
 
     with Site() as shop, Site() as receiver:
         shop.routes["/p"] = Page(b"<html><body><p class='price'>Price: 95 EUR</p></body></html>")

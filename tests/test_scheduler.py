@@ -12,8 +12,9 @@ from pipeline.bodies import BodyStore
 from pipeline.broker import JetStreamBroker
 from pipeline.db import make_engine, migrate
 from pipeline.fetcher import Fetcher
-from pipeline.ingest import Ingest, events_stream
+from pipeline.ingest import Ingest
 from pipeline.models import Monitor
+from pipeline.names import events_stream
 from pipeline.scheduler import Scheduler
 from pipeline.stages import Context
 

@@ -27,9 +27,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.broker.names import DEFAULT_PREFIX, QueueNames
 from pipeline.exporter import LAG_METRIC
-from pipeline.stages import STAGES
+from pipeline.names import DEFAULT_PREFIX, STAGES, QueueNames
 
 HERE = Path(__file__).resolve().parent
 IMAGE = "nats-ai-pipeline:latest"

@@ -2,6 +2,6 @@
 
 from pipeline.broker.broker import JetStreamBroker
 from pipeline.broker.errors import BatchPublishError, DeadLetterError
-from pipeline.broker.names import QueueNames
+from pipeline.names import QueueNames
 
 __all__ = ["BatchPublishError", "DeadLetterError", "JetStreamBroker", "QueueNames"]

@@ -1,7 +1,7 @@
 """``JetStreamBroker``: Dramatiq on NATS JetStream.
 
 Each Dramatiq queue is one WorkQueue stream with one durable pull consumer
-(see :mod:`pipeline.broker.names`).  ``num_pending + num_ack_pending`` of
+(see :mod:`pipeline.names`).  ``num_pending + num_ack_pending`` of
 that consumer is the queue's lag: what KEDA's ``nats-jetstream`` scaler
 reads.
 
@@ -53,10 +53,10 @@ from nats.js.api import (
 from pipeline.broker.consumer import DELAYED_CONSUMER, DelayedConsumer, IdleConsumer, QueueConsumer
 from pipeline.broker.errors import BatchPublishError, DeadLetterError
 from pipeline.broker.loop import EventLoopThread
-from pipeline.broker.names import DEFAULT_PREFIX, QueueNames, dead_stream, dead_wildcard
 from pipeline.broker.outbox import Outbox
 from pipeline.broker.publisher import Batch, Pending, Publisher
 from pipeline.broker.puller import Puller
+from pipeline.names import DEFAULT_PREFIX, QueueNames, dead_stream, dead_wildcard
 from pipeline.redact import redact_text
 
 #: How long dead letters are kept: Dramatiq's own setting and default (7 days).

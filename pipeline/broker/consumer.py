@@ -21,8 +21,8 @@ from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.message import Message
 from nats.aio.msg import Msg
 
-from pipeline.broker.names import QueueNames
 from pipeline.broker.puller import Puller
+from pipeline.names import QueueNames
 
 if TYPE_CHECKING:
     from pipeline.broker.broker import JetStreamBroker

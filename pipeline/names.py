@@ -1,8 +1,10 @@
-"""Stream, subject and consumer names: a public contract.
+"""Every name of the pipeline: stages, queues, event subjects, streams, consumers.  A public contract.
 
-KEDA's ``nats-jetstream`` scaler, the Grafana dashboards and the lag
-exporter all address queues by these names, so they are derived in one
-place and imported (never retyped) wherever they are needed.
+KEDA's ``nats-jetstream`` scaler, the Grafana dashboards, the lag exporter
+and producers in any language address the pipeline by these names, so they
+are derived in one place and imported (never retyped) wherever they are
+needed.  This module imports nothing heavy: a command that only needs a
+name loads no SDK.
 
 For a queue ``fetch`` and the default prefix ``pipeline``:
 
@@ -23,6 +25,13 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "pipeline"
 CONSUMER_NAME = "workers"
+
+#: The stages, in flow order; each is a Dramatiq queue of the same name.
+STAGES = ("fetch", "scrape", "analyse", "alert")
+#: The kinds of event producers publish, each on ``<prefix>.events.<kind>``.
+EVENT_KINDS = ("check", "monitor", "content")
+#: The dead letters of the ingest (events it could not turn into jobs) are filed under this queue name.
+EVENTS_QUEUE = "events"
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -76,3 +85,13 @@ def dead_stream(prefix: str) -> str:
 
 def dead_wildcard(prefix: str) -> str:
     return f"{check_prefix(prefix)}.dead.>"
+
+
+def event_subject(kind: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """``pipeline.events.check``: where producers publish events of ``kind``."""
+    return f"{check_prefix(prefix)}.events.{kind}"
+
+
+def events_stream(prefix: str = DEFAULT_PREFIX) -> str:
+    """``<prefix>-events``: a hyphen, so no Dramatiq queue's stream (``<prefix>_<queue>``) can take the name."""
+    return f"{check_prefix(prefix)}-events"
