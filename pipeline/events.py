@@ -10,7 +10,7 @@ these models (``pipeline schemas``), so the documentation cannot drift.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, ValidationError, field_validator
 
@@ -121,7 +121,7 @@ def parse_event(subject: str, data: bytes) -> Event:
     if len(data) > MAX_EVENT_BYTES:
         raise InvalidEventError(f"event of {len(data)} bytes is over the {MAX_EVENT_BYTES} byte limit")
     try:
-        payload = json.loads(data)
+        payload = json.loads(data, object_pairs_hook=_no_duplicate_keys)
     except RecursionError:
         raise InvalidEventError("not JSON this pipeline reads: nested too deeply") from None
     except ValueError as e:  # not UTF-8, not JSON, or an integer longer than Python reads (4,300 digits)
@@ -135,12 +135,29 @@ def parse_event(subject: str, data: bytes) -> Event:
         raise InvalidEventError(_describe(e)) from None
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON allows a key twice and most parsers keep the last (RFC 8259 §4): an event that says two
+    things about one field is refused rather than guessed at."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"the key {key!r} is given twice")
+        result[key] = value
+    return result
+
+
 def _describe(error: ValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "event"
-        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
-    return "; ".join(problems)
+    return "; ".join(_problem(item) for item in error.errors())
+
+
+def first_error(error: ValidationError) -> str:
+    """The first problem of a failed validation, as ``field: why`` (what a command line shows)."""
+    return _problem(error.errors()[0])
+
+
+def _problem(item: Any) -> str:
+    where = ".".join(str(part) for part in item["loc"]) or "event"
+    return f"{where}: {item['msg'].removeprefix('Value error, ')}"
 
 
 def json_schemas() -> dict[str, dict]:

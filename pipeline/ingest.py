@@ -21,13 +21,11 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session
 
-from pipeline import metrics
+from pipeline import metrics, queries
 from pipeline.broker import JetStreamBroker, QueueNames
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
 from pipeline.jobs import monitor_source, watched_source
-from pipeline.models import Monitor
 from pipeline.names import EVENT_KINDS, EVENTS_QUEUE, events_stream
 from pipeline.service import BackgroundService
 from pipeline.stages import Context
@@ -46,8 +44,7 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (OperationalError, ConnectionClo
 def job_for(event: Event, ctx: Context) -> tuple[str, dict[str, Any]]:
     """The first stage's queue and the job for an event."""
     if isinstance(event, MonitorEvent):
-        with Session(ctx.engine) as session:
-            monitor = session.get(Monitor, event.monitor_id)
+        monitor = queries.get_monitor(ctx.engine, event.monitor_id)
         if monitor is None:
             raise InvalidEventError(f"monitor_id: no monitor {event.monitor_id}")
         job = {
@@ -62,13 +59,14 @@ def job_for(event: Event, ctx: Context) -> tuple[str, dict[str, Any]]:
     common = {"selector": event.selector, "rule": event.rule, "question": event.question, "notify": list(event.notify)}
     if isinstance(event, CheckEvent):
         url = str(event.url)
-        return "fetch", {"source": watched_source(url, event.selector, "fetch"), "url": url, **common}
+        source = watched_source(url, event.selector, "fetch", ctx.webhook_secret.encode())
+        return "fetch", {"source": source, "url": url, **common}
     assert isinstance(event, ContentEvent)
     key = ctx.bodies.put(event.content.encode())
     if event.monitor_id:
         source = monitor_source(event.monitor_id)
     else:
-        source = watched_source(event.source, event.selector, "content")
+        source = watched_source(event.source, event.selector, "content", ctx.webhook_secret.encode())
     # The content arrived as JSON text, so its bytes are UTF-8 whatever a <meta> in it says.
     content_type = f"{event.content_type}; charset=utf-8"
     return "scrape", {"source": source, "body_key": key, "content_type": content_type, **common}

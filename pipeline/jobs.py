@@ -10,6 +10,7 @@ different selectors therefore never compare against each other's text.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from urllib.parse import urldefrag
 
 from url_normalize import url_normalize
@@ -22,19 +23,21 @@ def monitor_source(monitor_id: int) -> str:
     return f"monitor:{monitor_id}"
 
 
-def watched_source(source: str, selector: str | None, how: str) -> str:
+def watched_source(source: str, selector: str | None, how: str, key: bytes) -> str:
     """The history key of an ad-hoc check or pushed content.
 
     ``source`` is the URL (normalised by url-normalize as RFC 3986 §6 says: case,
     default port, dot segments, percent-escapes; and without its fragment, which
     is never sent to the server) or the producer's
     own name for pushed content; ``how`` says how the body is obtained
-    (``fetch``, ``content``).  The key reads as the URL without credentials or
-    query, followed by ``#`` and 16 hex digits of SHA-256 over all three, so it
-    holds no secret and two keys differ whenever any of the three does.
+    (``fetch``, ``content``).  The result reads as the URL without credentials or
+    query, followed by ``#`` and 16 hex digits of HMAC-SHA256 over all three
+    under ``key`` (the deployment's webhook secret): it differs whenever any of
+    the three does, and, keyed, it cannot be used to test guesses of a password
+    or token in the URL.
     """
     is_url = source.startswith(("http://", "https://"))
     canonical = urldefrag(url_normalize(source) or source).url if is_url else source
-    digest = hashlib.sha256("\n".join((how, canonical, selector or "")).encode()).hexdigest()[:16]
+    digest = hmac.new(key, "\n".join((how, canonical, selector or "")).encode(), hashlib.sha256).hexdigest()[:16]
     shown = display_url(canonical) if is_url else source
     return f"{shown[:1900]}#{digest}"

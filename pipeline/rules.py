@@ -12,7 +12,10 @@ A monitor's ``rule`` is one line, checked when the monitor is saved:
                             are read as ``pipeline.content.numbers`` says
 ==========================  ===============================================
 
-Rules run on normalised text, never on markup, and need no network.
+Rules run on normalised text, never on markup, and need no network.  Regular
+expressions run on the ``regex`` module (Python's syntax) with a time limit,
+so a pattern that backtracks catastrophically fails its check as a bad rule
+instead of holding a worker.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
+
+import regex
 
 from pipeline.content.diff import Change
 from pipeline.content.numbers import first_number, format_number
@@ -50,6 +55,8 @@ _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "==": operator.eq,
     "!=": operator.ne,
 }
+#: How long one rule's regular expression may run on one change (the ``regex`` module's timeout).
+MATCH_SECONDS = 1.0
 _EXAMPLES = 'changed | "sold out" | /back in stock/i | price < 100'
 
 
@@ -68,11 +75,18 @@ class AnyChange:
 
 @dataclass(frozen=True)
 class Pattern:
-    regex: re.Pattern[str]
+    regex: regex.Pattern[str]
     label: str
 
     def evaluate(self, change: Change) -> Verdict:
-        found = [m.group() for m in self.regex.finditer(_added_text(change))][:5]
+        """Raises ``RuleError`` when the expression takes longer than ``MATCH_SECONDS`` on this text."""
+        try:  # a user's expression can backtrack for hours: bounded, and other threads run meanwhile
+            matches = self.regex.finditer(_added_text(change), timeout=MATCH_SECONDS, concurrent=True)
+            found = [m.group() for _, m in zip(range(5), matches, strict=False)]
+        except TimeoutError:
+            raise RuleError(
+                f"rule {self.label} took over {MATCH_SECONDS:g}s on this text (catastrophic backtracking?): simplify it"
+            ) from None
         if not found:
             return Verdict(False, "info", f"{self.label} not in what changed")
         return Verdict(True, "warning", f"{self.label} appeared", tuple(found))
@@ -109,17 +123,17 @@ def parse_rule(text: str | None) -> Rule:
         body, slash, flags = text[1:].rpartition("/")
         if not slash or set(flags) - {"i", "m", "s"}:
             raise RuleError(f"regular expression rule must look like /pattern/flags (flags: i m s), got {text!r}")
-        bits = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
+        bits = {"i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL}
         try:
-            regex = re.compile(body, sum(bits[f] for f in set(flags)))
-        except re.error as e:
+            compiled = regex.compile(body, sum(bits[f] for f in set(flags)))
+        except regex.error as e:
             raise RuleError(f"invalid regular expression {body!r}: {e}") from None
-        return Pattern(regex, f"/{body}/")
+        return Pattern(compiled, f"/{body}/")
     if len(text) >= 2 and text[0] == text[-1] == '"':
         phrase = text[1:-1]
         if not phrase.strip():
             raise RuleError("empty phrase")
-        return Pattern(re.compile(re.escape(phrase), re.IGNORECASE), f'"{phrase}"')
+        return Pattern(regex.compile(regex.escape(phrase), regex.IGNORECASE), f'"{phrase}"')
     match = _COMPARISON.match(text)
     if match:
         label, op, limit = match.groups()

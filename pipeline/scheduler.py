@@ -14,8 +14,9 @@ import logging
 import random
 from datetime import UTC, datetime, timedelta
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
+from pipeline import queries
 from pipeline.broker import JetStreamBroker
 from pipeline.ingest import Ingest
 from pipeline.models import Monitor
@@ -45,11 +46,7 @@ class Scheduler(BackgroundService):
         """Publish an event for every due monitor; return how many were due."""
         now = now or datetime.now(UTC)
         with Session(self.ctx.engine) as session:
-            query = select(Monitor).where(Monitor.paused == False, Monitor.next_check_at <= now)  # noqa: E712
-            query = query.order_by(col(Monitor.next_check_at)).limit(BATCH)
-            if self.ctx.engine.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)  # schedulers share the work instead of racing
-            due = session.exec(query).all()
+            due = queries.due_monitors(session, now, BATCH)
             for monitor in due:
                 data = json.dumps({"monitor_id": monitor.id}).encode()
                 self.broker.run(self.broker.js.publish(self.subject, data, headers={"Nats-Msg-Id": slot_id(monitor)}))

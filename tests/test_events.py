@@ -70,3 +70,8 @@ def test_published_json_schemas_match_the_models() -> None:
         path = SCHEMAS / f"{kind}.schema.json"
         assert path.exists(), f"run `pipeline schemas` to write {path}"
         assert json.loads(path.read_text()) == schema, f"{path} is stale: run `pipeline schemas`"
+
+
+def test_a_key_given_twice_is_refused_not_guessed() -> None:
+    with pytest.raises(InvalidEventError, match="the key 'url' is given twice"):
+        parse_event("pipeline.events.check", b'{"url": "https://a.example", "url": "https://b.example"}')

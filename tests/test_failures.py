@@ -260,3 +260,16 @@ def test_secrets_in_watched_urls_and_targets_stay_where_they_must(env, pipeline:
         assert secret.encode() not in metric_files, secret
         assert not [out for out in outputs if secret in out], secret
         assert all(secret not in value for value in dead.headers.values()), secret
+
+
+def test_a_runaway_rule_is_dead_lettered_and_holds_up_no_other_check(env, pipeline: JetStreamBroker) -> None:
+    with Site() as receiver:
+        publish(env, "content", {"source": "redos", "content": "<p class=x>" + "a" * 5000 + "!</p>", "selector": ".x",
+                                 "rule": "/(a+)+$/", "notify": [receiver.url("/hook")]})  # fmt: skip
+        publish(env, "content", {"source": "fine", "content": "<p class=x>89</p>", "selector": ".x",
+                                 "rule": "price < 100", "notify": [receiver.url("/hook")]})  # fmt: skip
+        assert wait_for(lambda: len(receiver.posts) == 1, 60), "the good check's alert did not arrive"
+        assert wait_for(lambda: pipeline.dead_letter_count("analyse") == 1, 30)
+    names = pipeline.names("analyse")
+    last = pipeline.run(pipeline.js.get_last_msg(f"{pipeline.prefix}_dead", names.dead_subject))
+    assert "took over 1s" in last.headers["Pipeline-Dead-Reason"]

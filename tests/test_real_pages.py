@@ -441,3 +441,9 @@ def test_a_pages_escape_sequences_never_reach_the_terminal(site: Site) -> None:
     serve(site, "/esc", b"<p class='t'>owned\x1b]0;owned\x07 and \x1b[2J</p>", "text/html")
     result = runner.invoke(app, ["check", site.url("/esc"), "--selector", ".t"])
     assert "\x1b" not in result.stdout and "\x07" not in result.stdout and "owned" in result.stdout
+
+
+def test_a_runaway_rule_fails_the_check_quickly(site: Site) -> None:
+    url = serve(site, "/redos", b"<p class='x'>" + b"a" * 5000 + b"!</p>", "text/html")
+    code, out = check(url, "--selector", ".x", "--rule", "/(a+)+$/")
+    assert code == 2 and "took over 1s" in out["error"]

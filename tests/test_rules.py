@@ -100,3 +100,13 @@ def test_one_number_at_a_time(text: str, number: float) -> None:
 def test_a_limit_that_is_no_number_is_refused() -> None:
     with pytest.raises(RuleError, match="cannot read"):
         parse_rule("price < " + "9" * 400)
+
+
+@pytest.mark.parametrize("rule", ["/(a+)+$/", "/(a|aa)+$/"])
+def test_a_runaway_regular_expression_is_a_bad_rule_not_a_stuck_worker(rule: str) -> None:
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(RuleError, match="took over 1s"):
+        parse_rule(rule).evaluate(Change(None, "a" * 5000 + "!"))
+    assert time.monotonic() - started < 5

@@ -248,6 +248,11 @@ def test_one_url_written_two_ways_is_one_watched_thing(ctx: Context) -> None:
     assert source("http://Example.COM:80/a/../p#top") == source("http://example.com/p")
     assert source("http://example.com/p?x=1") != source("http://example.com/p?x=2")
     assert "secret" not in source("http://user:secret@example.com/p")
+    # Keyed by the deployment's secret: the digest is no offline test for a guessed password.
+    import hashlib
+
+    unkeyed = hashlib.sha256(b"fetch\nhttp://user:secret@example.com/p\n.a").hexdigest()[:16]
+    assert not source("http://user:secret@example.com/p").endswith(unkeyed)
 
 
 def test_pushed_content_keeps_its_utf8_whatever_its_meta_says(ctx: Context) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import ssl
 import threading
 import time
@@ -108,6 +109,12 @@ DEAD_LETTER_HEADROOM = 8192
 TRUNCATED_DEAD_LETTER_BYTES = 64 * 1024
 
 
+def _reason(error: BaseException) -> str:
+    """``[Errno 111] Connection refused`` -> ``connection refused``: the why, in the words of one line."""
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(error).strip()) or type(error).__name__
+    return text[:1].lower() + text[1:]
+
+
 def describe_exception(exc: BaseException | None) -> str:
     if exc is None:
         return "failed (no exception recorded)"
@@ -137,6 +144,9 @@ class JetStreamBroker(Broker):
       tls (an ``ssl.SSLContext``), tls_hostname: authentication.
       fail_fast_default: as ``StubBroker``: ``join`` raises when a message
         was dead-lettered.
+      connect_timeout: seconds the first connection may take before
+        ``ConnectionFailed`` (workers wait for a server that is starting;
+        a command line gives up sooner).
       **connect_options: passed through to ``nats.connect``.
     """
 
@@ -162,6 +172,7 @@ class JetStreamBroker(Broker):
         tls_hostname: str | None = None,
         home: str | os.PathLike[str] | None = None,
         fail_fast_default: bool = True,
+        connect_timeout: float = INITIAL_CONNECT_DEADLINE,
         **connect_options: Any,
     ) -> None:
         super().__init__(middleware=middleware)
@@ -169,6 +180,7 @@ class JetStreamBroker(Broker):
         if storage not in ("file", "memory"):
             raise ValueError("storage must be 'file' or 'memory'")
         self.url = url or os.environ.get("PIPELINE_NATS_URL") or None
+        self.connect_timeout = connect_timeout
         self.home = home
         self.prefix = prefix
         self.ack_wait = ack_wait
@@ -245,7 +257,7 @@ class JetStreamBroker(Broker):
             try:
                 nc = self._loop.run(self._open_connection())
             except Exception as e:
-                raise ConnectionFailed(f"cannot connect to NATS at {self.safe_url}: {e}") from None
+                raise ConnectionFailed(f"cannot reach NATS at {self.safe_url}: {_reason(e)}") from None
             self._nc = nc
             self._schedules = _server_version(nc) >= (2, 12)
             self._outbox = Outbox(self._loop.loop)
@@ -307,7 +319,7 @@ class JetStreamBroker(Broker):
             )
         )
         waiting = asyncio.ensure_future(refused.wait())
-        await asyncio.wait({connecting, waiting}, timeout=INITIAL_CONNECT_DEADLINE, return_when="FIRST_COMPLETED")
+        await asyncio.wait({connecting, waiting}, timeout=self.connect_timeout, return_when="FIRST_COMPLETED")
         waiting.cancel()
         if connecting.done():
             return connecting.result()

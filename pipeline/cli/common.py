@@ -1,0 +1,101 @@
+"""What every command shares: one error style, the broker and database connections, output helpers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, NoReturn
+
+import typer
+
+from pipeline.nats_server import DEFAULT_HOME, embedded_url
+
+#: A command line gives up on NATS sooner than a worker, which waits for a server that is starting.
+CONNECT_TIMEOUT = 3.0
+
+
+class CommandError(Exception):
+    """A failure the user can act on: printed as one line, ``error: <message>``, with ``code`` (1 or 2)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Stop the command: 1 for what could not be done, 2 for bad input."""
+    raise CommandError(message, code)
+
+
+def bad_input(message: str) -> NoReturn:
+    fail(message, 2)
+
+
+def nats_url() -> str:
+    """``PIPELINE_NATS_URL``, or the embedded server (started if it is not running)."""
+    url = os.environ.get("PIPELINE_NATS_URL") or embedded_url(DEFAULT_HOME)
+    os.environ["PIPELINE_NATS_URL"] = url  # worker processes and `actors` connect to the same server
+    return url
+
+
+def connected_broker(*queues: str) -> Any:
+    """A broker for inspection, connected now (or ``error: cannot reach NATS ...`` within seconds).
+
+    The stage queues are declared; no actors are imported.
+    """
+    from dramatiq.errors import ConnectionFailed
+
+    from pipeline.broker import JetStreamBroker
+    from pipeline.names import DEFAULT_PREFIX, STAGES
+
+    broker = JetStreamBroker(
+        nats_url(), prefix=os.environ.get("PIPELINE_PREFIX", DEFAULT_PREFIX), connect_timeout=CONNECT_TIMEOUT
+    )
+    for queue in queues or STAGES:
+        broker.declare_queue(queue)
+    try:
+        broker.js  # noqa: B018 - connects now, so an outage is one clear line before anything else
+    except ConnectionFailed as e:
+        broker.close()
+        fail(str(e))
+    return broker
+
+
+def engine() -> Any:
+    """The database, migrated: once per URL and process (`up` asks every few seconds)."""
+    from pipeline.db import database_url
+
+    return _migrated_engine(database_url())
+
+
+@functools.cache
+def _migrated_engine(url: str) -> Any:
+    from sqlalchemy.exc import OperationalError
+
+    from pipeline.db import make_engine, migrate
+
+    database = make_engine(url)
+    try:
+        migrate(database)
+    except OperationalError as e:
+        fail(f"cannot use the database at {database.url.render_as_string(hide_password=True)}: {e.orig}")
+    return database
+
+
+def echo_json(value: Any) -> None:
+    typer.echo(json.dumps(value, default=str))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Rows under a header line, columns aligned; nothing at all when there are no rows."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    if not cells:
+        return
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    for row in [list(headers), *cells]:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")

@@ -1,0 +1,111 @@
+"""``pipeline dlq``: list, replay and purge dead letters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import typer
+
+from pipeline.cli.common import JSON_OPTION, bad_input, connected_broker, echo_json, fail, table
+
+app = typer.Typer(help="Dead letters: list, replay, purge.", no_args_is_help=True)
+
+QUEUE_HELP = "Only this queue (events: events the ingest could not take)."
+AGES = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@app.command("list")
+def list_(
+    queue: str = typer.Option(None, help=QUEUE_HELP),
+    limit: int = typer.Option(100, min=1, help="Show at most this many."),
+    since: str = typer.Option(
+        None, help="Only after this: a sequence number (the last one shown, to page on), a time, or an age (30m, 2h)."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Dead letters, oldest first, with why they failed; says how many there are in all (on stderr)."""
+    from pipeline.deadletters import count_dead, list_dead
+
+    after, since_time = _since(since)
+    broker = _broker(queue)
+    try:
+        letters = list_dead(broker, queue, limit, after=after, since=since_time)
+        total = count_dead(broker, queue)
+    finally:
+        broker.close()
+    if as_json:
+        keys = ("sequence", "queue", "subject", "message_id", "reason", "failed_at")
+        echo_json([{k: getattr(letter, k) for k in keys} for letter in letters])
+    else:
+        table(["SEQUENCE", "FAILED AT", "QUEUE", "REASON"],
+              ([letter.sequence, letter.failed_at, letter.queue, letter.reason] for letter in letters))  # fmt: skip
+    shown = f"{len(letters)} of {total} dead letter(s)" + (f" of {queue}" if queue else "")
+    more = f"; next page: --since {letters[-1].sequence}" if len(letters) == limit else ""
+    typer.echo(f"{shown}{more}", err=True)
+
+
+@app.command("replay")
+def replay(
+    sequences: list[int] = typer.Argument(None, help="Dead letters to replay (default: all, or all of --queue)."),
+    queue: str = typer.Option(None, help=QUEUE_HELP),
+) -> None:
+    """Publish dead letters again where they came from, with their retries reset."""
+    from pipeline import deadletters
+
+    broker = _broker(queue)
+    try:
+        letters = deadletters.list_dead(broker, queue, limit=100_000)
+        chosen = [letter for letter in letters if not sequences or letter.sequence in sequences]
+        for letter in chosen:
+            deadletters.replay(broker, letter)
+    finally:
+        broker.close()
+    typer.echo(f"replayed {len(chosen)}")
+    missing = set(sequences or ()) - {letter.sequence for letter in chosen}
+    if missing:
+        fail(f"no dead letter {', '.join(map(str, sorted(missing)))}")
+
+
+@app.command("purge")
+def purge(
+    queue: str = typer.Option(None, help=QUEUE_HELP),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
+) -> None:
+    """Delete dead letters for good."""
+    from pipeline import deadletters
+
+    if not yes:
+        typer.confirm(f"Delete the dead letters of {queue or 'every queue'}?", abort=True)
+    broker = _broker(queue)
+    try:
+        deadletters.purge(broker, queue)
+    finally:
+        broker.close()
+
+
+def _broker(queue: str | None) -> Any:
+    """The broker, after checking the queue's name: an unknown one is bad input, not an empty list."""
+    from pipeline.names import EVENTS_QUEUE, STAGES
+
+    if queue is not None and queue not in (*STAGES, EVENTS_QUEUE):
+        bad_input(f"no queue {queue!r}: the queues are {', '.join((*STAGES, EVENTS_QUEUE))}")
+    return connected_broker()
+
+
+def _since(value: str | None) -> tuple[int, datetime | None]:
+    """``--since``: (sequence to page after, earliest failure time); a bad value is bad input."""
+    if value is None:
+        return 0, None
+    value = value.strip()
+    if value.isdigit():
+        if int(value) >= 2**63:  # JetStream's sequences are 64-bit
+            bad_input(f"--since {value} is past any sequence a stream can have")
+        return int(value), None
+    if value[:-1].isdigit() and value[-1:] in AGES:
+        return 0, datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * AGES[value[-1]])
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        bad_input(f"--since takes a sequence number, a time (2026-11-30T12:00) or an age (30m, 2h, 1d), not {value!r}")
+    return 0, when if when.tzinfo else when.replace(tzinfo=UTC)

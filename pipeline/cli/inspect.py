@@ -1,0 +1,80 @@
+"""``pipeline status``, ``lag`` and ``alerts``: what a running pipeline is doing, and what it has said."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from pipeline import redact
+from pipeline.cli.common import JSON_OPTION, connected_broker, echo_json, engine, table
+
+
+def status(as_json: bool = JSON_OPTION) -> None:
+    """Each queue's lag and dead letters, the monitors, and the LLM set-up."""
+    from pipeline import queries
+    from pipeline.names import EVENTS_QUEUE
+
+    broker = connected_broker()
+    try:
+        queues = {q: {"lag": lag, "dead": broker.dead_letter_count(q)} for q, lag in broker.lag().items()}
+        queues[EVENTS_QUEUE] = {"lag": 0, "dead": broker.dead_letter_count(EVENTS_QUEUE)}
+    finally:
+        broker.close()
+    total, paused = queries.monitor_counts(engine())
+    llm = _llm_summary()
+    if as_json:
+        echo_json({"queues": queues, "monitors": {"total": total, "paused": paused}, "llm": llm})
+        return
+    table(["QUEUE", "LAG", "DEAD LETTERS"], ([q, f["lag"], f["dead"]] for q, f in queues.items()))
+    typer.echo(f"\nmonitors: {total} ({paused} paused)")
+    if llm is None:
+        typer.echo("llm: off (no PIPELINE_OPENAI_API_KEYS): monitors are judged by their rules")
+    else:
+        quota = f"{llm['rpm']:g} requests and {llm['tpm']:g} tokens per {llm['quota_period']:g}s per key"
+        typer.echo(f"llm: {llm['model']} at {llm['endpoint']}, keys {', '.join(llm['keys'])}; {quota}")
+
+
+def _llm_summary() -> dict[str, Any] | None:
+    """The LLM settings as they may be shown: keys by label, the endpoint by host."""
+    from pipeline.llm import LLMSettings
+
+    settings = LLMSettings.from_env()
+    if settings is None:
+        return None
+    endpoint = redact.redact_url(settings.base_url) if settings.base_url else "OpenAI"
+    return {"model": settings.model, "endpoint": endpoint, "keys": [k.label for k in settings.keys],
+            "rpm": settings.rpm, "tpm": settings.tpm, "quota_period": settings.quota_period}  # fmt: skip
+
+
+def lag(as_json: bool = JSON_OPTION) -> None:
+    """Each queue's lag (num_pending + num_ack_pending): the figure KEDA scales on."""
+    broker = connected_broker()
+    try:
+        figures = broker.lag()
+    finally:
+        broker.close()
+    if as_json:
+        echo_json(figures)
+    else:
+        table(["QUEUE", "LAG"], figures.items())
+
+
+def alerts(limit: int = typer.Option(20, min=1, help="How many, newest first."), as_json: bool = JSON_OPTION) -> None:
+    """Recent alerts and how their delivery went."""
+    from pipeline import queries
+
+    rows = [
+        {
+            "at": alert.created_at.isoformat(timespec="seconds"),
+            "status": alert.status,
+            "source": finding.source,
+            "summary": finding.summary,
+            "target": alert.target,
+        }
+        for alert, finding in queries.recent_alerts(engine(), limit)
+    ]
+    if as_json:
+        echo_json(rows)
+    else:
+        table(["AT", "STATUS", "SOURCE", "SUMMARY", "TARGET"], ([*row.values()] for row in rows))

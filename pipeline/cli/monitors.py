@@ -1,0 +1,135 @@
+"""``pipeline monitor``: add, show, list, pause, resume and remove monitors."""
+
+from __future__ import annotations
+
+import typer
+
+from pipeline import redact
+from pipeline.cli.common import JSON_OPTION, bad_input, echo_json, engine, fail, table
+
+app = typer.Typer(help="Add, list, pause, resume and remove monitors.", no_args_is_help=True)
+
+SELECTOR_HELP = "The part to watch: CSS (.price), XPath (//p, xpath:...) or JSONPath ($.item.price)."
+RULE_HELP = 'When a change matters: changed | "phrase" | /regex/i | price < 100.'
+
+
+@app.command("add")
+def add(
+    url: str = typer.Argument(..., help="http(s) URL to watch."),
+    name: str = typer.Option("", help="A name to show (default: the URL)."),
+    selector: str = typer.Option(None, help=SELECTOR_HELP),
+    rule: str = typer.Option(None, help=RULE_HELP),
+    question: str = typer.Option(None, help="A question for the LLM analyser about each change that passes the rule."),
+    every: int = typer.Option(3600, help="Seconds between checks (at least 30)."),
+    notify: list[str] = typer.Option([], help="Webhook or Apprise URL to alert (repeatable)."),
+) -> None:
+    """Watch a URL; prints the new monitor's id."""
+    from pydantic import ValidationError
+
+    from pipeline import queries
+    from pipeline.events import CheckEvent, first_error
+    from pipeline.models import Monitor
+
+    try:  # the same checks as an event's: URL, selector and rule syntax, targets
+        CheckEvent.model_validate({"url": url, "selector": selector, "rule": rule, "question": question,
+                                   "notify": notify})  # fmt: skip
+    except ValidationError as e:
+        bad_input(first_error(e))
+    if every < 30:
+        bad_input("--every must be at least 30 seconds")
+    monitor = Monitor(name=name or redact.display_url(url), url=url, selector=selector, rule=rule, question=question,
+                      interval_seconds=every, notify=list(notify))  # fmt: skip
+    typer.echo(queries.add_monitor(engine(), monitor))
+
+
+@app.command("show")
+def show(monitor_id: int = typer.Argument(..., help="The monitor's id."), as_json: bool = JSON_OPTION) -> None:
+    """One monitor in full, with its latest checks and findings."""
+    from pipeline import queries
+
+    monitor = queries.get_monitor(engine(), monitor_id)
+    if monitor is None:
+        fail(f"no monitor {monitor_id}")
+    history = queries.monitor_history(engine(), monitor_id)
+    data = monitor.model_dump(mode="json")
+    data["url"] = redact.display_url(data["url"]) if data.get("url") else None
+    data["notify"] = [redact.redact_url(target) for target in data["notify"]]
+    checks = [
+        {"at": c.started_at.isoformat(timespec="seconds"), "stage": c.stage, "outcome": c.outcome, "detail": c.detail}
+        for c in history.checks
+    ]
+    findings = [
+        {"at": f.created_at.isoformat(timespec="seconds"), "relevant": f.relevant, "analyser": f.analyser,
+         "summary": f.summary}
+        for f in history.findings
+    ]  # fmt: skip
+    if as_json:
+        echo_json({**data, "recent_checks": checks, "recent_findings": findings})
+        return
+    for key, value in data.items():
+        typer.echo(f"{key}: {value}")
+    typer.echo("recent checks:")
+    table(["AT", "STAGE", "OUTCOME", "DETAIL"], ([c["at"], c["stage"], c["outcome"], c["detail"][:80]] for c in checks))
+    typer.echo("recent findings:")
+    table(
+        ["AT", "RELEVANT", "ANALYSER", "SUMMARY"],
+        ([f["at"], "yes" if f["relevant"] else "no", f["analyser"], f["summary"]] for f in findings),
+    )
+
+
+@app.command("list")
+def list_(as_json: bool = JSON_OPTION) -> None:
+    """Every monitor, with its URL, rule, state and next check."""
+    from pipeline import queries
+
+    rows = [
+        {
+            "id": m.id,
+            "name": m.name,
+            "url": redact.display_url(m.url) if m.url else None,
+            "rule": m.rule,
+            "question": m.question,
+            "every": m.interval_seconds,
+            "paused": m.paused,
+            "next_check_at": m.next_check_at.isoformat(timespec="seconds"),
+        }
+        for m in queries.list_monitors(engine())
+    ]
+    if as_json:
+        echo_json(rows)
+        return
+    table(
+        ["ID", "NAME", "URL", "RULE", "EVERY", "STATE"],
+        (
+            [r["id"], r["name"], r["url"] or "-", r["rule"] or "changed", f"{r['every']}s",
+             "paused" if r["paused"] else f"next {r['next_check_at']}"]
+            for r in rows
+        ),
+    )  # fmt: skip
+
+
+@app.command("pause")
+def pause(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> None:
+    """Stop checking a monitor (it keeps its history)."""
+    from pipeline import queries
+
+    if not queries.set_paused(engine(), monitor_id, True):
+        fail(f"no monitor {monitor_id}")
+
+
+@app.command("resume")
+def resume(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> None:
+    """Check a paused monitor again."""
+    from pipeline import queries
+
+    if not queries.set_paused(engine(), monitor_id, False):
+        fail(f"no monitor {monitor_id}")
+
+
+@app.command("rm")
+def remove(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> None:
+    """Remove a monitor; its history stays, under an id no new monitor gets."""
+    from pipeline import queries
+
+    if not queries.remove_monitor(engine(), monitor_id):
+        fail(f"no monitor {monitor_id}")

@@ -1,0 +1,189 @@
+"""``pipeline up``, ``autoscale``, ``scheduler`` and ``exporter``: the long-running commands.
+
+Each is a thin layer over ``pipeline.supervisor``: it reads its options,
+starts the parts in order, waits for Ctrl-C or SIGTERM and lets the
+supervisor stop them in reverse order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pipeline.cli.common import bad_input, connected_broker, engine, fail, nats_url
+
+MANIFESTS_HELP = "Directory of the KEDA manifests that set each pool's policy [default: autoscale/keda/base]."
+
+
+def up(
+    replicas: int = typer.Option(0, min=0, help="Replicas per queue, fixed (0: each pool autoscaled on its lag)."),
+    manifests: Path = typer.Option(None, help=MANIFESTS_HELP),
+    interval: float = typer.Option(2.0, min=0.1, help="Seconds between status lines."),
+    duration: float = typer.Option(0, min=0, help="Stop after this many seconds (0: run until Ctrl-C)."),
+    demo: bool = typer.Option(False, "--demo", help="Also serve a local site whose pages change, with monitors on it."),
+) -> None:
+    """Run the pipeline on this machine: NATS, a worker pool per queue sized on its lag, metrics, a live status."""
+    from pipeline import exporter
+    from pipeline.supervisor import Supervisor, share_metrics_directory, wait_until_stopped
+
+    policies = _policies(manifests, required=not replicas)
+    metrics_dir = share_metrics_directory()  # before anything imports prometheus-client
+    if demo:
+        _allow_loopback()
+    nats_url()
+    database = engine()  # checked before the banner: a database that cannot be used ends `up` here
+    broker = _actors_broker()
+    queues = sorted(broker.get_declared_queues())
+    with Supervisor(metrics_dir) as supervisor:
+        supervisor.connect(broker)
+        if demo:
+            site = supervisor.start_demo(database, _show_alert())
+            typer.echo(f"Demo site at {site.url} (/kettle, /status, /changelog): pages change every 20 s")
+        typer.echo(f"NATS {broker.safe_url}; queues: {', '.join(queues) or '-'}")
+        port = int(os.environ.get("PIPELINE_METRICS_PORT", exporter.DEFAULT_PORT))
+        if port:
+            if supervisor.serve_metrics(queues, port) is None:
+                typer.echo(f"warning: cannot serve metrics on port {port}; set PIPELINE_METRICS_PORT", err=True)
+            else:
+                typer.echo(f"Metrics at http://127.0.0.1:{port}/metrics")
+        supervisor.start_pools(queues, policies, replicas)
+        supervisor.start_ingest()
+        supervisor.start_scheduler()
+        typer.echo(f"Publish events to {broker.prefix}.events.check | .monitor | .content (JSON; see docs/schemas/)")
+
+        def show_status() -> None:
+            stages = supervisor.status(database, interval)
+            line = "  ".join(
+                f"{s.queue}: lag {s.lag} done {s.done}{f' errors {s.errors}' if s.errors else ''}"
+                f" replicas {s.replicas}{f' ({s.draining} draining)' if s.draining else ''}"
+                for s in stages
+            )
+            typer.echo(time.strftime("%H:%M:%S ") + (line or "no queues declared in actors/"))
+
+        show_status()
+        wait_until_stopped(show_status, every=interval, duration=duration)
+        typer.echo("Stopping: workers finish or return their messages...")
+
+
+def autoscale(
+    queue: list[str] = typer.Option(None, help="Only this queue (repeat for several) [default: every stage]."),
+    manifests: Path = typer.Option(None, help=MANIFESTS_HELP),
+) -> None:
+    """Run worker pools on this machine, each resized from its queue's lag by the KEDA manifests' policy.
+
+    Only workers: run `pipeline scheduler` once beside them, and `pipeline exporter` on this machine
+    (with PROMETHEUS_MULTIPROC_DIR set to the directory printed) to serve their metrics.
+    """
+    from pipeline.names import STAGES
+    from pipeline.supervisor import Supervisor, share_metrics_directory, wait_until_stopped
+
+    policies = _policies(manifests)
+    queues = queue or list(STAGES)
+    unknown = sorted(set(queues) - set(policies))
+    if unknown:
+        bad_input(f"no ScaledObject for {', '.join(unknown)} (--queue)")
+    metrics_dir = share_metrics_directory()
+    with Supervisor(metrics_dir) as supervisor:
+        broker = supervisor.connect(connected_broker())
+        supervisor.start_pools(queues, policies, 0)
+        interval = supervisor.autoscaler.interval
+        typer.echo(
+            "Autoscaling "
+            + ", ".join(f"{q} ({policies[q].min_replicas}..{policies[q].max_replicas})" for q in queues)
+            + f" every {interval:g} s on {broker.safe_url}; workers' metrics in {metrics_dir}; Ctrl-C stops."
+        )
+        from pipeline.observability import forget_dead_processes
+
+        wait_until_stopped(lambda: forget_dead_processes(metrics_dir), every=interval)
+
+
+def scheduler(
+    port: int = typer.Option(9465, envvar="PIPELINE_METRICS_PORT", help="Port of this process's /metrics (0: none)."),
+) -> None:
+    """Run the ingest of events and the scheduler of monitors, without workers (one per deployment is enough).
+
+    Several may run: events are taken from a shared consumer and each monitor's slot has a message id.
+    """
+    from pipeline.supervisor import Supervisor, wait_until_stopped
+
+    with Supervisor(metrics_dir="") as supervisor:
+        broker = supervisor.connect(connected_broker())
+        if port and supervisor.serve_metrics([], port, this_process=True) is None:
+            fail(f"cannot serve metrics on port {port}; set PIPELINE_METRICS_PORT")
+        supervisor.start_ingest()
+        supervisor.start_scheduler()
+        typer.echo(f"Ingesting {broker.prefix}.events.* and scheduling monitors; Ctrl-C stops.")
+        wait_until_stopped()
+
+
+def exporter(
+    port: int = typer.Option(9464, envvar="PIPELINE_METRICS_PORT", help="Port of /metrics."),
+) -> None:
+    """Serve each queue's lag and dead letters (and, with PROMETHEUS_MULTIPROC_DIR, this machine's workers' metrics)."""
+    from pipeline.names import STAGES
+    from pipeline.supervisor import Supervisor, wait_until_stopped
+
+    with Supervisor(metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")) as supervisor:
+        supervisor.connect(connected_broker())
+        server = supervisor.serve_metrics(list(STAGES), port)
+        if server is None:
+            fail(f"cannot serve metrics on port {port}; set PIPELINE_METRICS_PORT")
+        typer.echo(f"Metrics at http://127.0.0.1:{port}/metrics")
+        wait_until_stopped()
+
+
+def _policies(manifests: Path | None, *, required: bool = True) -> dict[str, Any]:
+    """Each queue's scaling policy, from the KEDA manifests; a clear error when they are needed and not there."""
+    import yaml
+
+    from pipeline.autoscale import default_manifests, load_policies
+
+    try:
+        return load_policies(manifests or default_manifests())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        if required or manifests:
+            bad_input(f"{e} (--manifests)")
+        return {}  # fixed sizes without the manifests: one process of 8 threads per replica
+
+
+def _actors_broker() -> Any:
+    """The broker the actors are declared on (importing them connects it); one line when NATS is away."""
+    from dramatiq.errors import ConnectionFailed
+
+    import actors
+
+    try:
+        actors.broker.js  # noqa: B018 - connect now: an outage is one line before the banner
+    except ConnectionFailed as e:
+        fail(str(e))
+    return actors.broker
+
+
+def _allow_loopback() -> None:
+    """The demo site is on 127.0.0.1: the fetcher (and the workers it starts) may reach it."""
+    allowed = os.environ.get("PIPELINE_FETCH_ALLOW_HOSTS", "")
+    os.environ["PIPELINE_FETCH_ALLOW_HOSTS"] = ",".join(filter(None, [allowed, "127.0.0.1"]))
+
+
+def _show_alert() -> Any:
+    """Alerts to the demo's inbox, printed as they arrive, their signature checked."""
+    from pipeline import webhooks
+    from pipeline.runtime import webhook_secret
+
+    secret = webhook_secret()
+
+    def show(headers: dict[str, str], body: bytes) -> None:
+        try:
+            webhooks.verify(secret, headers, body)
+            signed = "signature ok"
+        except webhooks.WebhookVerificationError as e:
+            signed = f"BAD SIGNATURE: {e}"
+        data = json.loads(body)["data"]
+        typer.echo(f"ALERT [{data['severity']}] {data['summary']}  <- {data['url']}  ({signed})")
+
+    return show

@@ -1,0 +1,123 @@
+"""The queries on monitors, alerts and checks that the CLI, the scheduler and the ingest share.
+
+Each takes a SQLAlchemy engine and returns plain rows; none prints or decides
+how anything is shown.  Indexes in ``pipeline.models`` follow these queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from pipeline.jobs import monitor_source
+from pipeline.models import Alert, Check, Finding, Monitor
+
+
+def add_monitor(engine: Engine, monitor: Monitor) -> int:
+    """Store a new monitor; its id (never one given before)."""
+    with Session(engine) as session:
+        session.add(monitor)
+        session.commit()
+        assert monitor.id is not None
+        return monitor.id
+
+
+def get_monitor(engine: Engine, monitor_id: int) -> Monitor | None:
+    with Session(engine) as session:
+        return session.get(Monitor, monitor_id)
+
+
+def list_monitors(engine: Engine) -> Sequence[Monitor]:
+    with Session(engine) as session:
+        return session.exec(select(Monitor).order_by(col(Monitor.id))).all()
+
+
+def set_paused(engine: Engine, monitor_id: int, paused: bool) -> bool:
+    """Pause or resume a monitor; False when there is no such monitor."""
+    with Session(engine) as session:
+        monitor = session.get(Monitor, monitor_id)
+        if monitor is None:
+            return False
+        monitor.paused = paused
+        session.add(monitor)
+        session.commit()
+        return True
+
+
+def remove_monitor(engine: Engine, monitor_id: int) -> bool:
+    """Delete a monitor, detaching its history (kept under an id no monitor will get again)."""
+    with Session(engine) as session:
+        monitor = session.get(Monitor, monitor_id)
+        if monitor is None:
+            return False
+        session.delete(monitor)
+        session.commit()
+        return True
+
+
+def due_monitors(session: Session, now: datetime, limit: int) -> Sequence[Monitor]:
+    """Unpaused monitors whose check is due, oldest first; on PostgreSQL locked for this transaction,
+    skipping those another scheduler holds (``FOR UPDATE SKIP LOCKED``), so schedulers share the work."""
+    query = select(Monitor).where(col(Monitor.paused).is_(False), col(Monitor.next_check_at) <= now)
+    query = query.order_by(col(Monitor.next_check_at)).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return session.exec(query).all()
+
+
+def monitor_counts(engine: Engine) -> tuple[int, int]:
+    """(monitors in all, paused)."""
+    with Session(engine) as session:
+        total = session.exec(select(func.count()).select_from(Monitor)).one()
+        paused = session.exec(select(func.count()).select_from(Monitor).where(col(Monitor.paused).is_(True))).one()
+    return total, paused
+
+
+@dataclass(frozen=True)
+class History:
+    """A monitor's latest checks and findings, newest first."""
+
+    checks: Sequence[Check]
+    findings: Sequence[Finding]
+
+
+def monitor_history(engine: Engine, monitor_id: int, checks: int = 8, findings: int = 5) -> History:
+    source = monitor_source(monitor_id)
+    with Session(engine) as session:
+        latest_checks = session.exec(
+            select(Check).where(Check.source == source).order_by(col(Check.id).desc()).limit(checks)
+        ).all()
+        latest_findings = session.exec(
+            select(Finding).where(Finding.source == source).order_by(col(Finding.id).desc()).limit(findings)
+        ).all()
+    return History(latest_checks, latest_findings)
+
+
+def recent_alerts(engine: Engine, limit: int) -> Sequence[Any]:
+    """(Alert, Finding) pairs, newest first."""
+    with Session(engine) as session:
+        query = select(Alert, Finding).join(Finding).order_by(col(Alert.created_at).desc()).limit(limit)
+        return session.exec(query).all()
+
+
+def recent_checks(engine: Engine, seconds: float) -> tuple[dict[str, int], dict[str, int]]:
+    """Per stage: checks finished, and how many of them failed, in the last ``seconds``."""
+    since = datetime.now(UTC) - timedelta(seconds=seconds)
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Check.stage, Check.outcome, func.count())
+            .where(col(Check.started_at) >= since)
+            .group_by(col(Check.stage), col(Check.outcome))
+        ).all()
+    done: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for stage, outcome, count in rows:
+        done[stage] = done.get(stage, 0) + count
+        if outcome == "error":
+            errors[stage] = errors.get(stage, 0) + count
+    return done, errors

@@ -1,0 +1,183 @@
+"""The lifecycle of ``pipeline up`` and ``pipeline autoscale``: start in order, stop in reverse, once.
+
+Everything the command starts (the demo site, the NATS connection, the
+metrics server, the worker pools and their autoscaler, the ingest, the
+scheduler) is entered into one ``ExitStack`` as it starts, so however the
+command ends (Ctrl-C, SIGTERM, an error half way through) what was started
+is stopped in the reverse order, and nothing that was not started is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.nats_server import DEFAULT_HOME
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    """One stage's line of the live view."""
+
+    queue: str
+    lag: int
+    done: int
+    errors: int
+    replicas: int
+    draining: int
+
+
+class Supervisor:
+    """Starts the parts of a pipeline on this machine and stops them in reverse order.
+
+    Use as a context manager; each ``start_*`` method starts one part and
+    registers its stop.  ``status()`` reads what the live view shows.
+    """
+
+    def __init__(self, metrics_dir: str, home: Path = DEFAULT_HOME) -> None:
+        self.metrics_dir = metrics_dir
+        self.home = home
+        self.broker: Any = None
+        self.pools: dict[str, Any] = {}
+        self.autoscaler: Any = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def start_demo(self, engine: Any, on_alert: Callable[[dict[str, str], bytes], None]) -> Any:
+        """The demo site and its monitors (``pipeline/demo.py``)."""
+        from pipeline.demo import DemoSite, install_monitors
+
+        site = DemoSite(on_alert)
+        site.start()
+        self._stack.callback(site.stop)
+        install_monitors(engine, site)
+        return site
+
+    def connect(self, broker: Any) -> Any:
+        """Take the broker the workers' actors are declared on; closed last."""
+        self.broker = broker
+        self._stack.callback(broker.close)
+        return broker
+
+    def serve_metrics(self, queues: list[str], port: int, *, this_process: bool = False) -> Any:
+        """``/metrics``: JetStream's lag of ``queues`` with the workers' directory (or this process's own
+        metrics); None when the port is busy."""
+        from pipeline import exporter
+
+        try:
+            directory = self.metrics_dir or None
+            server = exporter.serve(self.broker, queues, port, multiprocess_dir=directory, this_process=this_process)
+        except OSError as e:
+            logger.debug("Cannot serve metrics on port %s: %s", port, e.strerror)
+            return None
+        self._stack.callback(server.shutdown)
+        logger.info("Metrics at http://127.0.0.1:%s/metrics", port)
+        return server
+
+    def start_pools(self, queues: list[str], policies: dict[str, Any], replicas: int) -> None:
+        """A pool per queue, each replica as its Deployment runs it; autoscaled unless ``replicas`` fixes the size."""
+        from pipeline.autoscale import Autoscaler, Policy
+        from pipeline.workers import WorkerPool
+
+        unlisted = {"min_replicas": 1, "max_replicas": 1, "processes": 1}  # a queue of yours without a ScaledObject
+        policies = {q: policies.get(q) or Policy(q, **unlisted) for q in queues}  # type: ignore[arg-type]
+        self._stack.callback(self._stop_pools)
+        for queue, policy in policies.items():
+            self.pools[queue] = WorkerPool(
+                queue,
+                env=dict(os.environ),
+                log_dir=self.home / "logs",
+                processes=policy.processes,
+                threads=policy.threads,
+                shutdown_timeout=policy.shutdown_timeout,
+            )
+        if replicas:
+            for pool in self.pools.values():
+                pool.resize(replicas)
+            return
+        self.autoscaler = Autoscaler(self.broker.lag, self.pools, policies)
+        self.autoscaler.start()
+
+    def _stop_pools(self) -> None:
+        if self.autoscaler is not None:
+            self.autoscaler.stop()
+        for pool in self.pools.values():
+            pool.resize(0)  # every replica drains at once, rather than one pool after another
+        for pool in self.pools.values():
+            pool.stop()
+
+    def start_ingest(self) -> None:
+        """Events from NATS subjects into the stages, in a thread of this process."""
+        from pipeline.ingest import Ingest
+        from pipeline.runtime import context
+
+        ingest = Ingest(self.broker, context(self.broker))
+        ingest.declare()  # before anyone publishes: core NATS drops what no stream captures
+        ingest.start()
+        self._stack.callback(ingest.stop)
+
+    def start_scheduler(self) -> None:
+        """Due monitors become events, in a thread of this process."""
+        from pipeline.runtime import context
+        from pipeline.scheduler import Scheduler
+
+        scheduler = Scheduler(self.broker, context(self.broker))
+        scheduler.start()
+        self._stack.callback(scheduler.stop)
+
+    def status(self, engine: Any, seconds: float) -> list[StageStatus]:
+        """Each pool's stage, in flow order: lag, checks done and failed in the last ``seconds``, replicas."""
+        from pipeline import queries
+        from pipeline.observability import forget_dead_processes
+
+        forget_dead_processes(self.metrics_dir)
+        lag = self.broker.lag()
+        done, errors = queries.recent_checks(engine, seconds)
+        return [
+            StageStatus(q, lag.get(q, 0), done.get(q, 0), errors.get(q, 0), pool.size, pool.draining)
+            for q, pool in self.pools.items()
+        ]
+
+
+def share_metrics_directory(home: Path = DEFAULT_HOME) -> str:
+    """Every process ``up`` runs writes its metrics to one directory, emptied first, which the exporter serves.
+
+    Set in this process's environment before prometheus-client is imported, and inherited by the workers.
+    """
+    directory = Path(os.environ.get("dramatiq_prom_db") or (home / "metrics").resolve())
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):  # counters of a previous run are not this run's
+        stale.unlink()
+    os.environ["dramatiq_prom_db"] = os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return str(directory)
+
+
+def wait_until_stopped(tick: Callable[[], None] | None = None, *, every: float = 5.0, duration: float = 0) -> None:
+    """Block until Ctrl-C or SIGTERM (``docker stop``, a pod's deletion), or ``duration`` seconds when not 0,
+    calling ``tick`` every ``every`` seconds.  The caller then stops what it started, in order."""
+    import signal
+    import threading
+
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    started = time.monotonic()
+    while not stopped.wait(every if not duration else max(0.0, min(every, started + duration - time.monotonic()))):
+        if duration and time.monotonic() - started >= duration:
+            break
+        if tick is not None:
+            tick()
+    logger.info("Stopping after %.0f s: workers finish or return their messages.", time.monotonic() - started)
