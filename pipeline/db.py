@@ -17,7 +17,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import create_engine
 
-from pipeline.nats_server import DEFAULT_HOME
+from pipeline.nats_server import state_home
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -26,8 +26,9 @@ def database_url() -> str:
     url = os.environ.get("PIPELINE_DATABASE_URL")
     if url:
         return url
-    DEFAULT_HOME.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(DEFAULT_HOME / 'pipeline.db').resolve()}"
+    home = state_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(home / 'pipeline.db').resolve()}"
 
 
 def make_engine(url: str | None = None) -> Engine:

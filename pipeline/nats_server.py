@@ -26,8 +26,17 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-#: Where the embedded default keeps its JetStream store and its state file.
+#: Where the embedded default keeps its JetStream store and its state file (``PIPELINE_HOME`` moves it).
 DEFAULT_HOME = Path(".pipeline")
+
+
+def state_home() -> Path:
+    """``$PIPELINE_HOME``, else ``.pipeline``: the directory of everything ``pipeline up`` keeps.
+
+    Read when asked, not at import: ``up --demo`` moves it before it starts anything, and the
+    workers it starts inherit it.
+    """
+    return Path(os.environ.get("PIPELINE_HOME") or DEFAULT_HOME)
 
 
 class NatsServerError(RuntimeError):
@@ -167,7 +176,7 @@ def reachable(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def embedded_url(home: str | os.PathLike[str] = DEFAULT_HOME) -> str:
+def embedded_url(home: str | os.PathLike[str] | None = None) -> str:
     """The URL of the embedded server under ``home``, starting it if needed.
 
     Several processes (``dramatiq --processes 4``) may ask at once: a file
@@ -175,7 +184,7 @@ def embedded_url(home: str | os.PathLike[str] = DEFAULT_HOME) -> str:
     ``home/nats.json``; the rest connect to it.  The process that started
     it stops it at exit.
     """
-    home = Path(home).resolve()
+    home = Path(home or state_home()).resolve()
     home.mkdir(parents=True, exist_ok=True)
     state_file = home / "nats.json"
     with _locked(home / "nats.lock"):

@@ -14,7 +14,7 @@ from pipeline.fetcher import Fetcher
 from pipeline.llm import LLMAnalyser, LLMSettings
 from pipeline.llm.analyser import quota
 from pipeline.llm.cache import VerdictCache
-from pipeline.nats_server import DEFAULT_HOME
+from pipeline.nats_server import state_home
 from pipeline.netguard import AddressPolicy
 from pipeline.politeness import Politeness
 from pipeline.ratelimit import KVStore, Limiter
@@ -25,11 +25,12 @@ _lock = threading.Lock()
 _context: Context | None = None
 
 
-def webhook_secret(home: Path = DEFAULT_HOME) -> str:
+def webhook_secret(home: Path | None = None) -> str:
     """``$PIPELINE_WEBHOOK_SECRET``, or one generated once and kept in ``.pipeline/webhook-secret``."""
     secret = os.environ.get("PIPELINE_WEBHOOK_SECRET")
     if secret:
         return secret
+    home = home or state_home()
     path = home / "webhook-secret"
     home.mkdir(parents=True, exist_ok=True)
     try:  # exactly one process creates it, readable by its owner only from the start

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.nats_server import DEFAULT_HOME
+from pipeline.nats_server import state_home
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ class Supervisor:
     registers its stop.  ``status()`` reads what the live view shows.
     """
 
-    def __init__(self, metrics_dir: str, home: Path = DEFAULT_HOME) -> None:
+    def __init__(self, metrics_dir: str, home: Path | None = None) -> None:
         self.metrics_dir = metrics_dir
-        self.home = home
+        self.home = home or state_home()
         self.broker: Any = None
         self.pools: dict[str, Any] = {}
         self.autoscaler: Any = None
@@ -152,12 +152,12 @@ class Supervisor:
         ]
 
 
-def share_metrics_directory(home: Path = DEFAULT_HOME) -> str:
+def share_metrics_directory(home: Path | None = None) -> str:
     """Every process ``up`` runs writes its metrics to one directory, emptied first, which the exporter serves.
 
     Set in this process's environment before prometheus-client is imported, and inherited by the workers.
     """
-    directory = Path(os.environ.get("dramatiq_prom_db") or (home / "metrics").resolve())
+    directory = Path(os.environ.get("dramatiq_prom_db") or ((home or state_home()) / "metrics").resolve())
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):  # counters of a previous run are not this run's
         stale.unlink()

@@ -125,8 +125,9 @@ def test_kustomize_builds_and_the_result_validates(directory: str) -> None:
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed: kustomize builds not checked")
 def test_the_readmes_deployment_kustomization_builds(tmp_path) -> None:
-    """The README's own kustomization, as a user would copy it: every workload gets the image and the namespace."""
-    readme = (ROOT / "README.md").read_text()
+    """The deployment guide's own kustomization, as a user would copy it: every workload gets the image and
+    the namespace."""
+    readme = (ROOT / "docs" / "autoscaling.md").read_text()
     block = readme.split("# deploy/kustomization.yaml\n", 1)[1].split("```", 1)[0]
     deploy = tmp_path / "deploy"
     deploy.mkdir()

@@ -49,7 +49,12 @@ def test_up_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
         assert up.wait(60) == 0
     reader.join(5)
     assert any("Stopping" in line for line in lines)
-    assert (tmp_path / ".pipeline" / "pipeline.db").exists()
+    # The demo kept to itself: a plain `pipeline` in the same directory sees none of its monitors or alerts.
+    assert (tmp_path / ".pipeline" / "demo" / "pipeline.db").exists()
+    plain = {**env, "PIPELINE_METRICS_PORT": "0"}
+    listed = subprocess.run([str(Path(sys.executable).parent / "pipeline"), "monitor", "list", "--json"],
+                            cwd=tmp_path, env=plain, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (listed.returncode, listed.stdout.strip()) == (0, "[]"), listed.stderr
 
 
 def test_up_runs_on_when_the_metrics_port_is_taken(tmp_path: Path, nats_server) -> None:

@@ -249,9 +249,9 @@ class JetStreamBroker(Broker):
             if self._js is not None:
                 return
             if self.url is None:
-                from pipeline.nats_server import DEFAULT_HOME, embedded_url
+                from pipeline.nats_server import embedded_url
 
-                self.url = embedded_url(self.home or DEFAULT_HOME)
+                self.url = embedded_url(self.home)
             if self._loop is None:
                 self._loop = EventLoopThread()
             try:

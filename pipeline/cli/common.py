@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from pipeline.nats_server import DEFAULT_HOME, embedded_url
+from pipeline.nats_server import embedded_url
 
 #: A command line gives up on NATS sooner than a worker, which waits for a server that is starting.
 CONNECT_TIMEOUT = 3.0
@@ -35,7 +35,7 @@ def bad_input(message: str) -> NoReturn:
 
 def nats_url() -> str:
     """``PIPELINE_NATS_URL``, or the embedded server (started if it is not running)."""
-    url = os.environ.get("PIPELINE_NATS_URL") or embedded_url(DEFAULT_HOME)
+    url = os.environ.get("PIPELINE_NATS_URL") or embedded_url()
     os.environ["PIPELINE_NATS_URL"] = url  # worker processes and `actors` connect to the same server
     return url
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from pipeline.cli.common import bad_input, connected_broker, engine, fail, nats_url
+from pipeline.cli.live import StatusView
 
 MANIFESTS_HELP = "Directory of the KEDA manifests that set each pool's policy [default: autoscale/keda/base]."
 
@@ -28,21 +29,25 @@ def up(
     demo: bool = typer.Option(False, "--demo", help="Also serve a local site whose pages change, with monitors on it."),
 ) -> None:
     """Run the pipeline on this machine: NATS, a worker pool per queue sized on its lag, metrics, a live status."""
-    from pipeline import exporter
+    from pipeline.nats_server import state_home
     from pipeline.supervisor import Supervisor, share_metrics_directory, wait_until_stopped
 
     policies = _policies(manifests, required=not replicas)
-    metrics_dir = share_metrics_directory()  # before anything imports prometheus-client
-    if demo:
+    if demo:  # the demo keeps to itself: its NATS store, database and monitors never meet a plain `up`'s
+        os.environ["PIPELINE_HOME"] = str(state_home() / "demo")
         _allow_loopback()
+    metrics_dir = share_metrics_directory()  # before anything imports prometheus-client
+    from pipeline import exporter
+
     nats_url()
     database = engine()  # checked before the banner: a database that cannot be used ends `up` here
     broker = _actors_broker()
-    queues = sorted(broker.get_declared_queues())
+    queues = _flow_order(broker.get_declared_queues())
+    view = StatusView(interval)
     with Supervisor(metrics_dir) as supervisor:
         supervisor.connect(broker)
         if demo:
-            site = supervisor.start_demo(database, _show_alert())
+            site = supervisor.start_demo(database, _show_alert(view.alert))
             typer.echo(f"Demo site at {site.url} (/kettle, /status, /changelog): pages change every 20 s")
         typer.echo(f"NATS {broker.safe_url}; queues: {', '.join(queues) or '-'}")
         port = int(os.environ.get("PIPELINE_METRICS_PORT", exporter.DEFAULT_PORT))
@@ -55,18 +60,13 @@ def up(
         supervisor.start_ingest()
         supervisor.start_scheduler()
         typer.echo(f"Publish events to {broker.prefix}.events.check | .monitor | .content (JSON; see docs/schemas/)")
+        with view:
 
-        def show_status() -> None:
-            stages = supervisor.status(database, interval)
-            line = "  ".join(
-                f"{s.queue}: lag {s.lag} done {s.done}{f' errors {s.errors}' if s.errors else ''}"
-                f" replicas {s.replicas}{f' ({s.draining} draining)' if s.draining else ''}"
-                for s in stages
-            )
-            typer.echo(time.strftime("%H:%M:%S ") + (line or "no queues declared in actors/"))
+            def show_status() -> None:
+                view.update(supervisor.status(database, interval))
 
-        show_status()
-        wait_until_stopped(show_status, every=interval, duration=duration)
+            show_status()
+            wait_until_stopped(show_status, every=interval, duration=duration)
         typer.echo("Stopping: workers finish or return their messages...")
 
 
@@ -137,6 +137,13 @@ def exporter(
         wait_until_stopped()
 
 
+def _flow_order(queues: set[str]) -> list[str]:
+    """The stages as work flows through them, then any other queue of yours, by name."""
+    from pipeline.names import STAGES
+
+    return [q for q in STAGES if q in queues] + sorted(queues - set(STAGES))
+
+
 def _policies(manifests: Path | None, *, required: bool = True) -> dict[str, Any]:
     """Each queue's scaling policy, from the KEDA manifests; a clear error when they are needed and not there."""
     import yaml
@@ -170,8 +177,8 @@ def _allow_loopback() -> None:
     os.environ["PIPELINE_FETCH_ALLOW_HOSTS"] = ",".join(filter(None, [allowed, "127.0.0.1"]))
 
 
-def _show_alert() -> Any:
-    """Alerts to the demo's inbox, printed as they arrive, their signature checked."""
+def _show_alert(show_line: Callable[[str], None]) -> Any:
+    """Alerts to the demo's inbox, shown as they arrive, their signature checked."""
     from pipeline import webhooks
     from pipeline.runtime import webhook_secret
 
@@ -184,6 +191,6 @@ def _show_alert() -> Any:
         except webhooks.WebhookVerificationError as e:
             signed = f"BAD SIGNATURE: {e}"
         data = json.loads(body)["data"]
-        typer.echo(f"ALERT [{data['severity']}] {data['summary']}  <- {data['url']}  ({signed})")
+        show_line(f"ALERT [{data['severity']}] {data['summary']}  <- {data['url']}  ({signed})")
 
     return show
