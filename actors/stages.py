@@ -10,6 +10,7 @@ import dramatiq
 from pipeline import stages
 from pipeline.content import ExtractError
 from pipeline.fetcher import FetchError
+from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob
 from pipeline.llm import LLMRejectedError, LLMUnavailableError
 from pipeline.ratelimit import RateLimitedError
 from pipeline.rules import RuleError
@@ -50,7 +51,7 @@ def _context() -> stages.Context:
 
 
 @dramatiq.actor(queue_name="fetch", actor_name="fetch", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)
-def fetch(job: dict[str, Any]) -> None:
+def fetch(job: CheckJob) -> None:
     try:
         stages.fetch(_context(), job, _next(scrape))
     except stages.NotYetError as e:  # politeness: come back later, without using up a retry
@@ -62,7 +63,7 @@ def fetch(job: dict[str, Any]) -> None:
 
 
 @dramatiq.actor(queue_name="scrape", actor_name="scrape", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)
-def scrape(job: dict[str, Any]) -> None:
+def scrape(job: ScrapeJob) -> None:
     stages.scrape(_context(), job, _next(analyse))
 
 
@@ -75,7 +76,7 @@ def scrape(job: dict[str, Any]) -> None:
     throws=PERMANENT,
     time_limit=TIME_LIMIT_MS,
 )
-def analyse(job: dict[str, Any]) -> None:
+def analyse(job: AnalyseJob) -> None:
     try:
         stages.analyse(_context(), job, _next(alert))
     except RateLimitedError as e:  # the shared LLM quota is busy: wait in the queue, not in a thread
@@ -93,7 +94,7 @@ def analyse(job: dict[str, Any]) -> None:
     throws=(stages.DeliveryError,),
     time_limit=TIME_LIMIT_MS,
 )
-def alert(job: dict[str, Any]) -> None:
+def alert(job: AlertJob) -> None:
     try:
         stages.alert(_context(), job)
     except stages.DeliveryError as e:

@@ -1,5 +1,14 @@
 """What travels between stages, and what is watched.
 
+Each stage's message is a JSON object (Dramatiq encodes its arguments as
+JSON), typed here as a ``TypedDict``: a stage hands the next one the job it
+received plus what it added, so each type extends the one before::
+
+    CheckJob (what is watched; fetch)     source, url, selector, rule, question, notify, trace
+    ScrapeJob   + body_key, content_type, etag, last_modified
+    AnalyseJob  + before_id, after_id
+    AlertJob    + finding_id, part        (notify holds the one target of this message)
+
 History (snapshots and the validators fetch sends) belongs to *what is
 watched*, never to a bare URL: a monitor's own row (``monitor:<id>``; ids are
 never reused), or for ad-hoc events the normalised URL together with the
@@ -11,11 +20,47 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import NotRequired, TypedDict
 from urllib.parse import urldefrag
 
 from url_normalize import url_normalize
 
 from pipeline.redact import display_url
+
+
+class CheckJob(TypedDict):
+    """What is watched, as the ingest makes it from an event: the ``fetch`` stage's message."""
+
+    source: str  # the history key: monitor_source() or watched_source()
+    url: NotRequired[str]  # with its credentials: only the fetch needs them (pushed content has none)
+    selector: str | None
+    rule: str | None
+    question: str | None
+    notify: list[str]
+    trace: NotRequired[str]  # the event's id: every stage derives its message id from it
+
+
+class ScrapeJob(CheckJob):
+    """The ``scrape`` stage's message: the body by its claim-check key, and its validators."""
+
+    body_key: str
+    content_type: str | None
+    etag: NotRequired[str | None]
+    last_modified: NotRequired[str | None]
+
+
+class AnalyseJob(ScrapeJob):
+    """The ``analyse`` stage's message: the change, as the snapshots before (None on a first check) and after."""
+
+    before_id: int | None
+    after_id: int
+
+
+class AlertJob(AnalyseJob):
+    """The ``alert`` stage's message: one finding for one target (``notify`` holds exactly one)."""
+
+    finding_id: int
+    part: str  # tells this target's message apart from the other targets' of the same check
 
 
 def monitor_source(monitor_id: int) -> str:

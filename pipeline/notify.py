@@ -34,6 +34,7 @@ import requests
 import urllib3.util.connection
 
 from pipeline.failures import is_transient_status, parse_retry_after
+from pipeline.jobs import AlertJob
 from pipeline.netguard import AddressPolicy, BlockedAddressError
 from pipeline.redact import display_url
 
@@ -151,7 +152,7 @@ def _check_host(scheme: str, target: apprise.plugins.NotifyBase, policy: Address
         # otherwise the "host" is a service token; the service's own endpoint is public
 
 
-def send(url: str, finding: Finding, job: dict[str, Any], fetcher: Fetcher) -> Delivered:
+def send(url: str, finding: Finding, job: AlertJob, fetcher: Fetcher) -> Delivered:
     """Deliver one alert to an Apprise URL, within ``fetcher.timeout`` and ``fetcher.policy``."""
     shown = display_url(job["url"]) if job.get("url") else job["source"]
     title = f"[{finding.severity}] {shown}"

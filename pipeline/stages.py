@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import and_, or_, update
@@ -28,14 +28,17 @@ from pipeline import metrics, notify, webhooks
 from pipeline.bodies import BodyStore
 from pipeline.content import content_hash, diff, extract
 from pipeline.fetcher import Fetcher, FetchError
+from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob
 from pipeline.llm import LLMAnalyser
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
 from pipeline.politeness import Politeness
 from pipeline.redact import display_url, redact_url
 from pipeline.rules import parse_rule
 
-Job = dict[str, Any]
-Send = Callable[[Job], None]
+T = TypeVar("T")
+
+#: How a stage hands its job to the next one (the actors send it as a Dramatiq message).
+Send = Callable[[T], None]
 
 
 @dataclass
@@ -50,7 +53,7 @@ class Context:
     llm: LLMAnalyser | None = None
 
 
-def _record(ctx: Context, job: Job, stage: str, outcome: str, started: float, detail: str = "") -> None:
+def _record(ctx: Context, job: CheckJob, stage: str, outcome: str, started: float, detail: str = "") -> None:
     metrics.CHECKS.labels(stage, outcome).inc()
     with Session(ctx.engine) as session:
         session.add(
@@ -80,7 +83,7 @@ class NotYetError(Exception):
         self.after = after
 
 
-def fetch(ctx: Context, job: Job, send_scrape: Send) -> None:
+def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
     """GET the URL (conditionally); store the body; hand its key to scrape."""
     if ctx.politeness is not None:
         wait = ctx.politeness.wait_for(urlsplit(job["url"]).hostname or "")
@@ -102,17 +105,17 @@ def fetch(ctx: Context, job: Job, send_scrape: Send) -> None:
     key = ctx.bodies.put(result.body)
     _record(ctx, job, "fetch", "fetched", started, f"{result.status} {len(result.body)} bytes")
     send_scrape(
-        {
+        ScrapeJob(
             **job,
-            "body_key": key,
-            "content_type": result.content_type,
-            "etag": result.etag,
-            "last_modified": result.last_modified,
-        }
+            body_key=key,
+            content_type=result.content_type,
+            etag=result.etag,
+            last_modified=result.last_modified,
+        )
     )
 
 
-def scrape(ctx: Context, job: Job, send_analyse: Send) -> None:
+def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None:
     """Extract and normalise; an unchanged source ends here."""
     started = time.monotonic()
     text = extract(ctx.bodies.get(job["body_key"]), job.get("content_type"), job.get("selector")).text
@@ -122,7 +125,8 @@ def scrape(ctx: Context, job: Job, send_analyse: Send) -> None:
         if last is not None and job.get("trace") and last.trace == job["trace"]:
             # Redelivered after our own snapshot was stored: hand the same change on again.
             _record(ctx, job, "scrape", "changed", started, "redelivered")
-            send_analyse({**job, "before_id": last.before_id, "after_id": last.id})
+            assert last.id is not None
+            send_analyse(AnalyseJob(**job, before_id=last.before_id, after_id=last.id))
             return
         if last is not None and last.content_hash == digest:
             _record(ctx, job, "scrape", "unchanged", started)
@@ -140,10 +144,11 @@ def scrape(ctx: Context, job: Job, send_analyse: Send) -> None:
         session.commit()
         before_id, after_id = snapshot.before_id, snapshot.id
     _record(ctx, job, "scrape", "changed", started, digest)
-    send_analyse({**job, "before_id": before_id, "after_id": after_id})
+    assert after_id is not None
+    send_analyse(AnalyseJob(**job, before_id=before_id, after_id=after_id))
 
 
-def analyse(ctx: Context, job: Job, send_alert: Send) -> None:
+def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
     """Judge the change: the monitor's rule first, then its question if an LLM is configured.
 
     The rule is a cheap filter (``changed`` by default lets every change
@@ -159,8 +164,9 @@ def analyse(ctx: Context, job: Job, send_alert: Send) -> None:
         before_text = before.text if before is not None else None
     change = diff(before_text, after_text)
     verdict, analyser = rule.evaluate(change), "rules"
-    if verdict.relevant and job.get("question") and ctx.llm is not None:
-        verdict, analyser = ctx.llm.judge(job["question"], change), ctx.llm.name
+    question = job.get("question")
+    if verdict.relevant and question and ctx.llm is not None:
+        verdict, analyser = ctx.llm.judge(question, change), ctx.llm.name
     with Session(ctx.engine) as session:
         finding = Finding(
             snapshot_id=after_id,
@@ -184,7 +190,10 @@ def analyse(ctx: Context, job: Job, send_alert: Send) -> None:
     if relevant:
         # One message per target: a receiver that hangs or fails delays and retries only its own alert.
         for target in job.get("notify", []):
-            send_alert({**job, "finding_id": finding_id, "notify": [target], "part": _target_hash(target)[:12]})
+            assert finding_id is not None
+            message = AlertJob(**job, finding_id=finding_id, part=_target_hash(target)[:12])
+            message["notify"] = [target]
+            send_alert(message)
 
 
 class DeliveryError(RuntimeError):
@@ -201,7 +210,7 @@ class DeliveryError(RuntimeError):
 UNKNOWN_OUTCOME = "outcome unknown: the worker stopped during this attempt (it may have arrived)"
 
 
-def alert(ctx: Context, job: Job) -> None:
+def alert(ctx: Context, job: AlertJob) -> None:
     """Deliver a finding to the job's target once; raise ``DeliveryError`` while it is not delivered."""
     started = time.monotonic()
     [target] = job["notify"]
@@ -278,7 +287,7 @@ def _alert_row(session: Session, finding_id: int, target: str) -> Alert:
     return record
 
 
-def _deliver(ctx: Context, record: Alert, finding: Finding, job: Job, target: str) -> notify.Delivered:
+def _deliver(ctx: Context, record: Alert, finding: Finding, job: AlertJob, target: str) -> notify.Delivered:
     payload = {
         "type": "pipeline.alert",
         "timestamp": utcnow().isoformat(),

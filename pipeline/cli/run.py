@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from pipeline.cli.common import bad_input, connected_broker, engine, fail, nats_url
+from pipeline.cli.common import CONNECT_TIMEOUT, bad_input, connected_broker, engine, fail, nats_url
 from pipeline.cli.live import StatusView
 
 MANIFESTS_HELP = "Directory of the KEDA manifests that set each pool's policy [default: autoscale/keda/base]."
@@ -40,7 +40,8 @@ def up(
     from pipeline import exporter
 
     nats_url()
-    database = engine()  # checked before the banner: a database that cannot be used ends `up` here
+    connected_broker().close()  # NATS, then the database, checked before the banner and the heavy imports
+    database = engine()
     broker = _actors_broker()
     queues = _flow_order(broker.get_declared_queues())
     view = StatusView(interval)
@@ -164,10 +165,13 @@ def _actors_broker() -> Any:
 
     import actors
 
+    waits, actors.broker.connect_timeout = actors.broker.connect_timeout, CONNECT_TIMEOUT
     try:
         actors.broker.js  # noqa: B018 - connect now: an outage is one line before the banner
     except ConnectionFailed as e:
         fail(str(e))
+    finally:
+        actors.broker.connect_timeout = waits  # reconnections later wait as long as a worker does
     return actors.broker
 
 
