@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -66,3 +68,35 @@ class Site:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def trickling_server(interval: float) -> Iterator[int]:
+    """A server on 127.0.0.1 that answers each connection with a status line and then one header line
+    every ``interval`` seconds, forever: every read succeeds, the exchange never ends.  Yields its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(1)
+                with suppress(OSError):
+                    connection.recv(65536)  # the request, if the client sends one first
+                with suppress(OSError):
+                    connection.sendall(b"HTTP/1.1 200 OK\r\n")
+                    while not stop.wait(interval):
+                        connection.sendall(b"X-Wait: 1\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        server.close()

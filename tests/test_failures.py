@@ -23,7 +23,7 @@ from pipeline.models import Alert, Delivery
 from pipeline.names import events_stream
 from tests.conftest import children, wait_for
 from tests.live import publish
-from tests.site import Page, Site
+from tests.site import Page, Site, trickling_server
 
 
 @pytest.fixture
@@ -53,28 +53,9 @@ def test_a_page_that_answers_502_once_is_retried_and_alerts(env, pipeline: JetSt
 def test_check_gives_up_on_a_server_that_trickles_headers_within_20_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
     """The status line, then `X-Wait: 1` every 2 s, forever."""
     monkeypatch.setenv("PIPELINE_FETCH_ALLOW_HOSTS", "127.0.0.1")
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    stop = threading.Event()
-
-    def trickle() -> None:
-        connection, _ = server.accept()
-        with connection:
-            connection.sendall(b"HTTP/1.1 200 OK\r\n")
-            while not stop.wait(2):
-                try:
-                    connection.sendall(b"X-Wait: 1\r\n")
-                except OSError:
-                    return
-
-    threading.Thread(target=trickle, daemon=True).start()
     started = time.monotonic()
-    try:
-        result = CliRunner().invoke(app, ["check", f"http://127.0.0.1:{server.getsockname()[1]}/"])
-    finally:
-        stop.set()
-        server.close()
+    with trickling_server(2) as port:
+        result = CliRunner().invoke(app, ["check", f"http://127.0.0.1:{port}/"])
     assert time.monotonic() - started < 20
     assert result.exit_code == 1 and "timed out after 15s" in result.stderr
 

@@ -10,7 +10,7 @@ import pytest
 from pipeline.failures import parse_retry_after
 from pipeline.fetcher import Fetcher, FetchError, TooLargeError
 from pipeline.netguard import AddressPolicy, is_public
-from tests.site import Page, Site
+from tests.site import Page, Site, trickling_server
 
 LOOPBACK_ALLOWED = AddressPolicy.from_entries(["127.0.0.1"])
 
@@ -173,35 +173,13 @@ def test_blocked_and_bad_urls_are_permanent(fetcher: Fetcher) -> None:
 
 def test_one_deadline_covers_a_server_that_trickles_headers(fetcher: Fetcher) -> None:
     """The status line, then one header every 0.3 s forever: each read succeeds, the exchange never ends."""
-    import socket
-    import threading
     import time
 
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    stop = threading.Event()
-
-    def trickle() -> None:
-        connection, _ = server.accept()
-        with connection:
-            connection.sendall(b"HTTP/1.1 200 OK\r\n")
-            while not stop.wait(0.3):
-                try:
-                    connection.sendall(b"X-Wait: 1\r\n")
-                except OSError:
-                    return
-
-    threading.Thread(target=trickle, daemon=True).start()
     short = Fetcher(AddressPolicy.from_entries(["127.0.0.1"]), timeout=1.5)
     started = time.monotonic()
-    try:
-        with pytest.raises(FetchError) as raised:
-            short.fetch(f"http://127.0.0.1:{server.getsockname()[1]}/")
-    finally:
-        stop.set()
-        server.close()
-        short.close()
+    with trickling_server(0.3) as port, pytest.raises(FetchError) as raised:
+        short.fetch(f"http://127.0.0.1:{port}/")
+    short.close()
     assert raised.value.kind == "timeout" and raised.value.transient
     assert "timed out after 1.5s" in raised.value.reason
     assert time.monotonic() - started < 5  # one deadline, not 1.5 s per header line

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pipeline import notify, webhooks
 from pipeline.fetcher import Fetcher
 from pipeline.models import Finding
 from pipeline.netguard import AddressPolicy
+from tests.site import trickling_server
 
 
 class Receiver:
@@ -137,45 +137,14 @@ def test_notifier_failures_are_classified_like_every_call(
     assert (webhook.ok, webhook.status, webhook.transient, webhook.after) == (False, status, transient, outcome.after)
 
 
-def trickling_server() -> tuple[socket.socket, threading.Event]:
-    """Accepts, reads the request, sends a status line, then one header line every 0.3 s, forever."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                return
-            with connection:
-                connection.recv(65536)
-                connection.sendall(b"HTTP/1.1 200 OK\r\n")
-                while not stop.wait(0.3):
-                    try:
-                        connection.sendall(b"X-Wait: 1\r\n")
-                    except OSError:
-                        break
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server, stop
-
-
 @pytest.mark.parametrize("kind", ["webhook", "json"])
 def test_one_deadline_covers_a_delivery(kind: str, fetcher: Fetcher) -> None:
-    server, stop = trickling_server()
-    port = server.getsockname()[1]
     started = time.monotonic()
-    try:
+    with trickling_server(0.3) as port:
         if kind == "webhook":
             outcome = webhooks.post(fetcher, f"http://127.0.0.1:{port}/hook", b"{}", {})
         else:
             outcome = notify.send(f"json://127.0.0.1:{port}/hook", FINDING, JOB, fetcher)
-    finally:
-        stop.set()
-        server.close()
     assert not outcome.ok and outcome.transient
     assert time.monotonic() - started < 3 + 2  # the fetcher's 3 s, not a read timeout per header line
 
