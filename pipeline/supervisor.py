@@ -166,13 +166,14 @@ def share_metrics_directory(home: Path | None = None) -> str:
 
 
 def wait_until_stopped(tick: Callable[[], None] | None = None, *, every: float = 5.0, duration: float = 0) -> None:
-    """Block until Ctrl-C or SIGTERM (``docker stop``, a pod's deletion), or ``duration`` seconds when not 0,
-    calling ``tick`` every ``every`` seconds.  The caller then stops what it started, in order."""
+    """Block until Ctrl-C, SIGTERM (``docker stop``, a pod's deletion) or SIGHUP (its terminal closed), or
+    ``duration`` seconds when not 0, calling ``tick`` every ``every`` seconds.  The caller then stops what it
+    started, in order."""
     import signal
     import threading
 
     stopped = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stopped.set())
     started = time.monotonic()
     while not stopped.wait(every if not duration else max(0.0, min(every, started + duration - time.monotonic()))):
