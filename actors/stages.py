@@ -12,15 +12,16 @@ from pipeline.content import ExtractError
 from pipeline.fetcher import FetchError
 from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob
 from pipeline.llm import LLMRejectedError, LLMUnavailableError
+from pipeline.policy import TIME_LIMIT_SECONDS
 from pipeline.ratelimit import RateLimitedError
 from pipeline.rules import RuleError
 from pipeline.runtime import context
 
 # Errors that retrying cannot fix go straight to the dead letters, with their reason.
 PERMANENT = (FetchError, ExtractError, RuleError, LLMRejectedError)
-# Under the 100 s a worker is given to finish its messages when scaled down (autoscale/keda/manifests.py),
-# so a scale-down never cuts a message short and runs it again; a stage's own timeouts stay well under it.
-TIME_LIMIT_MS = 90_000
+# Under what a worker is given to finish its messages when scaled down (pipeline/policy.py), so a scale-down
+# never cuts a message short and runs it again; a stage's own timeouts stay well under it.
+TIME_LIMIT_MS = TIME_LIMIT_SECONDS * 1000
 
 
 def _next(actor: dramatiq.Actor) -> stages.Send:

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import dramatiq  # noqa: E402
 
-from pipeline.autoscale import Autoscaler, Policy, default_manifests, load_policies  # noqa: E402
+from pipeline.autoscale import Autoscaler, Policy, stage_policies  # noqa: E402
 from pipeline.broker import JetStreamBroker  # noqa: E402
 from pipeline.nats_server import NatsServer  # noqa: E402
 from pipeline.workers import WorkerPool  # noqa: E402
@@ -256,7 +256,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "autoscale.png", help="Where the PNG goes.")
     args = parser.parse_args()
 
-    policy = load_policies(default_manifests())["fetch"]
+    policy = stage_policies()["fetch"]
     trace = load_trace()
     with tempfile.TemporaryDirectory() as work, NatsServer(Path(work) / "nats") as server:
         runs = []

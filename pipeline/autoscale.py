@@ -31,7 +31,6 @@ machine reacts up to 10 s sooner than a Deployment.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -116,9 +115,8 @@ class Policy:
                 return default
             return tuple(RatePolicy(p["type"], int(p["value"]), float(p["periodSeconds"])) for p in listed)
 
-        name = obj["metadata"]["name"]
         return cls(
-            queue=name.removeprefix("pipeline-"),
+            queue=obj["metadata"]["name"].removeprefix("pipeline-"),  # as `pipeline manifests` names them
             min_replicas=int(spec.get("minReplicaCount", 0)),
             max_replicas=int(spec.get("maxReplicaCount", 100)),
             lag_threshold=threshold,
@@ -134,19 +132,34 @@ class Policy:
         )
 
     def with_replica(self, command: list[str]) -> Policy:
-        """This policy with a replica's processes, threads and shutdown timeout from its ``dramatiq`` command."""
-        options = dict(itertools.pairwise(command))  # each flag with the word after it
+        """This policy with a replica's processes, threads and shutdown timeout from its ``dramatiq`` command,
+        read by Dramatiq's own argument parser (``--processes=4`` and ``--processes 4`` alike)."""
+        from dramatiq.cli import make_argument_parser
+
+        if command[:1] != ["dramatiq"]:
+            return self
+        args, _ = make_argument_parser().parse_known_args(command[1:])
         return replace(
             self,
-            processes=int(options.get("--processes", self.processes)),
-            threads=int(options.get("--threads", self.threads)),
-            shutdown_timeout=int(options.get("--worker-shutdown-timeout", self.shutdown_timeout * 1000)) / 1000,
+            queue=args.queues[0] if args.queues and len(args.queues) == 1 else self.queue,
+            processes=args.processes,
+            threads=args.threads,
+            shutdown_timeout=args.worker_shutdown_timeout / 1000,
         )
 
 
-def default_manifests() -> Path:
-    """The KEDA base beside the package (a checkout or an editable install): ``autoscale/keda/base``."""
-    return Path(__file__).resolve().parents[1] / "autoscale" / "keda" / "base"
+def stage_policies() -> dict[str, Policy]:
+    """Each stage's policy from the table in ``pipeline.policy``, as its rendered ScaledObject states it."""
+    from pipeline import manifests
+    from pipeline.names import STAGES
+
+    policies = {}
+    for stage in STAGES:
+        deployment = manifests.worker_deployment(stage)
+        command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+        scaled = manifests.scaled_object(stage, manifests.jetstream_trigger(stage))
+        policies[stage] = Policy.from_scaled_object(scaled).with_replica(command)
+    return policies
 
 
 def load_policies(directory: Path) -> dict[str, Policy]:

@@ -26,14 +26,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from pipeline.broker import JetStreamBroker
+from pipeline.names import LAG_METRIC
 
 logger = logging.getLogger(__name__)
 
 #: The default port of ``pipeline exporter`` (and of ``pipeline up``'s exporter).
 DEFAULT_PORT = 9464
-#: The lag metric, per queue: what KEDA's prometheus trigger and the dashboards read.
-LAG_METRIC = "pipeline_queue_lag"
-
 
 #: Seconds a scrape may spend reading JetStream: well inside Prometheus' scrape timeout, so a NATS
 #: outage shows as ``pipeline_exporter_jetstream_up 0`` instead of a failed scrape.

@@ -30,6 +30,8 @@ CONSUMER_NAME = "workers"
 STAGES = ("fetch", "scrape", "analyse", "alert")
 #: The kinds of event producers publish, each on ``<prefix>.events.<kind>``.
 EVENT_KINDS = ("check", "monitor", "content")
+#: The exported gauge of each queue's lag: KEDA's Prometheus trigger and the dashboards query it.
+LAG_METRIC = "pipeline_queue_lag"
 #: The dead letters of the ingest (events it could not turn into jobs) are filed under this queue name.
 EVENTS_QUEUE = "events"
 

@@ -10,9 +10,18 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.autoscale import HPA_DEFAULT_DOWN, HPA_DEFAULT_UP, Policy, RatePolicy, Scaler, load_policies
+from pipeline.autoscale import (
+    HPA_DEFAULT_DOWN,
+    HPA_DEFAULT_UP,
+    Policy,
+    RatePolicy,
+    Scaler,
+    load_policies,
+    stage_policies,
+)
 from pipeline.names import STAGES
-from tests.conftest import ROOT, load_script
+from pipeline.policy import SHUTDOWN_SECONDS, STAGE_POLICIES
+from tests.conftest import ROOT
 
 SIMPLE = Policy("fetch", min_replicas=1, max_replicas=10, lag_threshold=100, cooldown=60, down_window=30)
 
@@ -29,12 +38,12 @@ def test_the_policy_is_read_from_the_keda_manifests() -> None:
 
 
 def test_a_replica_is_what_the_deployment_runs() -> None:
-    manifests = load_script(ROOT / "autoscale" / "keda" / "manifests.py")
     policies = load_policies(ROOT / "autoscale" / "keda" / "base")
     for stage, policy in policies.items():
-        table = manifests.POLICIES[stage]
+        table = STAGE_POLICIES[stage]
         assert (policy.processes, policy.threads) == (table.processes, table.threads)
-        assert policy.shutdown_timeout == manifests.SHUTDOWN_SECONDS
+        assert policy.shutdown_timeout == SHUTDOWN_SECONDS
+    assert stage_policies() == policies  # the built-in table and the committed manifests say the same
 
 
 def test_missing_or_empty_manifests_are_named(tmp_path: Path) -> None:

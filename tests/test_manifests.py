@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.exporter import LAG_METRIC
 from pipeline.names import DEFAULT_PREFIX, STAGES, QueueNames
-from tests.conftest import ROOT, load_script
+from tests.conftest import ROOT
 
 KEDA = ROOT / "autoscale" / "keda"
 KEDA_CRDS = KEDA / "crds"  # KEDA v2.20.2's, as shared with the project
@@ -24,7 +24,9 @@ KUBERNETES = "1.33.0"
 
 
 def _manifests_module() -> Any:
-    return load_script(KEDA / "manifests.py")
+    import pipeline.manifests
+
+    return pipeline.manifests
 
 
 def committed_objects() -> list[dict]:
@@ -57,7 +59,7 @@ def unknown_fields(value: Any, schema: dict, path: str = "") -> list[str]:
 
 def test_committed_manifests_are_generated_from_the_code() -> None:
     for relative, text in _manifests_module().render().items():
-        assert (KEDA / relative).read_text() == text, f"{relative} is stale: run python autoscale/keda/manifests.py"
+        assert (KEDA / relative).read_text() == text, f"{relative} is stale: run pipeline manifests"
 
 
 @pytest.mark.parametrize("prometheus", [False, True], ids=["nats-jetstream", "prometheus-overlay"])

@@ -90,6 +90,7 @@ app.command()(inspect.status)
 app.command()(inspect.lag)
 app.command()(inspect.alerts)
 app.command()(schemas.schemas)
+app.command()(schemas.manifests)
 app.add_typer(monitors.app, name="monitor")
 app.add_typer(dlq.app, name="dlq")
 

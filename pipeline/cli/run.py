@@ -18,7 +18,7 @@ import typer
 from pipeline.cli.common import CONNECT_TIMEOUT, bad_input, connected_broker, engine, fail, nats_url
 from pipeline.cli.live import StatusView
 
-MANIFESTS_HELP = "Directory of the KEDA manifests that set each pool's policy [default: autoscale/keda/base]."
+MANIFESTS_HELP = "A directory of KEDA manifests whose policy overrides the built-in one (pipeline/policy.py)."
 
 
 def up(
@@ -32,7 +32,7 @@ def up(
     from pipeline.nats_server import state_home
     from pipeline.supervisor import Supervisor, share_metrics_directory, wait_until_stopped
 
-    policies = _policies(manifests, required=not replicas)
+    policies = _policies(manifests)
     if demo:  # the demo keeps to itself: its NATS store, database and monitors never meet a plain `up`'s
         os.environ["PIPELINE_HOME"] = str(state_home() / "demo")
         _allow_loopback()
@@ -145,18 +145,18 @@ def _flow_order(queues: set[str]) -> list[str]:
     return [q for q in STAGES if q in queues] + sorted(queues - set(STAGES))
 
 
-def _policies(manifests: Path | None, *, required: bool = True) -> dict[str, Any]:
-    """Each queue's scaling policy, from the KEDA manifests; a clear error when they are needed and not there."""
+def _policies(manifests: Path | None) -> dict[str, Any]:
+    """Each queue's scaling policy: the built-in table, or the manifests given (a clear error when unreadable)."""
     import yaml
 
-    from pipeline.autoscale import default_manifests, load_policies
+    from pipeline.autoscale import load_policies, stage_policies
 
+    if manifests is None:
+        return stage_policies()
     try:
-        return load_policies(manifests or default_manifests())
+        return load_policies(manifests)
     except (OSError, ValueError, yaml.YAMLError) as e:
-        if required or manifests:
-            bad_input(f"{e} (--manifests)")
-        return {}  # fixed sizes without the manifests: one process of 8 threads per replica
+        bad_input(f"{e} (--manifests)")
 
 
 def _actors_broker() -> Any:

@@ -1,4 +1,4 @@
-"""``pipeline schemas``: the producer contract, as JSON Schema files."""
+"""``pipeline schemas`` and ``pipeline manifests``: the files generated from the code (a test holds each)."""
 
 from __future__ import annotations
 
@@ -16,4 +16,14 @@ def schemas(directory: Path = typer.Option(Path("docs/schemas"), help="Where to 
     for kind, schema in json_schemas().items():
         path = directory / f"{kind}.schema.json"
         path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        typer.echo(f"wrote {path}")
+
+
+def manifests(
+    directory: Path = typer.Option(Path("autoscale/keda"), help="Where to write base/ and overlays/."),
+) -> None:
+    """Write the Kubernetes and KEDA manifests from the code's names and the scaling policy (pipeline/policy.py)."""
+    from pipeline import manifests as rendered
+
+    for path in rendered.write(directory):
         typer.echo(f"wrote {path}")

@@ -1,10 +1,9 @@
-"""The Kubernetes manifests, written from the code's own names: ``python autoscale/keda/manifests.py``.
+"""The Kubernetes manifests, rendered from the code: ``pipeline manifests`` writes ``autoscale/keda/``.
 
 Stream, consumer and metric names come from :mod:`pipeline` (imported, never
-retyped), and one table below holds each stage's scaling policy.  The files
-are committed and a test fails when they are stale, so ``kubectl apply -k``
-never needs Python.  The ScaledObjects are the policy's one source: the
-autoscaler on one machine reads them too.
+retyped), and each stage's scaling policy from :mod:`pipeline.policy`, the
+table the autoscaler on one machine uses too.  The files are committed and a
+test fails when they are stale, so ``kubectl apply -k`` never needs Python.
 
 - ``base/``: per stage a Deployment of ``dramatiq actors --queues <stage>``
   and a ScaledObject with the ``nats-jetstream`` trigger on that stage's
@@ -18,56 +17,29 @@ autoscaler on one machine reads them too.
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pipeline.names import DEFAULT_PREFIX, LAG_METRIC, STAGES, QueueNames
+from pipeline.policy import (
+    COOLDOWN_SECONDS,
+    GRACE_SECONDS,
+    POLLING_SECONDS,
+    SCALE_DOWN,
+    SCALE_DOWN_WINDOW_SECONDS,
+    SCALE_UP,
+    SHUTDOWN_SECONDS,
+    STAGE_POLICIES,
+)
 
-from pipeline.exporter import LAG_METRIC
-from pipeline.names import DEFAULT_PREFIX, STAGES, QueueNames
-
-HERE = Path(__file__).resolve().parent
+#: Where the rendered files live in a checkout.
+DEFAULT_DIRECTORY = Path("autoscale/keda")
 IMAGE = "nats-ai-pipeline:latest"
 NATS_MONITORING = "nats.nats.svc.cluster.local:8222"  # the official NATS Helm chart's service, namespace nats
 PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
 METRICS_PORT = 9191
-#: Longest a worker may take to finish its messages after SIGTERM; the pod's grace period is longer.
-SHUTDOWN_SECONDS = 100
-
-
-@dataclass(frozen=True)
-class Policy:
-    processes: int
-    threads: int
-    min_replicas: int
-    max_replicas: int
-    lag_threshold: int
-    cpu: str
-    memory: str
-
-
-#: Per stage: fetch waits on the network, scrape burns CPU, analyse waits on a rate-limited LLM, alert on webhooks.
-POLICIES = {
-    "fetch": Policy(
-        processes=1, threads=16, min_replicas=1, max_replicas=20, lag_threshold=200, cpu="250m", memory="256Mi"
-    ),
-    "scrape": Policy(
-        processes=2, threads=2, min_replicas=1, max_replicas=10, lag_threshold=100, cpu="1", memory="512Mi"
-    ),
-    "analyse": Policy(
-        processes=1, threads=8, min_replicas=0, max_replicas=8, lag_threshold=50, cpu="250m", memory="256Mi"
-    ),
-    "alert": Policy(
-        processes=1, threads=8, min_replicas=0, max_replicas=5, lag_threshold=50, cpu="100m", memory="128Mi"
-    ),
-}
-COOLDOWN_SECONDS = 120
-POLLING_SECONDS = 5
-SCALE_DOWN_WINDOW_SECONDS = 120
 
 
 def labels(name: str, component: str) -> dict[str, str]:
@@ -109,7 +81,7 @@ def deployment(name: str, component: str, command: list[str], port: int, resourc
                 },
                 "spec": {
                     # SIGTERM: workers finish their messages (up to SHUTDOWN_SECONDS) and hand back the prefetched.
-                    "terminationGracePeriodSeconds": SHUTDOWN_SECONDS + 20,
+                    "terminationGracePeriodSeconds": GRACE_SECONDS,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
                     "containers": [
                         {
@@ -136,7 +108,7 @@ def deployment(name: str, component: str, command: list[str], port: int, resourc
 
 
 def worker_deployment(stage: str) -> dict:
-    policy = POLICIES[stage]
+    policy = STAGE_POLICIES[stage]
     command = ["dramatiq", "actors", "--queues", stage, "--processes", str(policy.processes),
                "--threads", str(policy.threads), "--worker-shutdown-timeout", str(SHUTDOWN_SECONDS * 1000)]  # fmt: skip
     resources = {"requests": {"cpu": policy.cpu, "memory": policy.memory}, "limits": {"memory": policy.memory}}
@@ -144,7 +116,7 @@ def worker_deployment(stage: str) -> dict:
 
 
 def scaled_object(stage: str, trigger: dict) -> dict:
-    policy = POLICIES[stage]
+    policy = STAGE_POLICIES[stage]
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -161,11 +133,11 @@ def scaled_object(stage: str, trigger: dict) -> dict:
                     "behavior": {
                         "scaleDown": {
                             "stabilizationWindowSeconds": SCALE_DOWN_WINDOW_SECONDS,
-                            "policies": [{"type": "Percent", "value": 50, "periodSeconds": 30}],
+                            "policies": [SCALE_DOWN],
                         },
                         "scaleUp": {
                             "stabilizationWindowSeconds": 0,
-                            "policies": [{"type": "Pods", "value": 4, "periodSeconds": 15}],
+                            "policies": [SCALE_UP],
                         },
                     }
                 }
@@ -184,7 +156,7 @@ def jetstream_trigger(stage: str) -> dict:
             "account": "$G",
             "stream": names.stream,
             "consumer": names.consumer,
-            "lagThreshold": str(POLICIES[stage].lag_threshold),
+            "lagThreshold": str(STAGE_POLICIES[stage].lag_threshold),
             "activationLagThreshold": "0",
             "useHttps": "false",
         },
@@ -197,7 +169,7 @@ def prometheus_trigger(stage: str) -> dict:
         "metadata": {
             "serverAddress": PROMETHEUS,
             "query": f'max({LAG_METRIC}{{queue="{stage}"}})',
-            "threshold": str(POLICIES[stage].lag_threshold),
+            "threshold": str(STAGE_POLICIES[stage].lag_threshold),
             "activationThreshold": "0",
             "authModes": "bearer",
         },
@@ -258,18 +230,17 @@ def render() -> dict[str, str]:
     for directory, files in (("base", base()), ("overlays/prometheus", prometheus_overlay())):
         for name, content in files.items():
             documents = content if isinstance(content, list) else [content]
-            header = "# Generated by autoscale/keda/manifests.py from the code's names: edit that file, not this.\n"
+            header = "# Generated by `pipeline manifests` from pipeline/policy.py and the code's names: edit those.\n"
             out[f"{directory}/{name}"] = header + yaml.safe_dump_all(documents, sort_keys=False)
     return out
 
 
-def main() -> None:
+def write(directory: Path = DEFAULT_DIRECTORY) -> list[Path]:
+    """Write every manifest file under ``directory``; the paths written."""
+    written = []
     for path, text in render().items():
-        target = HERE / path
+        target = directory / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
-        print(f"wrote {target}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()
+        written.append(target)
+    return written
