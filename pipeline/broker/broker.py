@@ -19,13 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -35,7 +33,7 @@ import nats.errors
 import nats.js.errors
 from dramatiq.broker import Broker, Consumer
 from dramatiq.common import current_millis, dq_name, q_name
-from dramatiq.errors import ConnectionClosed, ConnectionFailed, QueueJoinTimeout, QueueNotFound
+from dramatiq.errors import ConnectionClosed, QueueJoinTimeout, QueueNotFound
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 from nats.aio.client import Client as NatsClient
@@ -51,12 +49,11 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from pipeline.broker.connection import INITIAL_CONNECT_DEADLINE, TRANSIENT_ERRORS, Connection
 from pipeline.broker.consumer import DELAYED_CONSUMER, DelayedConsumer, IdleConsumer, QueueConsumer
 from pipeline.broker.errors import BatchPublishError, DeadLetterError
 from pipeline.broker.loop import EventLoopThread
-from pipeline.broker.outbox import Outbox
-from pipeline.broker.publisher import Batch, Pending, Publisher
-from pipeline.broker.puller import Puller
+from pipeline.broker.publisher import Batch, Pending
 from pipeline.names import DEFAULT_PREFIX, QueueNames, dead_stream, dead_wildcard
 from pipeline.redact import redact_text
 
@@ -68,22 +65,6 @@ REMEMBERED_DEAD_EXCEPTIONS = 1000
 
 #: Jobs queued for the event loop past which a batch producer waits for it.
 OUTBOX_HIGH_WATER = 20_000
-
-#: Seconds a first connection may take before the broker gives up.
-INITIAL_CONNECT_DEADLINE = 15.0
-
-#: Errors that mean "the server is not reachable right now".
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    TimeoutError,  # nats.errors.TimeoutError and asyncio's are this one
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.NoRespondersError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.StaleConnectionError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-    ConnectionError,
-)
 
 
 def dedupe_key(message: Message) -> str:
@@ -98,21 +79,10 @@ def dedupe_key(message: Message) -> str:
     return key.replace(".", "_")
 
 
-def _server_version(nc: NatsClient) -> tuple[int, int]:
-    version = nc.connected_server_version
-    return (version.major, version.minor)
-
-
 #: Bytes kept for the dead-letter headers when a message is as large as the server's max payload.
 DEAD_LETTER_HEADROOM = 8192
 #: What is kept of a message too large to be dead-lettered whole (an oversized event, say).
 TRUNCATED_DEAD_LETTER_BYTES = 64 * 1024
-
-
-def _reason(error: BaseException) -> str:
-    """``[Errno 111] Connection refused`` -> ``connection refused``: the why, in the words of one line."""
-    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(error).strip()) or type(error).__name__
-    return text[:1].lower() + text[1:]
 
 
 def describe_exception(exc: BaseException | None) -> str:
@@ -179,9 +149,6 @@ class JetStreamBroker(Broker):
         QueueNames(prefix, "check")  # validates the prefix early
         if storage not in ("file", "memory"):
             raise ValueError("storage must be 'file' or 'memory'")
-        self.url = url or os.environ.get("PIPELINE_NATS_URL") or None
-        self.connect_timeout = connect_timeout
-        self.home = home
         self.prefix = prefix
         self.ack_wait = ack_wait
         self.replicas = replicas
@@ -191,176 +158,78 @@ class JetStreamBroker(Broker):
         self.dead_message_ttl = dead_message_ttl
         self.publish_timeout = publish_timeout
         self.fail_fast_default = fail_fast_default
-        self.connect_options: dict[str, Any] = {
-            "user": user,
-            "password": password,
-            "token": token,
-            "user_credentials": credentials,
-            "nkeys_seed": nkeys_seed,
-            "tls": tls,
-            "tls_hostname": tls_hostname,
-            **connect_options,
-        }
+        self.connection = Connection(
+            url or os.environ.get("PIPELINE_NATS_URL") or None,
+            home=home,
+            name=f"dramatiq-{prefix}-{os.getpid()}",
+            connect_options={
+                "user": user,
+                "password": password,
+                "token": token,
+                "user_credentials": credentials,
+                "nkeys_seed": nkeys_seed,
+                "tls": tls,
+                "tls_hostname": tls_hostname,
+                **connect_options,
+            },
+            connect_timeout=connect_timeout,
+            ack_wait=ack_wait,
+            publish_timeout=publish_timeout,
+            logger=self.logger,
+        )
         self.queues: set[str] = set()
         self._names: dict[str, QueueNames] = {}
         self._ready_queues: set[str] = set()
-        self._lock = threading.RLock()
-        self._loop: EventLoopThread | None = None
-        self._nc: NatsClient | None = None
-        self._js: JetStreamContext | None = None
-        self._outbox: Outbox | None = None
-        self._batch_outbox: Outbox | None = None
-        self._publisher: Publisher | None = None
-        self._schedules = True
         self._batch = threading.local()
-        #: Messages fetched by this process and not yet settled: kept alive
-        #: with ``in_progress`` heartbeats.
-        self.inflight: dict[int, Msg] = {}
-        self.pullers: set[Puller] = set()
         #: Exceptions of messages dead-lettered by this process, by message
         #: id, so ``join(fail_fast=True)`` re-raises the real exception.
         self._dead_exceptions: OrderedDict[str, BaseException] = OrderedDict()
-        self._heartbeat: Future[None] | None = None
 
-    # -- connection ------------------------------------------------------
+    # -- the connection (``connection.py``) --------------------------------
+
+    @property
+    def url(self) -> str | None:
+        return self.connection.url
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.connection.connect_timeout
+
+    @connect_timeout.setter
+    def connect_timeout(self, seconds: float) -> None:
+        self.connection.connect_timeout = seconds
 
     @property
     def loop(self) -> EventLoopThread:
-        self._connect()
-        assert self._loop is not None
-        return self._loop
+        return self.connection.loop
 
     @property
     def js(self) -> JetStreamContext:
-        self._connect()
-        assert self._js is not None
-        return self._js
+        return self.connection.js
 
     @property
-    def server_supports_schedules(self) -> bool:
-        """True when delays use server-side message schedules (nats-server >= 2.12)."""
-        self._connect()
-        return self._schedules
-
-    def _connect(self) -> None:
-        if self._js is not None:
-            return
-        with self._lock:
-            if self._js is not None:
-                return
-            if self.url is None:
-                from pipeline.nats_server import embedded_url
-
-                self.url = embedded_url(self.home)
-            if self._loop is None:
-                self._loop = EventLoopThread()
-            try:
-                nc = self._loop.run(self._open_connection())
-            except Exception as e:
-                raise ConnectionFailed(f"cannot reach NATS at {self.safe_url}: {_reason(e)}") from None
-            self._nc = nc
-            self._schedules = _server_version(nc) >= (2, 12)
-            self._outbox = Outbox(self._loop.loop)
-            self._batch_outbox = Outbox(self._loop.loop)  # batch publishes never hold up acks
-            self._publisher = Publisher(nc, reply_timeout=self.publish_timeout)
-            self._loop.run(self._publisher.start())
-            self._heartbeat = self._loop.spawn(self._heartbeat_loop())
-            self._js = nc.jetstream(timeout=5)  # last: other threads take it to mean "ready"
+    def nc(self) -> NatsClient:
+        return self.connection.nc
 
     @property
     def safe_url(self) -> str:
         """The URL with any credentials in it masked, for messages and logs."""
-        servers = []
-        for server in (self.url or "").split(","):
-            scheme, sep, rest = server.partition("://")
-            if "@" in rest:
-                rest = "***@" + rest.rsplit("@", 1)[1]
-            servers.append(scheme + sep + rest)
-        return ",".join(servers)
+        return self.connection.safe_url
 
-    async def _open_connection(self) -> NatsClient:
-        """Connect, giving up after ``INITIAL_CONNECT_DEADLINE`` (or at once when refused).
-
-        nats.py retries a first connection as long as it retries a lost one
-        (forever, here), so a wrong password would hang a worker silently.
-        """
-        first_errors: list[Exception] = []
-        refused = asyncio.Event()
-
-        async def on_error(e: Exception) -> None:
-            if self._nc is None:  # still connecting for the first time
-                first_errors.append(e)
-                if "authoriz" in str(e).lower() or "authentication" in str(e).lower():
-                    refused.set()
-                return
-            self.logger.warning("NATS error: %s", e)
-
-        async def on_disconnect() -> None:
-            if self._nc is not None:  # not our own close()
-                self.logger.warning("Disconnected from NATS; reconnecting.")
-
-        async def on_reconnect() -> None:
-            self.logger.info("Reconnected to NATS.")
-            for puller in list(self.pullers):
-                await puller.reconnected()
-
-        options = {k: v for k, v in self.connect_options.items() if v is not None}
-        options.setdefault("name", f"dramatiq-{self.prefix}-{os.getpid()}")
-        options.setdefault("max_reconnect_attempts", -1)
-        options.setdefault("reconnect_time_wait", 0.5)
-        options.setdefault("connect_timeout", 5)
-        connecting = asyncio.ensure_future(
-            nats.connect(
-                servers=[s.strip() for s in (self.url or "").split(",")],
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-                **options,
-            )
-        )
-        waiting = asyncio.ensure_future(refused.wait())
-        await asyncio.wait({connecting, waiting}, timeout=self.connect_timeout, return_when="FIRST_COMPLETED")
-        waiting.cancel()
-        if connecting.done():
-            return connecting.result()
-        connecting.cancel()
-        raise ConnectionError(str(first_errors[-1]) if first_errors else "timed out")
-
-    async def _heartbeat_loop(self) -> None:
-        """Tell JetStream that every in-flight message is still being worked on."""
-        interval = max(self.ack_wait / 3, 0.1)
-        while True:
-            await asyncio.sleep(interval)
-            nc = self._nc
-            if nc is None or not nc.is_connected:
-                continue
-            for msg in list(self.inflight.values()):
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
+    @property
+    def server_supports_schedules(self) -> bool:
+        """True when delays use server-side message schedules (nats-server >= 2.12)."""
+        self.connection.connect()
+        return self.connection.schedules
 
     def close(self) -> None:
         """Close the NATS connection and stop the broker's event loop."""
-        with self._lock:
-            loop, nc = self._loop, self._nc
-            self._loop = self._nc = self._js = None
-            self._ready_queues.clear()
-        if loop is None:
-            return
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        if nc is not None:
-            with contextlib.suppress(Exception):
-                if self._outbox is not None:
-                    loop.run(self._outbox.flushed(), timeout=5)  # queued acks leave first
-                loop.run(nc.close(), timeout=10)
-        loop.stop()
+        self._ready_queues.clear()
+        self.connection.close()
 
     def run(self, coro: Any, timeout: float | None = None) -> Any:
         """Run a nats.py coroutine on the broker's loop, mapping disconnects to ``ConnectionClosed``."""
-        try:
-            return self.loop.run(coro, timeout)
-        except TRANSIENT_ERRORS as e:
-            raise ConnectionClosed(e) from None
+        return self.connection.run(coro, timeout)
 
     # -- queues ----------------------------------------------------------
 
@@ -398,13 +267,13 @@ class JetStreamBroker(Broker):
             raise QueueNotFound(queue_name)
         if names.queue in self._ready_queues:
             return names
-        self._connect()
+        self.connection.connect()
         self.run(self._declare_streams(names), timeout=30)
         self._ready_queues.add(names.queue)
         return names
 
     async def _declare_streams(self, names: QueueNames) -> None:
-        js = self._js
+        js = self.connection.connected_js
         assert js is not None
         config = StreamConfig(
             name=names.stream,
@@ -414,7 +283,7 @@ class JetStreamBroker(Broker):
             num_replicas=self.replicas,
             duplicate_window=self.duplicate_window,
         )
-        if self._schedules:  # servers before 2.12 refuse the field
+        if self.connection.schedules:  # servers before 2.12 refuse the field
             config.allow_msg_schedules = True
         await self._add_or_update_stream(config)
         await js.add_consumer(
@@ -428,7 +297,7 @@ class JetStreamBroker(Broker):
                 max_ack_pending=self.max_ack_pending,
             ),
         )
-        if not self._schedules:
+        if not self.connection.schedules:
             await js.add_consumer(
                 names.stream,
                 ConsumerConfig(
@@ -456,7 +325,7 @@ class JetStreamBroker(Broker):
         )
 
     async def _add_or_update_stream(self, config: StreamConfig) -> None:
-        js = self._js
+        js = self.connection.connected_js
         assert js is not None
         try:
             await js.add_stream(config)
@@ -480,12 +349,13 @@ class JetStreamBroker(Broker):
         data = message.encode()
         batch: Batch | None = getattr(self._batch, "current", None)
         if batch is not None:
-            assert self._batch_outbox is not None and self._publisher is not None
-            while len(self._batch_outbox.jobs) > OUTBOX_HIGH_WATER:
+            outbox, publisher = self.connection.batch_outbox, self.connection.publisher
+            assert outbox is not None and publisher is not None
+            while len(outbox.jobs) > OUTBOX_HIGH_WATER:
                 time.sleep(0.001)  # let the loop catch up: memory stays bounded
             pending = Pending(message, subject, data, headers, batch)
             batch.items.append(pending)
-            self._batch_outbox.put(partial(self._publisher.publish, pending))
+            outbox.put(partial(publisher.publish, pending))
         else:
             try:
                 self.run(self._publish(subject, data, headers))
@@ -523,7 +393,7 @@ class JetStreamBroker(Broker):
         Every attempt carries the same ``Nats-Msg-Id``, so an attempt whose
         ack was lost but whose message was stored is dropped as a duplicate.
         """
-        js = self._js
+        js = self.connection.connected_js
         assert js is not None
         deadline = time.monotonic() + self.publish_timeout
         delay = 0.05
@@ -549,7 +419,7 @@ class JetStreamBroker(Broker):
         if getattr(self._batch, "current", None) is not None:
             yield  # nested: the outer block waits
             return
-        self._connect()
+        self.connection.connect()
         self._batch.current = batch = Batch()
         try:
             yield
@@ -560,69 +430,32 @@ class JetStreamBroker(Broker):
                 raise BatchPublishError(failed)
 
     async def _settle(self, batch: Batch) -> list[tuple[Message, BaseException]]:
-        assert self._batch_outbox is not None and self._publisher is not None
+        outbox, publisher = self.connection.batch_outbox, self.connection.publisher
+        assert outbox is not None and publisher is not None
         deadline = time.monotonic() + self.publish_timeout
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._batch_outbox.flushed(), self.publish_timeout)
+            await asyncio.wait_for(outbox.flushed(), self.publish_timeout)
         if batch.unanswered:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(batch.answered.wait(), max(0.1, deadline - time.monotonic()))
-        self._publisher.abandon(batch)
+        publisher.abandon(batch)
         unconfirmed = [p for p in batch.items if not p.stored]
         retried = await asyncio.gather(
             *(self._publish(p.subject, p.data, p.headers) for p in unconfirmed), return_exceptions=True
         )
         return [(p.message, e) for p, e in zip(unconfirmed, retried, strict=True) if isinstance(e, BaseException)]
 
-    @property
-    def nc(self) -> NatsClient:
-        self._connect()
-        assert self._nc is not None
-        return self._nc
-
-    def _queue_job(self, job: Callable[[], Awaitable[object]]) -> None:
-        nc, outbox = self._nc, self._outbox
-        if nc is None or nc.is_closed or outbox is None:
-            raise ConnectionClosed("the NATS connection is closed")
-        outbox.put(job)
-
-    def ack(self, msg: Msg, puller: Puller) -> None:
-        """Acknowledge without waiting: acks leave in bursts, as AMQP's ``basic_ack`` does."""
-        self.inflight.pop(id(msg), None)
-
-        async def ack() -> None:
-            try:
-                await msg.ack()
-            finally:
-                await puller.settled()
-
-        self._queue_job(ack)
-
-    def nak(self, msg: Msg, puller: Puller, delay: float | None = None) -> None:
-        """Hand a message back for redelivery (after ``delay`` seconds)."""
-        self.inflight.pop(id(msg), None)
-
-        async def nak() -> None:
-            try:
-                await msg.nak(delay=delay)
-            finally:
-                await puller.settled()
-
-        self._queue_job(nak)
-
-    def settle(self, puller: Puller) -> None:
-        """A delivered message was dealt with another way (dead-lettered)."""
-        self._queue_job(puller.settled)
-
     # -- consuming -------------------------------------------------------
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         names = self._ensure_queue(queue_name)
+        consumer = QueueConsumer
         if queue_name.endswith(".DQ"):
-            if self._schedules and not self._has_delayed_consumer(names):
+            if self.server_supports_schedules and not self._has_delayed_consumer(names):
                 return IdleConsumer(timeout)
-            return DelayedConsumer(self, names, prefetch, timeout)
-        return QueueConsumer(self, names, prefetch, timeout)
+            consumer = DelayedConsumer
+        return consumer(self.connection, names, prefetch, timeout, dead_letter=self.dead_letter,
+                        forget=self.forget_queue, logger=self.logger)  # fmt: skip
 
     def _has_delayed_consumer(self, names: QueueNames) -> bool:
         """True where a server upgraded past 2.12 still holds delays stored the old way: drain them."""
@@ -652,13 +485,13 @@ class JetStreamBroker(Broker):
             while len(self._dead_exceptions) > REMEMBERED_DEAD_EXCEPTIONS:  # a worker runs for months
                 self._dead_exceptions.popitem(last=False)
         data = msg.data
-        room = (self._nc.max_payload if self._nc is not None else 1024 * 1024) - DEAD_LETTER_HEADROOM
+        room = self.connection.nc.max_payload - DEAD_LETTER_HEADROOM
         if len(data) > room:  # stored, it fit; with our headers it would not: keep its start, say so
             headers["Pipeline-Truncated-From"] = str(len(data))
             data = data[:TRUNCATED_DEAD_LETTER_BYTES]
         self.run(self._publish(names.dead_subject, data, headers))
         self.run(msg.term())
-        self.inflight.pop(id(msg), None)
+        self.connection.inflight.pop(id(msg), None)
 
     def forget_queue(self, queue_name: str) -> None:
         """Re-declare a queue's stream and consumers on its next use."""

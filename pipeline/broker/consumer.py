@@ -4,16 +4,19 @@ Dramatiq calls ``__next__`` from one consumer thread and ``ack``/``nack``
 from its worker threads, so the prefetch accounting is guarded by a
 condition variable.  A consumer never holds more than ``prefetch``
 unsettled messages, and everything it holds is returned to the server at
-once (``nak``) when it is closed.
+once (``nak``) when it is closed.  Like Dramatiq's RabbitMQ consumer, it
+settles its own messages, through the connection (``connection.py``); the
+broker gives it only what the broker owns: dead-lettering, and forgetting
+a queue whose consumer broke.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.common import current_millis
@@ -21,11 +24,12 @@ from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.message import Message
 from nats.aio.msg import Msg
 
+from pipeline.broker.connection import Connection
 from pipeline.broker.puller import Puller
 from pipeline.names import QueueNames
 
-if TYPE_CHECKING:
-    from pipeline.broker.broker import JetStreamBroker
+#: How the broker dead-letters a message: (queue names, the NATS message, message id, the exception).
+DeadLetter = Callable[[QueueNames, Msg, str, BaseException | None], None]
 
 #: Durable consumer that holds delayed messages on servers without message schedules.
 DELAYED_CONSUMER = "delayed"
@@ -47,18 +51,31 @@ class JetStreamMessageProxy(MessageProxy):
 class QueueConsumer(Consumer):
     durable = "workers"
 
-    def __init__(self, broker: JetStreamBroker, names: QueueNames, prefetch: int, timeout: int) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        connection: Connection,
+        names: QueueNames,
+        prefetch: int,
+        timeout: int,
+        *,
+        dead_letter: DeadLetter,
+        forget: Callable[[str], None],
+        logger: logging.Logger,
+    ) -> None:
+        self.connection = connection
         self.names = names
         self.timeout = max(timeout, 10) / 1000
+        self.dead_letter = dead_letter
+        self.forget = forget
+        self.logger = logger
         self.arrivals: queue.SimpleQueue[Msg] = queue.SimpleQueue()
-        self.puller = Puller(broker.nc, names.stream, self.durable, max(prefetch, 1), self._arrived)
-        broker.run(self.puller.start())
-        broker.pullers.add(self.puller)
+        self.puller = Puller(connection.nc, names.stream, self.durable, max(prefetch, 1), self._arrived)
+        connection.run(self.puller.start())
+        connection.pullers.add(self.puller)
 
     def _arrived(self, msg: Msg) -> None:
         """On the event loop: a message was delivered to this consumer."""
-        self.broker.inflight[id(msg)] = msg
+        self.connection.inflight[id(msg)] = msg
         self.arrivals.put(msg)
 
     def __next__(self) -> JetStreamMessageProxy | None:
@@ -66,9 +83,9 @@ class QueueConsumer(Consumer):
             msg = self.arrivals.get(timeout=self.timeout)
         except queue.Empty:
             if self.puller.broken:
-                self.broker.forget_queue(self.names.queue)
+                self.forget(self.names.queue)
                 raise ConnectionClosed(f"pulling from {self.names.stream} failed: {self.puller.broken}") from None
-            if self.broker.nc.is_closed:
+            if self.connection.nc.is_closed:
                 raise ConnectionClosed("the NATS connection is closed") from None
             return None
         return self._accept(msg)
@@ -78,21 +95,20 @@ class QueueConsumer(Consumer):
         try:
             message = Message.decode(msg.data)
         except DecodeError as e:
-            self.broker.logger.error("Dead-lettering an undecodable message on %r: %s", self.names.queue, e)
+            self.logger.error("Dead-lettering an undecodable message on %r: %s", self.names.queue, e)
             try:
-                self.broker.dead_letter(self.names, msg, "", e)
-            finally:
-                self.broker.inflight.pop(id(msg), None)  # on failure it comes back after ack_wait
-                self.broker.settle(self.puller)
+                self.dead_letter(self.names, msg, "", e)
+            finally:  # on failure it comes back after ack_wait
+                self.connection.settled(msg, self.puller)
             return None
         return JetStreamMessageProxy(message, msg, self.puller)
 
     def ack(self, message: JetStreamMessageProxy) -> None:  # type: ignore[override]
-        self.broker.ack(message._nats_msg, message._puller)
+        self.connection.ack(message._nats_msg, message._puller)
 
     def nack(self, message: JetStreamMessageProxy) -> None:  # type: ignore[override]
-        self.broker.dead_letter(self.names, message._nats_msg, message.message_id, message._exception)
-        self.broker.settle(message._puller)
+        self.dead_letter(self.names, message._nats_msg, message.message_id, message._exception)
+        self.connection.settled(message._nats_msg, message._puller)
 
     def requeue(self, messages: Iterable[JetStreamMessageProxy]) -> None:  # type: ignore[override]
         """Give messages back for immediate redelivery.
@@ -103,20 +119,20 @@ class QueueConsumer(Consumer):
         """
         self.puller.stopping = True
         for message in messages:
-            self.broker.nak(message._nats_msg, message._puller)
+            self.connection.nak(message._nats_msg, message._puller)
 
     def close(self) -> None:
         """Stop pulling and hand back, at once, everything delivered but not started."""
-        self.broker.pullers.discard(self.puller)
+        self.connection.pullers.discard(self.puller)
         with contextlib.suppress(Exception):
-            self.broker.run(self.puller.stop(), timeout=10)
+            self.connection.run(self.puller.stop(), timeout=10)
         while True:
             try:
                 msg = self.arrivals.get_nowait()
             except queue.Empty:
                 break
             with contextlib.suppress(Exception):
-                self.broker.nak(msg, self.puller)
+                self.connection.nak(msg, self.puller)
 
 
 class DelayedConsumer(QueueConsumer):
@@ -136,7 +152,7 @@ class DelayedConsumer(QueueConsumer):
         eta = proxy.options.get("eta")
         remaining = (eta - current_millis()) / 1000 if isinstance(eta, int | float) else 0
         if remaining > 0.005:
-            self.broker.nak(msg, self.puller, delay=remaining)
+            self.connection.nak(msg, self.puller, delay=remaining)
             return None
         return proxy
 
