@@ -1,9 +1,11 @@
-"""KEDA's scaling policy, read from the ScaledObjects and applied on one machine.
+"""KEDA's scaling rules, applied on one machine to the policy of ``pipeline.policy``.
 
 On a cluster KEDA turns a stage's lag into a replica count for the HPA; here
-the same numbers decide how many worker processes each pool runs.  The
-rules are KEDA's and the HPA's (``pkg/controller/podautoscaler`` in
-Kubernetes), so one file sets the policy for both:
+the same numbers (the ScaledObjects ``pipeline manifests`` renders from the
+table, or a directory of your own given with ``--manifests``) decide how many
+worker processes each pool runs.  The rules are KEDA's and the HPA's
+(``pkg/controller/podautoscaler`` in Kubernetes), so one table sets the
+policy for both:
 
 - **activation** (KEDA): a pool at zero goes to ``max(minReplicaCount, 1)``
   when the lag exceeds ``activationLagThreshold``; with the lag at or under

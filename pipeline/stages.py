@@ -1,8 +1,9 @@
 """The four stages' work, separate from Dramatiq so each reads top to bottom.
 
-A *job* is the plain dict that travels from stage to stage: what to watch
-(``source``, ``url``, ``selector``, ``rule``, ``question``, ``notify``) plus
-what each stage adds (``body_key``, snapshot ids, ``finding_id``).  Every
+A *job* is the message that travels from stage to stage, typed in
+``pipeline.jobs``: what is watched (``source``, ``url``, ``selector``,
+``rule``, ``question``, ``notify``) plus what each stage adds (``body_key``,
+snapshot ids, ``finding_id``).  Every
 stage is idempotent: a redelivered message finds its own earlier writes
 (snapshots by content hash, findings and alerts by unique keys) and sends
 nothing twice.
