@@ -8,12 +8,37 @@ replica: a ``dramatiq`` command with the Deployment's processes and threads.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+
+#: Linux's prctl(2), resolved in the parent: the child only calls it between fork and exec.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """What a replica runs before ``exec``: SIGTERM it when the process that started it dies, however it dies.
+
+    ``pipeline up`` killed with SIGKILL would otherwise leave its workers running beside the next one's
+    (they are in sessions of their own, so no terminal signal reaches them).  SIGTERM is Dramatiq's
+    graceful stop: running messages finish, prefetched ones go back.  Linux only (``PR_SET_PDEATHSIG``).
+    """
+    if _PRCTL is None:
+        return None
+    prctl = _PRCTL
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above: nobody would send it
+            os._exit(1)
+
+    return die_with_parent
 
 
 class WorkerPool:
@@ -64,6 +89,7 @@ class WorkerPool:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the pool gracefully
+                preexec_fn=_die_with(os.getpid()),
             )  # fmt: skip
 
     def _reap(self) -> None:

@@ -111,7 +111,11 @@ def test_pipeline_autoscale_runs_each_pools_minimum_and_stops_them_on_sigterm(
         # fetch's minimum is one replica, alert's is none while its queue is empty.
         assert wait_for(lambda: len(children(process.pid)) == 1, 20), "fetch's replica was not started"
         [replica] = children(process.pid)
-        assert "--queues fetch" in Path(f"/proc/{replica}/cmdline").read_text().replace("\0", " ")
+
+        def command() -> str:  # empty, or the parent's, until the replica's exec has happened
+            return Path(f"/proc/{replica}/cmdline").read_text().replace("\0", " ")
+
+        assert wait_for(lambda: "--queues fetch" in command(), 10), command()
         time.sleep(6)  # past a polling interval: the alert pool has been decided on again
         assert len(children(process.pid)) == 1, "the alert pool started with nothing to do"
     finally:

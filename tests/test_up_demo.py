@@ -97,3 +97,22 @@ def test_up_stops_gracefully_on_sigterm_and_leaves_no_worker_behind(tmp_path: Pa
     reader.join(5)
     assert any("Stopping" in line for line in lines)
     assert not [p for p in replicas if p.exists()], "a replica outlived `pipeline up`"
+
+
+def test_workers_end_when_up_is_killed_with_sigkill(tmp_path: Path, nats_server) -> None:
+    """However `pipeline up` dies, its replicas go with it (Linux's parent-death signal): none keeps
+    consuming beside the next `up`'s pools."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(PIPELINE_NATS_URL=nats_server.url, PIPELINE_METRICS_PORT="0")
+    up = subprocess.Popen(
+        [str(Path(sys.executable).parent / "pipeline"), "up", "--interval", "1", "--replicas", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: len(children(up.pid)) == 4, 60), "the four replicas did not start"
+        replicas = [Path(f"/proc/{pid}") for pid in children(up.pid)]
+    finally:
+        up.kill()  # SIGKILL: no handler runs, nothing is stopped in order
+        up.wait(10)
+    assert wait_for(lambda: not [p for p in replicas if p.exists()], 60), "a replica outlived a killed `pipeline up`"
