@@ -176,6 +176,16 @@ def reachable(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def running_url(home: str | os.PathLike[str] | None = None) -> str | None:
+    """The URL of the embedded server under ``home`` if one is running, else None (none is started)."""
+    state_file = Path(home or state_home()) / "nats.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        state = json.loads(state_file.read_text())
+        if reachable(state["port"]):
+            return str(state["url"])
+    return None
+
+
 def embedded_url(home: str | os.PathLike[str] | None = None) -> str:
     """The URL of the embedded server under ``home``, starting it if needed.
 

@@ -274,3 +274,49 @@ def test_dlq_list_pages_and_says_how_many_in_all(nats_server, prefix: str, monke
     code, out = run("dlq", "list", "--since", "18446744073709551615")
     assert code == 2 and "past any sequence" in out and "Traceback" not in out
     assert run("dlq", "list", "--queue", "nope")[0] == 2
+
+
+def test_publish_waits_until_the_event_is_stored(
+    nats_server, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.broker import JetStreamBroker
+    from pipeline.ingest import Ingest
+    from pipeline.names import events_stream
+    from pipeline.runtime import context, reset
+
+    monkeypatch.setenv("PIPELINE_NATS_URL", nats_server.url)
+    monkeypatch.setenv("PIPELINE_PREFIX", prefix)
+    event = '{"url": "https://example.com/kettle", "selector": ".price", "rule": "price < 100"}'
+    code, out = run("publish", "check", event)
+    assert code == 1 and "no stream stores" in out  # nothing would ingest it: said, not lost silently
+
+    broker = JetStreamBroker(nats_server.url, prefix=prefix)
+    reset()
+    Ingest(broker, context(broker)).declare()  # what `pipeline up` and `pipeline scheduler` do first
+    code, out = run("publish", "check", event)
+    assert code == 0 and f"stored as {events_stream(prefix)} #1" in out
+    (tmp_path / "event.json").write_text('{"monitor_id": 7}')
+    assert run("publish", "monitor", f"@{tmp_path / 'event.json'}")[0] == 0
+    result = runner.invoke(app, ["publish", "content", "-"], input='{"source": "feed", "content": "<p>1</p>"}')
+    assert result.exit_code == 0, result.output
+    info = broker.run(broker.js.stream_info(events_stream(prefix)))
+    assert info.state.messages == 3
+    broker.close()
+    reset()
+
+    for args, message in (
+        (["check", '{"url": "ftp://x"}'], "URL scheme should be 'http' or 'https'"),
+        (["nope", "{}"], "no event kind 'nope'"),
+        (["check", "@/nowhere.json"], "cannot read /nowhere.json"),
+        (["check", "not json"], "not JSON"),
+    ):
+        code, out = run("publish", *args)
+        assert code == 2 and message in out, (args, out)
+
+
+def test_publish_without_a_running_pipeline_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PIPELINE_NATS_URL", raising=False)
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "empty"))
+    code, out = run("publish", "monitor", '{"monitor_id": 1}')
+    assert code == 1 and "no pipeline is running here" in out
+    assert not (tmp_path / "empty" / "jetstream").exists()  # no server was started for it

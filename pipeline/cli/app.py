@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from pipeline import __version__, redact
-from pipeline.cli import check, dlq, inspect, logs, monitors, run, schemas
+from pipeline.cli import check, dlq, inspect, logs, monitors, publish, run, schemas
 from pipeline.cli.common import CommandError
 
 
@@ -86,6 +86,7 @@ app.command()(run.autoscale)
 app.command()(run.scheduler)
 app.command()(run.exporter)
 app.command()(check.check)
+app.command()(publish.publish)
 app.command()(inspect.status)
 app.command()(inspect.lag)
 app.command()(inspect.alerts)
