@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,16 +166,27 @@ def share_metrics_directory(home: Path | None = None) -> str:
     return str(directory)
 
 
-def wait_until_stopped(tick: Callable[[], None] | None = None, *, every: float = 5.0, duration: float = 0) -> None:
-    """Block until Ctrl-C, SIGTERM (``docker stop``, a pod's deletion) or SIGHUP (its terminal closed), or
-    ``duration`` seconds when not 0, calling ``tick`` every ``every`` seconds.  The caller then stops what it
-    started, in order."""
-    import signal
-    import threading
+_stop_requested: threading.Event | None = None
 
-    stopped = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda *_: stopped.set())
+
+def stop_on_signals() -> threading.Event:
+    """From now on Ctrl-C, SIGTERM (``docker stop``, a pod's deletion) and SIGHUP (its terminal closed) ask
+    for an orderly stop instead of ending the process: call it first thing, so a signal that comes while
+    the parts start still stops them all.  Idempotent; the event is set when a stop is asked for."""
+    import signal
+
+    global _stop_requested
+    if _stop_requested is None:
+        stopped = _stop_requested = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda *_: stopped.set())
+    return _stop_requested
+
+
+def wait_until_stopped(tick: Callable[[], None] | None = None, *, every: float = 5.0, duration: float = 0) -> None:
+    """Block until a stop is asked for (``stop_on_signals``), or ``duration`` seconds when not 0, calling
+    ``tick`` every ``every`` seconds.  The caller then stops what it started, in order."""
+    stopped = stop_on_signals()
     started = time.monotonic()
     while not stopped.wait(every if not duration else max(0.0, min(every, started + duration - time.monotonic()))):
         if duration and time.monotonic() - started >= duration:

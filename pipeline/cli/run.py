@@ -30,9 +30,10 @@ def up(
 ) -> None:
     """Run the pipeline on this machine: NATS, a worker pool per queue sized on its lag, metrics, a live status."""
     from pipeline.nats_server import state_home
-    from pipeline.supervisor import Supervisor, share_metrics_directory, wait_until_stopped
+    from pipeline.supervisor import Supervisor, share_metrics_directory, stop_on_signals, wait_until_stopped
 
     policies = _policies(manifests)
+    stop_on_signals()  # from here on a SIGTERM, even while the parts start, stops them all in order
     if demo:  # the demo keeps to itself: its NATS store, database and monitors never meet a plain `up`'s
         os.environ["PIPELINE_HOME"] = str(state_home() / "demo")
         _allow_loopback()
@@ -81,13 +82,14 @@ def autoscale(
     (with PROMETHEUS_MULTIPROC_DIR set to the directory printed) to serve their metrics.
     """
     from pipeline.names import STAGES
-    from pipeline.supervisor import Supervisor, share_metrics_directory, wait_until_stopped
+    from pipeline.supervisor import Supervisor, share_metrics_directory, stop_on_signals, wait_until_stopped
 
     policies = _policies(manifests)
     queues = queue or list(STAGES)
     unknown = sorted(set(queues) - set(policies))
     if unknown:
         bad_input(f"no ScaledObject for {', '.join(unknown)} (--queue)")
+    stop_on_signals()
     metrics_dir = share_metrics_directory()
     with Supervisor(metrics_dir) as supervisor:
         broker = supervisor.connect(connected_broker())
@@ -110,8 +112,9 @@ def scheduler(
 
     Several may run: events are taken from a shared consumer and each monitor's slot has a message id.
     """
-    from pipeline.supervisor import Supervisor, wait_until_stopped
+    from pipeline.supervisor import Supervisor, stop_on_signals, wait_until_stopped
 
+    stop_on_signals()
     with Supervisor(metrics_dir="") as supervisor:
         broker = supervisor.connect(connected_broker())
         if port and supervisor.serve_metrics([], port, this_process=True) is None:
@@ -127,8 +130,9 @@ def exporter(
 ) -> None:
     """Serve each queue's lag and dead letters (and, with PROMETHEUS_MULTIPROC_DIR, this machine's workers' metrics)."""
     from pipeline.names import STAGES
-    from pipeline.supervisor import Supervisor, wait_until_stopped
+    from pipeline.supervisor import Supervisor, stop_on_signals, wait_until_stopped
 
+    stop_on_signals()
     with Supervisor(metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")) as supervisor:
         supervisor.connect(connected_broker())
         server = supervisor.serve_metrics(list(STAGES), port)
