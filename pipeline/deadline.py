@@ -42,9 +42,3 @@ def clip(timeout: float | None) -> float | None:
     if left <= 0:
         raise DeadlineExceededError("the exchange's deadline passed")
     return left if timeout is None else min(timeout, left)
-
-
-def left() -> float | None:
-    """Seconds left of the current deadline (None: no deadline); may be negative."""
-    ends = _DEADLINE.get()
-    return None if ends is None else ends - time.monotonic()

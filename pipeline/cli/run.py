@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from pipeline.cli.common import CONNECT_TIMEOUT, bad_input, connected_broker, engine, fail, nats_url
+from pipeline.cli.common import bad_input, connected_broker, engine, fail, nats_url
 from pipeline.cli.live import StatusView
 
 MANIFESTS_HELP = "A directory of KEDA manifests whose policy overrides the built-in one (pipeline/policy.py)."
@@ -169,13 +169,10 @@ def _actors_broker() -> Any:
 
     import actors
 
-    waits, actors.broker.connect_timeout = actors.broker.connect_timeout, CONNECT_TIMEOUT
     try:
         actors.broker.js  # noqa: B018 - connect now: an outage is one line before the banner
     except ConnectionFailed as e:
         fail(str(e))
-    finally:
-        actors.broker.connect_timeout = waits  # reconnections later wait as long as a worker does
     return actors.broker
 
 
