@@ -1,9 +1,10 @@
 """The pipeline's Dramatiq actors; importing this package sets the broker.
 
 ``dramatiq actors --queues <stage>`` starts a worker on the JetStream
-broker: ``PIPELINE_NATS_URL`` names the server, and without it an embedded
-``nats-server`` is started under ``.pipeline/``; ``PIPELINE_PREFIX`` names the
-streams and subjects (default ``pipeline``).  The actors are thin: the
+broker, set up from :mod:`pipeline.settings`: ``PIPELINE_NATS_URL`` names the
+server, and without it an embedded ``nats-server`` is started under
+``.pipeline/``; ``PIPELINE_PREFIX`` names the streams and subjects (default
+``pipeline``); ``PIPELINE_NATS_REPLICAS`` their replicas.  The actors are thin: the
 work lives in :mod:`pipeline.stages`; metrics: :mod:`pipeline.observability`.
 """
 
@@ -19,9 +20,11 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", DB_PATH)
 from pipeline import redact
 from pipeline.broker import JetStreamBroker
 from pipeline.observability import WorkerMetrics
+from pipeline.settings import current
 
 redact.install()  # Dramatiq logs failed messages with their arguments: no URL secrets in them
-broker = JetStreamBroker(prefix=os.environ.get("PIPELINE_PREFIX", "pipeline"))
+settings = current()
+broker = JetStreamBroker(settings.nats.url, prefix=settings.prefix)
 broker.add_middleware(WorkerMetrics())
 dramatiq.set_broker(broker)
 

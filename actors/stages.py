@@ -16,6 +16,7 @@ from pipeline.policy import TIME_LIMIT_SECONDS
 from pipeline.ratelimit import RateLimitedError
 from pipeline.rules import RuleError
 from pipeline.runtime import context
+from pipeline.settings import current
 
 # Errors that retrying cannot fix go straight to the dead letters, with their reason.
 PERMANENT = (FetchError, ExtractError, RuleError, LLMRejectedError)
@@ -48,7 +49,7 @@ def _retry(reason: str, after: float | None) -> dramatiq.Retry:
 
 
 def _context() -> stages.Context:
-    return context(dramatiq.get_broker())  # type: ignore[arg-type]
+    return context(dramatiq.get_broker(), current())  # type: ignore[arg-type]
 
 
 @dramatiq.actor(queue_name="fetch", actor_name="fetch", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)

@@ -8,7 +8,6 @@ start-up, so a fresh machine needs no separate step.
 from __future__ import annotations
 
 import fcntl
-import os
 from pathlib import Path
 
 from alembic import command
@@ -17,22 +16,11 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import create_engine
 
-from pipeline.nats_server import state_home
-
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def database_url() -> str:
-    url = os.environ.get("PIPELINE_DATABASE_URL")
-    if url:
-        return url
-    home = state_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(home / 'pipeline.db').resolve()}"
-
-
-def make_engine(url: str | None = None) -> Engine:
-    url = url or database_url()
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` (``Settings.database_url()``); ``postgresql://`` means psycopg 3."""
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):  # SQLAlchemy would look for psycopg2; psycopg 3 is what we install
             url = "postgresql+psycopg://" + url.removeprefix(plain)

@@ -143,7 +143,7 @@ class Fetcher:
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.max_redirects = max_redirects
-        self.policy = policy or AddressPolicy.from_env()
+        self.policy = policy or AddressPolicy()
         self.client = httpx.Client(
             transport=_GuardedTransport(self.policy),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),

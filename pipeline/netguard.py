@@ -10,7 +10,6 @@ decimal ``2130706433``, ``[::ffff:127.0.0.1]``, rebinding) do not get round it.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -71,10 +70,6 @@ class AddressPolicy:
             except ValueError:
                 hosts.add(entry.lower().rstrip("."))
         return cls(frozenset(hosts), tuple(networks))
-
-    @classmethod
-    def from_env(cls) -> AddressPolicy:
-        return cls.from_entries(os.environ.get("PIPELINE_FETCH_ALLOW_HOSTS", "").split(","))
 
     def allows(self, host: str, ip: IPAddress) -> bool:
         if host.lower().rstrip(".") in self.allowed_hosts:

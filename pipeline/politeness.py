@@ -10,20 +10,15 @@ retries and holds no thread).
 
 from __future__ import annotations
 
-import os
-
 from pipeline import metrics
 from pipeline.broker import JetStreamBroker
 from pipeline.ratelimit import KVStore, Limiter, Rate
 
 
-def default_interval() -> float:
-    return float(os.environ.get("PIPELINE_FETCH_DOMAIN_INTERVAL", "1.0"))
-
-
 class Politeness:
-    def __init__(self, broker: JetStreamBroker, interval: float | None = None) -> None:
-        self.interval = default_interval() if interval is None else interval
+    def __init__(self, broker: JetStreamBroker, interval: float) -> None:
+        """``interval``: seconds between two requests to one host (``PIPELINE_FETCH_DOMAIN_INTERVAL``); 0: off."""
+        self.interval = interval
         self.limiter: Limiter | None = None
         if self.interval > 0:
             rate = Rate(1, self.interval, margin=1.0)

@@ -5,19 +5,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 
 from pipeline.bodies import BodyStore
 from pipeline.broker import JetStreamBroker
 from pipeline.db import make_engine, migrate
 from pipeline.fetcher import Fetcher
-from pipeline.llm import LLMAnalyser, LLMSettings
+from pipeline.llm import LLMAnalyser
 from pipeline.llm.analyser import quota
 from pipeline.llm.cache import VerdictCache
-from pipeline.nats_server import state_home
 from pipeline.netguard import AddressPolicy
 from pipeline.politeness import Politeness
 from pipeline.ratelimit import KVStore, Limiter
+from pipeline.settings import LLMSettings, Settings, current
 from pipeline.stages import Context
 from pipeline.webhooks import new_secret
 
@@ -25,12 +24,11 @@ _lock = threading.Lock()
 _context: Context | None = None
 
 
-def webhook_secret(home: Path | None = None) -> str:
-    """``$PIPELINE_WEBHOOK_SECRET``, or one generated once and kept in ``.pipeline/webhook-secret``."""
-    secret = os.environ.get("PIPELINE_WEBHOOK_SECRET")
-    if secret:
-        return secret
-    home = home or state_home()
+def webhook_secret(settings: Settings) -> str:
+    """``PIPELINE_WEBHOOK_SECRET``, or one generated once and kept in ``<home>/webhook-secret``."""
+    if settings.webhook_secret is not None:
+        return settings.webhook_secret.get_secret_value()
+    home = settings.home
     path = home / "webhook-secret"
     home.mkdir(parents=True, exist_ok=True)
     try:  # exactly one process creates it, readable by its owner only from the start
@@ -48,28 +46,29 @@ def webhook_secret(home: Path | None = None) -> str:
     raise RuntimeError(f"{path} is empty")
 
 
-def llm_analyser(broker: JetStreamBroker) -> LLMAnalyser | None:
+def llm_analyser(broker: JetStreamBroker, settings: LLMSettings) -> LLMAnalyser | None:
     """The LLM analyser when a key is configured, its quotas shared through the broker's NATS."""
-    settings = LLMSettings.from_env()
-    if settings is None:
+    if not settings.enabled:
         return None
     limiter = Limiter(KVStore.from_broker(broker, "ratelimit"), quota(settings))
     return LLMAnalyser(settings, limiter, VerdictCache(broker))
 
 
-def context(broker: JetStreamBroker) -> Context:
+def context(broker: JetStreamBroker, settings: Settings | None = None) -> Context:
+    """This process's context, built on first use from ``settings`` (default: the process's)."""
     global _context
     with _lock:
         if _context is None:
-            engine = make_engine()
+            settings = settings or current()
+            engine = make_engine(settings.database_url())
             migrate(engine)
             _context = Context(
                 engine,
                 BodyStore(broker),
-                Fetcher(AddressPolicy.from_env()),
-                webhook_secret(),
-                Politeness(broker),
-                llm_analyser(broker),
+                Fetcher(AddressPolicy.from_entries(settings.fetch.allow_hosts)),
+                webhook_secret(settings),
+                Politeness(broker, settings.fetch.domain_interval),
+                llm_analyser(broker, settings.llm),
             )
         return _context
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.nats_server import state_home
+from pipeline.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,10 @@ class Supervisor:
     registers its stop.  ``status()`` reads what the live view shows.
     """
 
-    def __init__(self, metrics_dir: str, home: Path | None = None) -> None:
+    def __init__(self, settings: Settings, metrics_dir: str) -> None:
+        self.settings = settings
         self.metrics_dir = metrics_dir
-        self.home = home or state_home()
+        self.home = settings.home
         self.broker: Any = None
         self.pools: dict[str, Any] = {}
         self.autoscaler: Any = None
@@ -99,7 +100,7 @@ class Supervisor:
         for queue, policy in policies.items():
             self.pools[queue] = WorkerPool(
                 queue,
-                env=dict(os.environ),
+                env=worker_environment(self.settings, self.metrics_dir),
                 log_dir=self.home / "logs",
                 processes=policy.processes,
                 threads=policy.threads,
@@ -125,7 +126,7 @@ class Supervisor:
         from pipeline.ingest import Ingest
         from pipeline.runtime import context
 
-        ingest = Ingest(self.broker, context(self.broker))
+        ingest = Ingest(self.broker, context(self.broker, self.settings))
         ingest.declare()  # before anyone publishes: core NATS drops what no stream captures
         ingest.start()
         self._stack.callback(ingest.stop)
@@ -135,7 +136,7 @@ class Supervisor:
         from pipeline.runtime import context
         from pipeline.scheduler import Scheduler
 
-        scheduler = Scheduler(self.broker, context(self.broker))
+        scheduler = Scheduler(self.broker, context(self.broker, self.settings))
         scheduler.start()
         self._stack.callback(scheduler.stop)
 
@@ -153,12 +154,25 @@ class Supervisor:
         ]
 
 
-def share_metrics_directory(home: Path | None = None) -> str:
+def worker_environment(settings: Settings, metrics_dir: str) -> dict[str, str]:
+    """A worker process's environment: this one's, with the ``PIPELINE_*`` variables of ``settings`` (and
+    not of the shell) and the shared metrics directory."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("PIPELINE_") and name not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")
+    }
+    shared = {"dramatiq_prom_db": metrics_dir, "PROMETHEUS_MULTIPROC_DIR": metrics_dir} if metrics_dir else {}
+    return {**inherited, **settings.environment(), **shared}
+
+
+def share_metrics_directory(home: Path) -> str:
     """Every process ``up`` runs writes its metrics to one directory, emptied first, which the exporter serves.
 
-    Set in this process's environment before prometheus-client is imported, and inherited by the workers.
+    Dramatiq's ``dramatiq_prom_db`` names it, else ``<home>/metrics``; set in this process's environment
+    before prometheus-client is imported (it reads ``PROMETHEUS_MULTIPROC_DIR`` then), and given to the workers.
     """
-    directory = Path(os.environ.get("dramatiq_prom_db") or ((home or state_home()) / "metrics").resolve())
+    directory = Path(os.environ.get("dramatiq_prom_db") or (home / "metrics").resolve())
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):  # counters of a previous run are not this run's
         stale.unlink()

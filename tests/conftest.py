@@ -20,11 +20,21 @@ from dramatiq import Worker
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from pipeline import settings
 from pipeline.broker import JetStreamBroker
 from pipeline.db import make_engine, migrate
 from pipeline.nats_server import NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """Each test is a process of its own as far as settings go: they are loaded from the environment as the
+    test has set it, when first asked for (as every entry point does once)."""
+    settings.configure(None)
+    yield
+    settings.configure(None)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from pipeline.settings import APIKey, Settings, SettingsError
 from prometheus_client import REGISTRY, generate_latest
 
 from pipeline import redact
@@ -21,7 +22,6 @@ from pipeline.llm import InvalidVerdictError, LLMAnalyser, LLMRejectedError, LLM
 from pipeline.llm.analyser import quota
 from pipeline.llm.cache import VerdictCache
 from pipeline.llm.headers import QuotaHeaders, parse_duration, retry_after
-from pipeline.llm.settings import APIKey, SettingsError
 from pipeline.ratelimit import KVStore, Limiter, MemoryStore, RateLimitedError
 from tests.openai_server import OpenAIServer
 
@@ -265,17 +265,26 @@ def test_eight_workers_share_a_quota_without_a_single_429(server: OpenAIServer, 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("PIPELINE_OPENAI_API_KEYS", raising=False)
-    assert LLMSettings.from_env() is None
+    assert not Settings.load().llm.enabled
     monkeypatch.setenv("PIPELINE_OPENAI_API_KEYS", f"{PRIMARY}, {BACKUP},{PRIMARY}")
     monkeypatch.setenv("PIPELINE_LLM_PRICES", json.dumps({"my-model": [1, 2]}))
-    config = LLMSettings.from_env()
-    assert config is not None
+    config = Settings.load().llm
+    assert config.enabled
     assert [k.secret for k in config.keys] == [PRIMARY, BACKUP]
     assert PRIMARY not in repr(config)
     assert config.prices["my-model"] == (1.0, 2.0)
+    assert config.prices["gpt-4o-mini"] == (0.15, 0.60)  # the built-in prices stay
     monkeypatch.setenv("PIPELINE_LLM_RPM", "lots")
     with pytest.raises(SettingsError, match="PIPELINE_LLM_RPM"):
-        LLMSettings.from_env()
+        Settings.load()
+    monkeypatch.setenv("PIPELINE_LLM_RPM", "60")
+    monkeypatch.setenv("PIPELINE_LLM_MARGIN", "1.5")
+    with pytest.raises(SettingsError, match="PIPELINE_LLM_MARGIN"):
+        Settings.load()
+    monkeypatch.setenv("PIPELINE_LLM_MARGIN", "0.5")
+    monkeypatch.setenv("PIPELINE_LLM_PRICES", "[1, 2]")
+    with pytest.raises(SettingsError, match="PIPELINE_LLM_PRICES"):
+        Settings.load()
 
 
 def test_headers_as_openai_sends_them() -> None:

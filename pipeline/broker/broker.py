@@ -56,6 +56,7 @@ from pipeline.broker.loop import EventLoopThread
 from pipeline.broker.publisher import Batch, Pending
 from pipeline.names import DEFAULT_PREFIX, QueueNames, dead_stream, dead_wildcard
 from pipeline.redact import redact_text
+from pipeline.settings import current
 
 #: How long dead letters are kept: Dramatiq's own setting and default (7 days).
 DEAD_MESSAGE_TTL_MS = int(os.getenv("dramatiq_dead_message_ttl", 86400000 * 7))
@@ -96,7 +97,7 @@ class JetStreamBroker(Broker):
 
     Parameters:
       url: NATS server URL(s), comma-separated for a cluster.  Defaults to
-        ``$PIPELINE_NATS_URL``; when that is unset too, an embedded
+        ``PIPELINE_NATS_URL`` (:mod:`pipeline.settings`); when that is unset too, an embedded
         ``nats-server`` is started under ``home`` (``.pipeline/``).
       prefix: prepended to every stream and subject, so several pipelines
         can share one NATS account.
@@ -104,7 +105,8 @@ class JetStreamBroker(Broker):
         crashed worker's messages come back after this; live workers send
         ``in_progress`` heartbeats, so long tasks are not redelivered.
       replicas, storage: stream replicas (3 on a NATS cluster) and
-        ``"file"`` or ``"memory"`` storage.
+        ``"file"`` or ``"memory"`` storage; default ``PIPELINE_NATS_REPLICAS``
+        and ``PIPELINE_NATS_STORAGE`` (1, file).
       max_ack_pending: messages in flight across all workers of a queue.
       duplicate_window: seconds within which a re-published message id is
         dropped as a duplicate.
@@ -127,8 +129,8 @@ class JetStreamBroker(Broker):
         middleware: list[Middleware] | None = None,
         prefix: str = DEFAULT_PREFIX,
         ack_wait: float = 30.0,
-        replicas: int = 1,
-        storage: str = "file",
+        replicas: int | None = None,
+        storage: str | None = None,
         max_ack_pending: int = 20_000,
         duplicate_window: float = 120.0,
         dead_message_ttl: int = DEAD_MESSAGE_TTL_MS,
@@ -147,6 +149,9 @@ class JetStreamBroker(Broker):
     ) -> None:
         super().__init__(middleware=middleware)
         QueueNames(prefix, "check")  # validates the prefix early
+        settings = current()
+        replicas = replicas or settings.nats.replicas
+        storage = storage or settings.nats.storage
         if storage not in ("file", "memory"):
             raise ValueError("storage must be 'file' or 'memory'")
         self.prefix = prefix
@@ -159,8 +164,8 @@ class JetStreamBroker(Broker):
         self.publish_timeout = publish_timeout
         self.fail_fast_default = fail_fast_default
         self.connection = Connection(
-            url or os.environ.get("PIPELINE_NATS_URL") or None,
-            home=home,
+            url or settings.nats.url,
+            home=home or settings.home,
             name=f"dramatiq-{prefix}-{os.getpid()}",
             connect_options={
                 "user": user,

@@ -70,7 +70,7 @@ class Connection:
         self,
         url: str | None,
         *,
-        home: str | os.PathLike[str] | None = None,
+        home: str | os.PathLike[str],
         name: str,
         connect_options: dict[str, Any],
         connect_timeout: float = INITIAL_CONNECT_DEADLINE,

@@ -15,8 +15,8 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from pipeline import __version__, redact
-from pipeline.cli import check, dlq, inspect, logs, monitors, publish, run, schemas
+from pipeline import __version__, redact, settings
+from pipeline.cli import check, config, dlq, inspect, logs, monitors, publish, run, schemas
 from pipeline.cli.common import CommandError
 
 
@@ -78,6 +78,10 @@ def _options(
 ) -> None:
     chatty = ctx.invoked_subcommand in LONG_RUNNING
     logs.configure(verbose=verbose + chatty, quiet=quiet, as_json=log_json)
+    try:  # once per command: every part it starts is given these (pipeline/settings.py)
+        settings.configure(settings.Settings.load())
+    except settings.SettingsError as e:
+        raise CommandError(str(e), 2) from None
 
 
 redact.install()
@@ -91,6 +95,7 @@ app.command()(inspect.status)
 app.command()(inspect.lag)
 app.command()(inspect.alerts)
 app.command()(schemas.schemas)
+app.command("settings")(config.show_settings)
 app.command()(schemas.manifests)
 app.add_typer(monitors.app, name="monitor")
 app.add_typer(dlq.app, name="dlq")

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from pipeline.cli.common import JSON_OPTION, bad_input, connected_broker, echo_json, fail
+from pipeline.cli.common import JSON_OPTION, bad_input, connected_broker, echo_json, fail, settings
 from pipeline.cli.monitors import RULE_HELP, SELECTOR_HELP
 
 #: C0 and C1 control characters but newline and tab: what a terminal would obey.
@@ -31,6 +31,7 @@ def check(
     from pipeline.content import ExtractError, diff, extract
     from pipeline.events import CheckEvent, first_error
     from pipeline.fetcher import Fetcher, FetchError
+    from pipeline.netguard import AddressPolicy
     from pipeline.rules import RuleError, parse_rule
 
     try:  # the same checks as an event's: a bad selector or rule is bad input (2), not a bad page (1)
@@ -38,7 +39,7 @@ def check(
     except ValidationError as e:
         bad_input(first_error(e))
     parsed = parse_rule(rule)
-    fetcher = Fetcher()
+    fetcher = Fetcher(AddressPolicy.from_entries(settings().fetch.allow_hosts))
     try:
         result = fetcher.fetch(url)
         extracted = extract(result.body, result.content_type, selector)
@@ -68,18 +69,16 @@ def check(
 
 
 def _ask_llm(question: str, change: Any) -> Any:
-    from pipeline.llm import LLMRejectedError, LLMUnavailableError, SettingsError
+    from pipeline.llm import LLMRejectedError, LLMUnavailableError
     from pipeline.ratelimit import RateLimitedError
     from pipeline.runtime import llm_analyser
 
     broker = connected_broker()
     try:
-        analyser = llm_analyser(broker)
+        analyser = llm_analyser(broker, settings().llm)
         if analyser is None:
             bad_input("--question needs an OpenAI key: set PIPELINE_OPENAI_API_KEYS (or OPENAI_API_KEY)")
         return analyser.judge(question, change)
-    except SettingsError as e:
-        bad_input(str(e))
     except (LLMRejectedError, LLMUnavailableError, RateLimitedError) as e:
         fail(f"the LLM could not answer: {e}")
     finally:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 import typer
 
 from pipeline.nats_server import embedded_url
+from pipeline.settings import Settings, configure, current
 
 #: A command line gives up on NATS sooner than a worker, which waits for a server that is starting.
 CONNECT_TIMEOUT = 3.0
@@ -33,11 +33,21 @@ def bad_input(message: str) -> NoReturn:
     fail(message, 2)
 
 
+def settings() -> Settings:
+    """This command's settings, loaded once when it started (``pipeline.settings``)."""
+    return current()
+
+
 def nats_url() -> str:
     """``PIPELINE_NATS_URL``, or the embedded server (started if it is not running)."""
-    url = os.environ.get("PIPELINE_NATS_URL") or embedded_url()
-    os.environ["PIPELINE_NATS_URL"] = url  # worker processes and `actors` connect to the same server
+    url = settings().nats.url or embedded_url(settings().home)
+    use_nats_url(url)
     return url
+
+
+def use_nats_url(url: str) -> None:
+    """Make ``url`` this process's NATS: the actors it imports and the workers it starts connect there."""
+    configure(settings().model_copy(update={"nats": settings().nats.model_copy(update={"url": url})}))
 
 
 def connected_broker(*queues: str) -> Any:
@@ -48,11 +58,9 @@ def connected_broker(*queues: str) -> Any:
     from dramatiq.errors import ConnectionFailed
 
     from pipeline.broker import JetStreamBroker
-    from pipeline.names import DEFAULT_PREFIX, STAGES
+    from pipeline.names import STAGES
 
-    broker = JetStreamBroker(
-        nats_url(), prefix=os.environ.get("PIPELINE_PREFIX", DEFAULT_PREFIX), connect_timeout=CONNECT_TIMEOUT
-    )
+    broker = JetStreamBroker(nats_url(), prefix=settings().prefix, connect_timeout=CONNECT_TIMEOUT)
     for queue in queues or STAGES:
         broker.declare_queue(queue)
     try:
@@ -65,9 +73,7 @@ def connected_broker(*queues: str) -> Any:
 
 def engine() -> Any:
     """The database, migrated: once per URL and process (`up` asks every few seconds)."""
-    from pipeline.db import database_url
-
-    return _migrated_engine(database_url())
+    return _migrated_engine(settings().database_url())
 
 
 @functools.cache

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from pipeline import redact
-from pipeline.cli.common import JSON_OPTION, connected_broker, echo_json, engine, table
+from pipeline.cli.common import JSON_OPTION, connected_broker, echo_json, engine, settings, table
 
 
 def status(as_json: bool = JSON_OPTION) -> None:
@@ -37,14 +37,12 @@ def status(as_json: bool = JSON_OPTION) -> None:
 
 def _llm_summary() -> dict[str, Any] | None:
     """The LLM settings as they may be shown: keys by label, the endpoint by host."""
-    from pipeline.llm import LLMSettings
-
-    settings = LLMSettings.from_env()
-    if settings is None:
+    llm = settings().llm
+    if not llm.enabled:
         return None
-    endpoint = redact.redact_url(settings.base_url) if settings.base_url else "OpenAI"
-    return {"model": settings.model, "endpoint": endpoint, "keys": [k.label for k in settings.keys],
-            "rpm": settings.rpm, "tpm": settings.tpm, "quota_period": settings.quota_period}  # fmt: skip
+    endpoint = redact.redact_url(llm.base_url) if llm.base_url else "OpenAI"
+    return {"model": llm.model, "endpoint": endpoint, "keys": [k.label for k in llm.keys],
+            "rpm": llm.rpm, "tpm": llm.tpm, "quota_period": llm.quota_period}  # fmt: skip
 
 
 def lag(as_json: bool = JSON_OPTION) -> None:

@@ -9,13 +9,12 @@ it is not.  The event is validated here first (exit 2), as the ingest would.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
 from nats.js.api import PubAck
 
-from pipeline.cli.common import bad_input, connected_broker, fail
+from pipeline.cli.common import bad_input, connected_broker, fail, settings, use_nats_url
 
 
 def publish(
@@ -24,12 +23,12 @@ def publish(
 ) -> None:
     """Publish an event (docs/schemas/) and wait until JetStream has stored it."""
     from pipeline.events import MAX_EVENT_BYTES, InvalidEventError, parse_event
-    from pipeline.names import DEFAULT_PREFIX, EVENT_KINDS, event_subject
+    from pipeline.names import EVENT_KINDS, event_subject
 
     if kind not in EVENT_KINDS:
         bad_input(f"no event kind {kind!r}: the kinds are {', '.join(EVENT_KINDS)}")
     data = _read(event, MAX_EVENT_BYTES)
-    subject = event_subject(kind, os.environ.get("PIPELINE_PREFIX", DEFAULT_PREFIX))
+    subject = event_subject(kind, settings().prefix)
     try:
         parse_event(subject, data)
     except InvalidEventError as e:
@@ -59,11 +58,12 @@ def _find_running_pipeline() -> None:
     """Without ``PIPELINE_NATS_URL``, the embedded server of a running ``pipeline up`` here; none is started."""
     from pipeline.nats_server import running_url
 
-    if not os.environ.get("PIPELINE_NATS_URL"):
-        url = running_url()
+    if not settings().nats.url:
+        url = running_url(settings().home)
         if url is None:
-            fail("no pipeline is running here (.pipeline/nats.json): start `pipeline up`, or set PIPELINE_NATS_URL")
-        os.environ["PIPELINE_NATS_URL"] = url
+            home = settings().home
+            fail(f"no pipeline is running here ({home}/nats.json): start `pipeline up`, or set PIPELINE_NATS_URL")
+        use_nats_url(url)
 
 
 def _publish(subject: str, data: bytes) -> PubAck:

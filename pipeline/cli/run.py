@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from pipeline.cli.common import bad_input, connected_broker, engine, fail, nats_url
+from pipeline.cli.common import bad_input, connected_broker, engine, fail, nats_url, settings
 from pipeline.cli.live import StatusView
 
 MANIFESTS_HELP = "A directory of KEDA manifests whose policy overrides the built-in one (pipeline/policy.py)."
@@ -29,15 +29,13 @@ def up(
     demo: bool = typer.Option(False, "--demo", help="Also serve a local site whose pages change, with monitors on it."),
 ) -> None:
     """Run the pipeline on this machine: NATS, a worker pool per queue sized on its lag, metrics, a live status."""
-    from pipeline.nats_server import state_home
     from pipeline.supervisor import Supervisor, share_metrics_directory, stop_on_signals, wait_until_stopped
 
     policies = _policies(manifests)
     stop_on_signals()  # from here on a SIGTERM, even while the parts start, stops them all in order
-    if demo:  # the demo keeps to itself: its NATS store, database and monitors never meet a plain `up`'s
-        os.environ["PIPELINE_HOME"] = str(state_home() / "demo")
-        _allow_loopback()
-    metrics_dir = share_metrics_directory()  # before anything imports prometheus-client
+    if demo:
+        _keep_to_the_demo()
+    metrics_dir = share_metrics_directory(settings().home)  # before anything imports prometheus-client
     from pipeline import exporter
 
     nats_url()
@@ -46,13 +44,13 @@ def up(
     broker = _actors_broker()
     queues = _flow_order(broker.get_declared_queues())
     view = StatusView(interval)
-    with Supervisor(metrics_dir) as supervisor:
+    with Supervisor(settings(), metrics_dir) as supervisor:
         supervisor.connect(broker)
         if demo:
             site = supervisor.start_demo(database, _show_alert(view.alert))
             typer.echo(f"Demo site at {site.url} (/kettle, /status, /changelog): pages change every 20 s")
         typer.echo(f"NATS {broker.safe_url}; queues: {', '.join(queues) or '-'}")
-        port = int(os.environ.get("PIPELINE_METRICS_PORT", exporter.DEFAULT_PORT))
+        port = _port(exporter.DEFAULT_PORT)
         if port:
             if supervisor.serve_metrics(queues, port) is None:
                 typer.echo(f"warning: cannot serve metrics on port {port}; set PIPELINE_METRICS_PORT", err=True)
@@ -90,8 +88,8 @@ def autoscale(
     if unknown:
         bad_input(f"no ScaledObject for {', '.join(unknown)} (--queue)")
     stop_on_signals()
-    metrics_dir = share_metrics_directory()
-    with Supervisor(metrics_dir) as supervisor:
+    metrics_dir = share_metrics_directory(settings().home)
+    with Supervisor(settings(), metrics_dir) as supervisor:
         broker = supervisor.connect(connected_broker())
         supervisor.start_pools(queues, policies, 0)
         interval = supervisor.autoscaler.interval
@@ -106,7 +104,7 @@ def autoscale(
 
 
 def scheduler(
-    port: int = typer.Option(9465, envvar="PIPELINE_METRICS_PORT", help="Port of this process's /metrics (0: none)."),
+    port: int = typer.Option(None, help="Port of this process's /metrics (0: none) [default: 9465]."),
 ) -> None:
     """Run the ingest of events and the scheduler of monitors, without workers (one per deployment is enough).
 
@@ -115,7 +113,8 @@ def scheduler(
     from pipeline.supervisor import Supervisor, stop_on_signals, wait_until_stopped
 
     stop_on_signals()
-    with Supervisor(metrics_dir="") as supervisor:
+    port = _port(9465) if port is None else port
+    with Supervisor(settings(), metrics_dir="") as supervisor:
         broker = supervisor.connect(connected_broker())
         if port and supervisor.serve_metrics([], port, this_process=True) is None:
             fail(f"cannot serve metrics on port {port}; set PIPELINE_METRICS_PORT")
@@ -126,14 +125,16 @@ def scheduler(
 
 
 def exporter(
-    port: int = typer.Option(9464, envvar="PIPELINE_METRICS_PORT", help="Port of /metrics."),
+    port: int = typer.Option(None, help="Port of /metrics [default: 9464]."),
 ) -> None:
     """Serve each queue's lag and dead letters (and, with PROMETHEUS_MULTIPROC_DIR, this machine's workers' metrics)."""
     from pipeline.names import STAGES
     from pipeline.supervisor import Supervisor, stop_on_signals, wait_until_stopped
 
     stop_on_signals()
-    with Supervisor(metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")) as supervisor:
+    port = _port(9464) if port is None else port
+    # prometheus-client's own variable: the directory this machine's workers write their metrics to
+    with Supervisor(settings(), metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")) as supervisor:
         supervisor.connect(connected_broker())
         server = supervisor.serve_metrics(list(STAGES), port)
         if server is None:
@@ -176,10 +177,20 @@ def _actors_broker() -> Any:
     return actors.broker
 
 
-def _allow_loopback() -> None:
-    """The demo site is on 127.0.0.1: the fetcher (and the workers it starts) may reach it."""
-    allowed = os.environ.get("PIPELINE_FETCH_ALLOW_HOSTS", "")
-    os.environ["PIPELINE_FETCH_ALLOW_HOSTS"] = ",".join(filter(None, [allowed, "127.0.0.1"]))
+def _port(default: int) -> int:
+    """``PIPELINE_METRICS_PORT``, else the command's own default."""
+    port = settings().metrics.port
+    return default if port is None else port
+
+
+def _keep_to_the_demo() -> None:
+    """The demo keeps to itself (its NATS store, database and monitors never meet a plain `up`'s) under
+    ``<home>/demo``, and its site is on 127.0.0.1, which the fetcher (and the workers it starts) may reach."""
+    from pipeline.settings import configure
+
+    current = settings()
+    fetch = current.fetch.model_copy(update={"allow_hosts": (*current.fetch.allow_hosts, "127.0.0.1")})
+    configure(current.model_copy(update={"home": current.home / "demo", "fetch": fetch}))
 
 
 def _show_alert(show_line: Callable[[str], None]) -> Any:
@@ -187,7 +198,7 @@ def _show_alert(show_line: Callable[[str], None]) -> Any:
     from pipeline import webhooks
     from pipeline.runtime import webhook_secret
 
-    secret = webhook_secret()
+    secret = webhook_secret(settings())
 
     def show(headers: dict[str, str], body: bytes) -> None:
         try:

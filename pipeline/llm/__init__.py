@@ -2,7 +2,7 @@
 
 from pipeline.llm.analyser import LLMAnalyser, LLMRejectedError, LLMUnavailableError
 from pipeline.llm.prompt import InvalidVerdictError
-from pipeline.llm.settings import APIKey, LLMSettings, SettingsError
+from pipeline.settings import APIKey, LLMSettings, SettingsError
 
 __all__ = [
     "APIKey",

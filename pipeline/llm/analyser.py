@@ -29,9 +29,9 @@ from pipeline.failures import is_transient_status
 from pipeline.llm import prompt, tokens
 from pipeline.llm.cache import VerdictCache, cache_key
 from pipeline.llm.headers import QuotaHeaders, retry_after
-from pipeline.llm.settings import APIKey, LLMSettings
 from pipeline.ratelimit import Limiter, Rate, RateLimitedError, TooLargeError
 from pipeline.rules import Verdict
+from pipeline.settings import APIKey, LLMSettings
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,11 +68,11 @@ class NatsRateLimiterBackend(RateLimiterBackend):
     ) -> None:
         if store is None:
             if url is None:
-                url = os.environ.get("PIPELINE_NATS_URL")
-            if url is None:
                 from pipeline.nats_server import embedded_url
+                from pipeline.settings import current
 
-                url = embedded_url()
+                settings = current()
+                url = settings.nats.url or embedded_url(settings.home)
             store = KVStore.connect(url, bucket, **options)
         self.store = store
 
