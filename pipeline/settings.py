@@ -330,7 +330,7 @@ def effective(settings: Settings) -> list[tuple[str, str, bool]]:
 
     rows = []
     for _, model in _sections(settings):
-        for name, info in type(model).model_fields.items():
+        for name in type(model).model_fields:
             if name in SECTIONS:
                 continue
             value = getattr(model, name)

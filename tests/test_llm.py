@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from pipeline.settings import APIKey, Settings, SettingsError
 from prometheus_client import REGISTRY, generate_latest
 
 from pipeline import redact
@@ -23,6 +22,7 @@ from pipeline.llm.analyser import quota
 from pipeline.llm.cache import VerdictCache
 from pipeline.llm.headers import QuotaHeaders, parse_duration, retry_after
 from pipeline.ratelimit import KVStore, Limiter, MemoryStore, RateLimitedError
+from pipeline.settings import APIKey, Settings, SettingsError
 from tests.openai_server import OpenAIServer
 
 PRIMARY, BACKUP = "sk-test-primary-" + uuid.uuid4().hex, "sk-test-backup-" + uuid.uuid4().hex
