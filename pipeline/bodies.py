@@ -12,10 +12,11 @@ import asyncio
 import hashlib
 
 import nats.js.errors
-from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.api import ObjectStoreConfig
 from nats.js.object_store import ObjectStore
 
 from pipeline.broker import JetStreamBroker
+from pipeline.broker.assets import object_store
 
 
 class BodyStore:
@@ -30,11 +31,8 @@ class BodyStore:
         async with self._lock:
             if self._store is None:
                 js = self.broker.js
-                try:
-                    self._store = await js.object_store(self.bucket)
-                except nats.js.errors.BucketNotFoundError:
-                    config = ObjectStoreConfig(ttl=self.ttl, storage=StorageType.FILE, replicas=self.broker.replicas)
-                    self._store = await js.create_object_store(self.bucket, config=config)
+                config = ObjectStoreConfig(ttl=self.ttl, storage=self.broker.storage, replicas=self.broker.replicas)
+                self._store = await object_store(js, self.bucket, config)
             return self._store
 
     async def _put(self, key: str, body: bytes) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from pipeline import metrics, queries
 from pipeline.broker import JetStreamBroker, QueueNames
+from pipeline.broker.assets import add_or_update_stream
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
 from pipeline.jobs import monitor_source, watched_source
 from pipeline.names import EVENT_KINDS, EVENTS_QUEUE, events_stream
@@ -95,7 +96,7 @@ class Ingest(BackgroundService):
             max_msg_size=1024 * 1024 + 4096,
             duplicate_window=600,  # schedulers' slot ids stay unique for 10 minutes
         )
-        self.broker.run(js.add_stream(config))
+        self.broker.run(add_or_update_stream(js, config))
         consumer = ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)
         self.broker.run(js.add_consumer(events_stream(prefix), consumer))
 

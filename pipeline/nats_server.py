@@ -88,6 +88,12 @@ class NatsServer:
         return f"http://127.0.0.1:{self.monitor_port}"
 
     def start(self, timeout: float = 20.0) -> NatsServer:
+        self.start_process()
+        self.wait_ready(timeout)
+        return self
+
+    def start_process(self) -> None:
+        """Start the process without waiting for it (a cluster's members start together)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
         args = [
@@ -103,10 +109,8 @@ class NatsServer:
         # which drain first; the server is stopped after them, by us.
         self.process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
         log.close()
-        self._wait_ready(timeout)
-        return self
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         health = f"{self.monitor_url}/healthz?js-enabled-only=true"
         while time.monotonic() < deadline:
@@ -198,3 +202,71 @@ def embedded_url(home: str | os.PathLike[str]) -> str:
         atexit.register(server.stop)
         logger.info("Started embedded nats-server at %s (store %s).", server.url, server.store_dir)
         return server.url
+
+
+class NatsCluster:
+    """``size`` ``nats-server`` processes clustered on loopback, JetStream on (tests, benchmarks).
+
+    Each member keeps its ports and store across ``kill()``/``start()`` of its own, as a pod of the
+    official Helm chart's StatefulSet does; ``url`` lists them all, as clients are given a cluster.
+    """
+
+    def __init__(self, store_dir: str | os.PathLike[str], size: int = 3, name: str = "pipeline") -> None:
+        self.name = name
+        cluster_ports = [free_port() for _ in range(size)]
+        routes = ",".join(f"nats://127.0.0.1:{port}" for port in cluster_ports)
+        self.servers = [
+            NatsServer(
+                Path(store_dir) / f"n{i}",
+                extra_args=(
+                    "--server_name", f"n{i}",
+                    "--cluster_name", name,
+                    "--cluster", f"nats://127.0.0.1:{cluster_ports[i]}",
+                    "--routes", routes,
+                ),
+            )
+            for i in range(size)
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return ",".join(server.url for server in self.servers)
+
+    def member(self, server_name: str) -> NatsServer:
+        return self.servers[int(server_name.removeprefix("n"))]
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        for server in self.servers:  # all at once: each waits for the others' routes to be ready
+            server.start_process()
+        for server in self.servers:
+            server.wait_ready(timeout)
+        self.wait_for_meta_leader(timeout)
+        return self
+
+    def wait_for_meta_leader(self, timeout: float = 30.0) -> None:
+        """Until every running member sees one JetStream meta leader (streams can be created)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leaders = set()
+            for server in self.servers:
+                if server.process is None or server.process.poll() is not None:
+                    continue
+                with (
+                    contextlib.suppress(OSError, ValueError),
+                    urllib.request.urlopen(f"{server.monitor_url}/jsz", timeout=1) as response,
+                ):
+                    leaders.add((json.load(response).get("meta_cluster") or {}).get("leader"))
+            if len(leaders) == 1 and None not in leaders:
+                return
+            time.sleep(0.1)
+        raise NatsServerError(f"no JetStream meta leader in the cluster after {timeout}s")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -49,6 +49,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from pipeline.broker.assets import Asset, add_or_update_stream, describe, owned_by, stream_names
 from pipeline.broker.connection import INITIAL_CONNECT_DEADLINE, TRANSIENT_ERRORS, Connection
 from pipeline.broker.consumer import DELAYED_CONSUMER, DelayedConsumer, IdleConsumer, QueueConsumer
 from pipeline.broker.errors import BatchPublishError, DeadLetterError
@@ -332,12 +333,7 @@ class JetStreamBroker(Broker):
     async def _add_or_update_stream(self, config: StreamConfig) -> None:
         js = self.connection.connected_js
         assert js is not None
-        try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError as e:
-            if e.err_code != 10058:  # stream name already in use with a different configuration
-                raise
-            await js.update_stream(config)
+        await add_or_update_stream(js, config)
 
     # -- publishing ------------------------------------------------------
 
@@ -516,6 +512,15 @@ class JetStreamBroker(Broker):
             info = self.consumer_info(queue)
             result[queue] = (info.num_pending or 0) + (info.num_ack_pending or 0)
         return result
+
+    def assets(self) -> list[Asset]:
+        """This pipeline's streams, KV buckets and object store: replicas, storage and leader of each."""
+
+        async def gather() -> list[Asset]:
+            names = [name for name in await stream_names(self.nc) if owned_by(self.prefix, name)]
+            return [describe(await self.js.stream_info(name)) for name in names]
+
+        return sorted(self.run(gather()), key=lambda asset: (asset.kind, asset.name))
 
     def dead_letter_count(self, queue_name: str) -> int:
         """Dead letters kept for a queue (any name: the ingest dead-letters under ``events``)."""

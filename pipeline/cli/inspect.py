@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import typer
@@ -11,7 +12,7 @@ from pipeline.cli.common import JSON_OPTION, connected_broker, echo_json, engine
 
 
 def status(as_json: bool = JSON_OPTION) -> None:
-    """Each queue's lag and dead letters, the monitors, and the LLM set-up."""
+    """Each queue's lag and dead letters; where each stream and bucket is (replicas, leader); the monitors; the LLM."""
     from pipeline import queries
     from pipeline.names import EVENTS_QUEUE
 
@@ -19,14 +20,21 @@ def status(as_json: bool = JSON_OPTION) -> None:
     try:
         queues = {q: {"lag": lag, "dead": broker.dead_letter_count(q)} for q, lag in broker.lag().items()}
         queues[EVENTS_QUEUE] = {"lag": 0, "dead": broker.dead_letter_count(EVENTS_QUEUE)}
+        assets = broker.assets()
     finally:
         broker.close()
     total, paused = queries.monitor_counts(engine())
     llm = _llm_summary()
     if as_json:
-        echo_json({"queues": queues, "monitors": {"total": total, "paused": paused}, "llm": llm})
+        shown = [dataclasses.asdict(asset) for asset in assets]
+        echo_json({"queues": queues, "assets": shown, "monitors": {"total": total, "paused": paused}, "llm": llm})
         return
     table(["QUEUE", "LAG", "DEAD LETTERS"], ([q, f["lag"], f["dead"]] for q, f in queues.items()))
+    typer.echo()
+    table(
+        ["STREAM", "KIND", "REPLICAS", "CURRENT", "STORAGE", "LEADER"],
+        ([a.name, a.kind, a.replicas, a.current, a.storage, a.leader or "none (election)"] for a in assets),
+    )
     typer.echo(f"\nmonitors: {total} ({paused} paused)")
     if llm is None:
         typer.echo("llm: off (no PIPELINE_OPENAI_API_KEYS): monitors are judged by their rules")

@@ -11,9 +11,10 @@ import hashlib
 import json
 
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
+from pipeline.broker.assets import key_value
 from pipeline.rules import Verdict
 
 TTL = 7 * 86400.0
@@ -32,11 +33,8 @@ class VerdictCache:
     async def _open(self) -> KeyValue:
         if self._kv is None:
             js = self.broker.js  # type: ignore[attr-defined]
-            try:
-                self._kv = await js.key_value(self.bucket)
-            except nats.js.errors.BucketNotFoundError:
-                config = KeyValueConfig(bucket=self.bucket, ttl=TTL, storage=StorageType.FILE)
-                self._kv = await js.create_key_value(config)
+            storage, replicas = self.broker.storage, self.broker.replicas  # type: ignore[attr-defined]
+            self._kv = await key_value(js, KeyValueConfig(self.bucket, ttl=TTL, storage=storage, replicas=replicas))
         return self._kv
 
     async def _get(self, key: str) -> bytes | None:

@@ -23,6 +23,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 
+from pipeline.broker.assets import key_value
 from pipeline.broker.loop import EventLoopThread
 
 R = TypeVar("R")
@@ -114,7 +115,9 @@ class KVStore:
     @classmethod
     def from_broker(cls, broker: Any, name: str) -> KVStore:
         """A bucket ``<prefix>_<name>`` on the broker's own connection."""
-        return cls(f"{broker.prefix}_{name}", lambda: broker.js, broker.run, replicas=broker.replicas)
+        return cls(
+            f"{broker.prefix}_{name}", lambda: broker.js, broker.run, replicas=broker.replicas, storage=broker.storage
+        )
 
     @classmethod
     def connect(cls, url: str, bucket: str, **options: Any) -> KVStore:
@@ -163,10 +166,7 @@ class KVStore:
     async def _open(self) -> JetStreamContext:
         js = self._js()
         if self._opened is not js:  # first use, or a new connection after a broker restart
-            try:
-                await js.key_value(self.bucket)
-            except nats.js.errors.BucketNotFoundError:
-                await js.create_key_value(self._config)
+            await key_value(js, self._config)
             self._opened = js
         return js
 
