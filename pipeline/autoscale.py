@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from pipeline.outage import Outage
 from pipeline.service import BackgroundService
 
 logger = logging.getLogger(__name__)
@@ -303,6 +304,7 @@ class Autoscaler(BackgroundService):
         self.scalers = {queue: Scaler(policies[queue]) for queue in self.pools}
         self.clock = clock
         self.interval = min(policies[queue].polling for queue in self.pools)
+        self.outage = Outage("autoscale: pools keep their size", logger)
 
     def step(self) -> dict[str, int]:
         """Read the lag once and resize every pool; returns the sizes."""
@@ -321,6 +323,7 @@ class Autoscaler(BackgroundService):
         while not self.stop_event.is_set():
             try:
                 self.step()
-            except Exception:  # NATS away for a moment: keep the pools as they are, try again
-                logger.warning("Autoscaling step failed; pools keep their size.", exc_info=True)
+                self.outage.ok()
+            except Exception as e:  # NATS away for a moment: keep the pools as they are, try again
+                self.outage.failed(e)
             self.stop_event.wait(self.interval)

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from pipeline.broker import JetStreamBroker
 from pipeline.names import LAG_METRIC
+from pipeline.outage import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class JetStreamCollector(Collector):
         self.broker = broker
         self.queues = queues
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jetstream-metrics")
+        self.outage = Outage("exporter: metrics show pipeline_exporter_jetstream_up 0", logger)
 
     def _read(self) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:
         consumers = []
@@ -58,8 +60,9 @@ class JetStreamCollector(Collector):
         up = GaugeMetricFamily("pipeline_exporter_jetstream_up", "1 when the last read of JetStream worked")
         try:
             consumers, dead_letters = self._reader.submit(self._read).result(timeout=READ_TIMEOUT)
-        except Exception:
-            logger.warning("Reading JetStream for metrics failed or took over %ss", READ_TIMEOUT, exc_info=True)
+            self.outage.ok()
+        except Exception as e:  # failed, or took over READ_TIMEOUT
+            self.outage.failed(e)
             up.add_metric([], 0)
             yield up
             return

@@ -28,6 +28,7 @@ from pipeline.broker.assets import add_or_update_stream
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
 from pipeline.jobs import monitor_source, watched_source
 from pipeline.names import EVENT_KINDS, EVENTS_QUEUE, events_stream
+from pipeline.outage import Outage
 from pipeline.service import BackgroundService
 from pipeline.stages import Context
 
@@ -79,6 +80,7 @@ class Ingest(BackgroundService):
         self.broker = broker
         self.ctx = ctx
         self.dead = QueueNames(broker.prefix, EVENTS_QUEUE)
+        self.outage = Outage("ingest", logger)
 
     def declare(self) -> None:
         """Create the events stream and its consumer; declare the queues events go to."""
@@ -102,15 +104,20 @@ class Ingest(BackgroundService):
 
     def run(self) -> None:
         """Ingest until ``stop()``; each event is acked only once its message is stored."""
-        self.declare()
-        subscription = self.broker.run(self.broker.js.pull_subscribe_bind(CONSUMER, events_stream(self.broker.prefix)))
+        subscription = None
         while not self.stop_event.is_set():
             try:
+                if subscription is None:
+                    self.declare()
+                    stream = events_stream(self.broker.prefix)
+                    subscription = self.broker.run(self.broker.js.pull_subscribe_bind(CONSUMER, stream))
                 msgs = self.broker.loop.run(subscription.fetch(64, timeout=1))
+                self.outage.ok()
             except TimeoutError:
+                self.outage.ok()  # an answer: no events just now
                 continue
-            except Exception:
-                logger.warning("Fetching events failed; trying again.", exc_info=True)
+            except Exception as e:  # a server restart, a leader election: the events wait in their stream
+                self.outage.failed(e)
                 self.stop_event.wait(1)
                 continue
             for msg in msgs:

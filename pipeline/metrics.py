@@ -42,6 +42,11 @@ EVENTS = Counter(
     "Events ingested from NATS subjects, by kind and outcome (accepted, invalid)",
     ["kind", "outcome"],
 )
+CONSUMER_STALLS = Counter(
+    "pipeline_consumer_stalls",
+    "Times a worker's consumer got no message for 10 s while its queue had messages waiting (or could not be read)",
+    ["queue"],
+)
 WORKER_PROCESSES = Gauge(
     "pipeline_worker_processes", "Worker processes consuming each queue", ["queue"], multiprocess_mode="livesum"
 )

@@ -32,6 +32,10 @@ class WorkerMetrics(Prometheus):
         for queue in {q_name(name) for name in worker.consumers}:  # not the delay queues
             metrics.WORKER_PROCESSES.labels(queue).set(1)
 
+    def after_consumer_stall(self, broker: Broker, queue_name: str, waiting: int | None, seconds: float) -> None:
+        """The JetStream broker's signal: a consumer got nothing for a while although messages wait."""
+        metrics.CONSUMER_STALLS.labels(queue_name).inc()
+
 
 def forget_dead_processes(directory: str | Path) -> None:
     """Drop the live gauges of worker processes that died without shutting down (killed, crashed).

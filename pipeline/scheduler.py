@@ -20,6 +20,7 @@ from pipeline import queries
 from pipeline.broker import JetStreamBroker
 from pipeline.ingest import Ingest
 from pipeline.models import Monitor
+from pipeline.outage import Outage
 from pipeline.service import BackgroundService
 from pipeline.stages import Context
 
@@ -41,6 +42,7 @@ class Scheduler(BackgroundService):
         self.tick = tick
         self.jitter = jitter
         self.subject = f"{broker.prefix}.events.monitor"
+        self.outage = Outage("scheduler", logger)
 
     def run_once(self, now: datetime | None = None) -> int:
         """Publish an event for every due monitor; return how many were due."""
@@ -64,6 +66,7 @@ class Scheduler(BackgroundService):
                     Ingest(self.broker, self.ctx).declare()  # the events stream must exist before publishing
                     declared = True
                 self.run_once()
-            except Exception:
-                logger.exception("Scheduling pass failed; trying again in %ss.", self.tick)
+                self.outage.ok()
+            except Exception as e:  # NATS or the database away: due monitors stay due, the next pass has them
+                self.outage.failed(e)
             self.stop_event.wait(self.tick)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.outage import Outage
 from pipeline.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class StageStatus:
     """One stage's line of the live view."""
 
     queue: str
-    lag: int
+    lag: int | None  # None while NATS cannot be read
     done: int
     errors: int
     replicas: int
@@ -50,6 +51,7 @@ class Supervisor:
         self.broker: Any = None
         self.pools: dict[str, Any] = {}
         self.autoscaler: Any = None
+        self.outage = Outage("pipeline up")
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Supervisor:
@@ -146,10 +148,15 @@ class Supervisor:
         from pipeline.observability import forget_dead_processes
 
         forget_dead_processes(self.metrics_dir)
-        lag = self.broker.lag()
+        try:
+            lag: dict[str, int | None] = dict(self.broker.lag(set(self.pools)))
+            self.outage.ok()
+        except Exception as e:  # a server restart or a leader election: say so, and carry on
+            self.outage.failed(e)
+            lag = {}
         done, errors = queries.recent_checks(engine, seconds)
         return [
-            StageStatus(q, lag.get(q, 0), done.get(q, 0), errors.get(q, 0), pool.size, pool.draining)
+            StageStatus(q, lag.get(q), done.get(q, 0), errors.get(q, 0), pool.size, pool.draining)
             for q, pool in self.pools.items()
         ]
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
+import nats.errors
+import nats.js.errors
 import pytest
 from typer.testing import CliRunner
 
@@ -18,6 +28,9 @@ from pipeline.names import STAGES
 from pipeline.nats_server import NatsCluster
 from pipeline.rules import Verdict
 from pipeline.settings import configure, current
+from pipeline.webhooks import new_secret
+from tests.conftest import wait_for
+from tests.site import Page, Site
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +100,129 @@ def test_raising_the_setting_updates_the_existing_assets(on_cluster: None, monke
         broker.close()
     assert len(assets) == sum(EXPECTED_KINDS.values())
     assert {a.replicas for a in assets} == {3}, assets
+
+
+def leader_of(url: str, stream: str) -> str:
+    """The server name leading ``stream`` now (waits through an election)."""
+
+    async def ask() -> str:
+        nc = await nats.connect(url.split(","))
+        try:
+            for _ in range(100):
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    info = await asyncio.wait_for(nc.jetstream().stream_info(stream), 1)
+                    if info.cluster and info.cluster.leader:
+                        return info.cluster.leader
+                await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+        raise AssertionError(f"{stream} has no leader")
+
+    return asyncio.run(ask())
+
+
+def publish_acknowledged(url: str, subject: str, events: list[dict]) -> int:
+    """As the README's producers do: a JetStream publish per event, sent again until it is stored.
+
+    Returns how many publishes had to be repeated (a leader election makes some go unanswered)."""
+
+    async def go() -> int:
+        nc = await nats.connect(url.split(","), max_reconnect_attempts=-1)
+        js = nc.jetstream()
+        repeated = 0
+        for event in events:
+            while True:
+                try:
+                    await js.publish(
+                        subject, json.dumps(event).encode(), timeout=2, headers={"Nats-Msg-Id": event["url"]}
+                    )
+                    break
+                except (nats.errors.Error, TimeoutError):
+                    repeated += 1
+                    await asyncio.sleep(0.5)
+        await nc.close()
+        return repeated
+
+    return asyncio.run(go())
+
+
+def test_pipeline_up_rides_out_the_loss_of_stream_leaders(cluster: NatsCluster, prefix: str, tmp_path: Path) -> None:
+    """100 checks published with acks; the events stream's leader is killed, then the fetch stream's;
+    every check alerts exactly once and `pipeline up` never exits."""
+    secret = new_secret()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env.update(
+        PIPELINE_NATS_URL=cluster.url, PIPELINE_NATS_REPLICAS="3", PIPELINE_PREFIX=prefix,
+        PIPELINE_HOME=str(tmp_path / "home"), PIPELINE_DATABASE_URL=f"sqlite:///{tmp_path / 'pipeline.db'}",
+        PIPELINE_FETCH_ALLOW_HOSTS="127.0.0.1", PIPELINE_FETCH_DOMAIN_INTERVAL="0", PIPELINE_METRICS_PORT="0",
+        PIPELINE_WEBHOOK_SECRET=secret,
+    )  # fmt: skip
+    log_path = tmp_path / "up.log"
+    with Site() as site, Site() as receiver, open(log_path, "w") as log:
+        for i in range(100):
+            site.routes[f"/p/{i}"] = Page(f'<p class="p">{50 + i % 40}</p>'.encode())
+        events = [{"url": site.url(f"/p/{i}"), "selector": ".p", "rule": "price < 100",
+                   "notify": [receiver.url("/hook")]} for i in range(100)]  # fmt: skip
+        up = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "up", "--replicas", "1", "--interval", "1"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        killed = []
+        try:
+            events_stream = f"{prefix}-events"
+            assert wait_for(lambda: up.poll() is None and _exists(cluster.url, events_stream), 60), log_path.read_text()
+            subject = f"{prefix}.events.check"
+            repeated = publish_acknowledged(cluster.url, subject, events[:50])
+
+            victim = cluster.member(leader_of(cluster.url, events_stream))
+            victim.kill()
+            killed.append(victim)
+            repeated += publish_acknowledged(cluster.url, subject, events[50:])
+            victim.start()
+            killed.remove(victim)
+
+            assert wait_for(lambda: len(receiver.posts) >= 30, 120), log_path.read_text()[-3000:]
+            victim = cluster.member(leader_of(cluster.url, f"{prefix}_fetch"))
+            victim.kill()
+            killed.append(victim)
+            time.sleep(5)
+            victim.start()
+            killed.remove(victim)
+
+            assert wait_for(lambda: len({_alerted(post) for post in receiver.posts}) == 100, 180), (
+                f"{len(receiver.posts)} alerts\n" + log_path.read_text()[-4000:]
+            )
+            time.sleep(3)  # a duplicate would come now, if at all
+            alerted = [_alerted(post) for post in receiver.posts]
+            assert sorted(alerted) == sorted(e["url"] for e in events), "an alert was sent twice"
+            assert up.poll() is None, "pipeline up exited:\n" + log_path.read_text()[-4000:]
+            print(f"sent 100, alerted {len(set(alerted))}, duplicated {len(alerted) - len(set(alerted))}, "
+                  f"publishes repeated {repeated}")  # fmt: skip
+        finally:
+            for server in killed:
+                server.start()
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+                up.wait()
+    assert up.returncode == 0, log_path.read_text()[-4000:]
+
+
+def _alerted(post: tuple[str, dict[str, str], bytes]) -> str:
+    return str(json.loads(post[2])["data"]["url"])
+
+
+def _exists(url: str, stream: str) -> bool:
+    async def ask() -> bool:
+        nc = await nats.connect(url.split(","))
+        try:
+            await nc.jetstream().stream_info(stream)
+            return True
+        except nats.js.errors.NotFoundError:
+            return False
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())

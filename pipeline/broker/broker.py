@@ -456,7 +456,12 @@ class JetStreamBroker(Broker):
                 return IdleConsumer(timeout)
             consumer = DelayedConsumer
         return consumer(self.connection, names, prefetch, timeout, dead_letter=self.dead_letter,
-                        forget=self.forget_queue, logger=self.logger)  # fmt: skip
+                        forget=self.forget_queue, logger=self.logger, stalled=self._stalled)  # fmt: skip
+
+    def _stalled(self, queue_name: str, waiting: int | None, seconds: float) -> None:
+        """A consumer got nothing for ``seconds`` while messages wait: middleware hear of it
+        (``after_consumer_stall(broker, queue_name, waiting, seconds)``; the worker metrics count it)."""
+        self.emit_after("consumer_stall", queue_name, waiting, seconds)
 
     def _has_delayed_consumer(self, names: QueueNames) -> bool:
         """True where a server upgraded past 2.12 still holds delays stored the old way: drain them."""

@@ -34,6 +34,13 @@ DeadLetter = Callable[[QueueNames, Msg, str, BaseException | None], None]
 #: Durable consumer that holds delayed messages on servers without message schedules.
 DELAYED_CONSUMER = "delayed"
 
+#: Seconds without a delivery, with room to take more, after which a consumer asks whether its queue has
+#: messages waiting: if it has (or cannot be asked), the consumer is stalled and says so.
+STALL_SECONDS = 10.0
+
+#: How the broker is told of a stall: (queue, messages waiting or None when unknown, seconds since a delivery).
+Stalled = Callable[[str, int | None, float], None]
+
 
 class JetStreamMessageProxy(MessageProxy):
     """A message and what settles it: its NATS message and the puller that counted it.
@@ -61,6 +68,7 @@ class QueueConsumer(Consumer):
         dead_letter: DeadLetter,
         forget: Callable[[str], None],
         logger: logging.Logger,
+        stalled: Stalled | None = None,
     ) -> None:
         self.connection = connection
         self.names = names
@@ -68,7 +76,10 @@ class QueueConsumer(Consumer):
         self.dead_letter = dead_letter
         self.forget = forget
         self.logger = logger
+        self.stalled = stalled
         self.arrivals: queue.SimpleQueue[Msg] = queue.SimpleQueue()
+        self._delivered_at = self._checked_at = time.monotonic()
+        self._stall_reported = False
         self.puller = Puller(connection.nc, names.stream, self.durable, max(prefetch, 1), self._arrived)
         connection.run(self.puller.start())
         connection.pullers.add(self.puller)
@@ -87,8 +98,41 @@ class QueueConsumer(Consumer):
                 raise ConnectionClosed(f"pulling from {self.names.stream} failed: {self.puller.broken}") from None
             if self.connection.nc.is_closed:
                 raise ConnectionClosed("the NATS connection is closed") from None
+            self._watch_for_stall()
             return None
+        self._delivered_at = time.monotonic()
+        if self._stall_reported:
+            self._stall_reported = False
+            self.logger.info("%s: consuming again", self.names.queue)
         return self._accept(msg)
+
+    def _watch_for_stall(self) -> None:
+        """No delivery for STALL_SECONDS with room for more: messages waiting mean a stall (a consumer
+        whose leader is being elected, a server away), which is logged once and counted every time."""
+        now = time.monotonic()
+        quiet = now - self._delivered_at
+        if quiet < STALL_SECONDS or now - self._checked_at < STALL_SECONDS or self.puller.held >= self.puller.prefetch:
+            return
+        self._checked_at = now
+        js = self.connection.connected_js
+        try:
+            if js is None:
+                raise ConnectionClosed("not connected")
+            waiting: int | None = self.connection.run(
+                js.consumer_info(self.names.stream, self.durable), timeout=2
+            ).num_pending
+        except Exception:
+            waiting = None  # the consumer cannot even be asked: as stalled as it gets
+        if waiting == 0:
+            return  # nothing to do is not a stall
+        if not self._stall_reported:
+            self._stall_reported = True
+            self.logger.warning(
+                "%s: no message for %.0f s while %s wait; pulling goes on (a leader election or a server away?)",
+                self.names.queue, quiet, "messages" if waiting is None else waiting,
+            )  # fmt: skip
+        if self.stalled is not None:
+            self.stalled(self.names.queue, waiting, quiet)
 
     def _accept(self, msg: Msg) -> JetStreamMessageProxy | None:
         """Turn a NATS message into a Dramatiq one; dead-letter what cannot be decoded."""
@@ -144,6 +188,9 @@ class DelayedConsumer(QueueConsumer):
     """
 
     durable = DELAYED_CONSUMER
+
+    def _watch_for_stall(self) -> None:
+        pass  # waiting delays are not due: their quiet is no stall
 
     def _accept(self, msg: Msg) -> JetStreamMessageProxy | None:
         proxy = super()._accept(msg)

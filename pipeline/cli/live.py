@@ -49,11 +49,13 @@ class StatusView:
         if self._live is not None:
             self._live.__exit__(kind, error, tb)
 
-    def update(self, stages: Sequence[StageStatus]) -> None:
+    def update(self, stages: Sequence[StageStatus], problem: str | None = None) -> None:
+        """Show the stages; ``problem`` (NATS unreachable since ...) stands above them while there is one."""
         if self._live is None:
-            typer.echo(time.strftime("%H:%M:%S ") + (_line(stages) or "no queues declared in actors/"))
+            line = _line(stages) or "no queues declared in actors/"
+            typer.echo(time.strftime("%H:%M:%S ") + (f"{problem}; " if problem else "") + line)
             return
-        self._live.update(self._table(stages), refresh=True)
+        self._live.update(self._table(stages, problem), refresh=True)
 
     def alert(self, line: str) -> None:
         if self._live is None:
@@ -61,14 +63,20 @@ class StatusView:
         else:
             self._live.console.print(line, markup=False, highlight=False)  # above the live table
 
-    def _table(self, stages: Sequence[StageStatus]) -> Table:
-        table = Table(caption=time.strftime("%H:%M:%S; Ctrl-C stops"), caption_justify="left")
+    def _table(self, stages: Sequence[StageStatus], problem: str | None) -> Table:
+        table = Table(
+            title=problem,
+            title_style="bold red",
+            caption=time.strftime("%H:%M:%S; Ctrl-C stops"),
+            caption_justify="left",
+        )
         for column in ("stage", "lag", "replicas", "done/s", "errors"):
             table.add_column(column, justify="left" if column in ("stage", "errors") else "right")
         for s in stages:
             replicas = f"{s.replicas}" + (f" (+{s.draining} draining)" if s.draining else "")
             errors = f"{s.errors}: pipeline dlq list --queue {s.queue}" if s.errors else "0"
-            table.add_row(s.queue, str(s.lag), replicas, f"{s.done / self.interval:.1f}", errors)
+            lag = "?" if s.lag is None else str(s.lag)
+            table.add_row(s.queue, lag, replicas, f"{s.done / self.interval:.1f}", errors)
         return table
 
 
@@ -89,7 +97,7 @@ class _Above:
 
 def _line(stages: Sequence[StageStatus]) -> str:
     return "  ".join(
-        f"{s.queue}: lag {s.lag} done {s.done}{f' errors {s.errors}' if s.errors else ''}"
+        f"{s.queue}: lag {'?' if s.lag is None else s.lag} done {s.done}{f' errors {s.errors}' if s.errors else ''}"
         f" replicas {s.replicas}{f' ({s.draining} draining)' if s.draining else ''}"
         for s in stages
     )
