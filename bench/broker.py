@@ -9,6 +9,11 @@ in-process ceiling) and raw nats-py JetStream (the transport's ceiling).
 
     python bench/broker.py                      # all brokers, 20,000 messages
     python bench/broker.py --messages 5000 --only jetstream rabbitmq
+    python bench/broker.py --cluster --replicas 1 3 --only jetstream jetstream-batch "nats-py raw"
+    python bench/broker.py --url nats://a:4222,nats://b:4222 --replicas 3 --only jetstream
+
+``--cluster`` starts three clustered servers on loopback instead of one; ``--url`` uses yours;
+``--replicas`` runs the NATS rows once per replica count, streams created at that count.
 
 RabbitMQ and Redis are expected on 127.0.0.1 (5672, 6379); a broker whose
 server is absent is skipped with a note.  The NATS server is a fresh
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -35,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dramatiq
 from dramatiq import Worker
 
-from pipeline.nats_server import NatsServer, reachable
+from pipeline.nats_server import NatsCluster, NatsServer, reachable
 
 QUEUE = "bench"
 THREADS = 8
@@ -51,11 +57,11 @@ class Row:
     note: str = ""
 
 
-def make_broker(kind: str, nats_url: str, prefix: str) -> dramatiq.Broker:
+def make_broker(kind: str, nats_url: str, prefix: str, replicas: int = 1) -> dramatiq.Broker:
     if kind.startswith("jetstream"):
         from pipeline.broker import JetStreamBroker
 
-        return JetStreamBroker(nats_url, prefix=prefix)
+        return JetStreamBroker(nats_url, prefix=prefix, replicas=replicas)
     if kind == "rabbitmq":
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
@@ -111,10 +117,10 @@ def declare_actor(broker: dramatiq.Broker, recorder: Recorder) -> dramatiq.Actor
     return noop
 
 
-def worker_process(kind: str, nats_url: str, prefix: str, consume: int, latency: int, conn) -> None:
+def worker_process(kind: str, nats_url: str, prefix: str, consume: int, latency: int, conn, replicas: int) -> None:
     """The one worker process: 8 threads, a no-op actor; reports to the parent over a pipe."""
     recorder = Recorder()
-    broker = make_broker(kind, nats_url, prefix)
+    broker = make_broker(kind, nats_url, prefix, replicas)
     declare_actor(broker, recorder)
     broker.emit_after("process_boot")
     worker = Worker(broker, worker_threads=THREADS, worker_timeout=100)
@@ -144,12 +150,12 @@ def paced_sends(actor: dramatiq.Actor, count: int, rate: float) -> None:
         actor.send(time.time())
 
 
-def bench_dramatiq(kind: str, nats_url: str, messages: int, latency: int, rate: float) -> Row:
+def bench_dramatiq(kind: str, nats_url: str, messages: int, latency: int, rate: float, replicas: int = 1) -> Row:
     prefix = "bench" + uuid.uuid4().hex[:6]
-    producer = make_broker(kind, nats_url, prefix)
+    producer = make_broker(kind, nats_url, prefix, replicas)
     actor = declare_actor(producer, Recorder())
     producer.flush_all()
-    row = Row(kind)
+    row = Row(kind if not kind.startswith("jetstream") else f"{kind} R{replicas}")
 
     started = time.perf_counter()
     if kind == "jetstream-batch":
@@ -163,7 +169,7 @@ def bench_dramatiq(kind: str, nats_url: str, messages: int, latency: int, rate: 
 
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=worker_process, args=(kind, nats_url, prefix, messages, latency, child))
+    process = ctx.Process(target=worker_process, args=(kind, nats_url, prefix, messages, latency, child, replicas))
     process.start()
     try:
         row.consume = parent.recv()[1]
@@ -202,19 +208,24 @@ def bench_stub(messages: int, latency: int, rate: float) -> Row:
     return row
 
 
-async def _raw_jetstream(url: str, messages: int, latency: int, rate: float) -> Row:
+async def _raw_jetstream(url: str, messages: int, latency: int, rate: float, replicas: int = 1) -> Row:
     """nats-py alone: async batched publishes, fetch 256 at a time, ack each."""
     import nats
     from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
-    nc = await nats.connect(url)
+    from pipeline.broker.assets import add_or_update_stream
+
+    nc = await nats.connect(url.split(","))
     js = nc.jetstream()
     stream = "raw" + uuid.uuid4().hex[:6]
-    await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream}.q"], retention=RetentionPolicy.WORK_QUEUE))
+    config = StreamConfig(
+        name=stream, subjects=[f"{stream}.q"], retention=RetentionPolicy.WORK_QUEUE, num_replicas=replicas
+    )
+    await add_or_update_stream(js, config)  # and wait for its leader
     await js.add_consumer(stream, ConsumerConfig(durable_name="workers", ack_policy=AckPolicy.EXPLICIT))
     sub = await js.pull_subscribe_bind("workers", stream)
     payload = b"x" * 200
-    row = Row("nats-py raw", note="single process, asyncio")
+    row = Row(f"nats-py raw R{replicas}", note="single process, asyncio")
 
     started = time.perf_counter()
     for _ in range(messages):
@@ -260,16 +271,22 @@ def print_table(rows: list[Row]) -> None:
         print(f"| {r.broker} | {r.enqueue:,.0f} | {r.consume:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.note} |")
     by = {r.broker: r for r in rows if not r.note.startswith("skipped")}
     checks = [
-        ("consume: jetstream / rabbitmq", "jetstream", "rabbitmq", "consume", 3.0),
-        ("confirmed send: jetstream / rabbitmq-confirm", "jetstream", "rabbitmq-confirm", "enqueue", 2.0),
-        ("batch enqueue: jetstream-batch / rabbitmq", "jetstream-batch", "rabbitmq", "enqueue", 1.0),
+        ("consume: jetstream / rabbitmq", "jetstream R1", "rabbitmq", "consume", 3.0),
+        ("confirmed send: jetstream / rabbitmq-confirm", "jetstream R1", "rabbitmq-confirm", "enqueue", 2.0),
+        ("batch enqueue: jetstream-batch / rabbitmq", "jetstream-batch R1", "rabbitmq", "enqueue", 1.0),
     ]
+    for replicas in sorted({int(r.broker.rsplit(" R", 1)[1]) for r in rows if " R" in r.broker} - {1}):
+        for kind in ("jetstream", "jetstream-batch", "nats-py raw"):
+            one, many = by.get(f"{kind} R1"), by.get(f"{kind} R{replicas}")
+            if one and many:
+                checks.append((f"{kind}: R{replicas} / R1 enqueue", many.broker, one.broker, "enqueue", 0.0))
+                checks.append((f"{kind}: R{replicas} / R1 consume", many.broker, one.broker, "consume", 0.0))
     print()
     for label, ours, theirs, metric, target in checks:
         if ours in by and theirs in by:
             ratio = getattr(by[ours], metric) / max(getattr(by[theirs], metric), 1e-9)
-            verdict = "meets" if ratio >= target else "MISSES"
-            print(f"- {label}: {ratio:.2f}x ({verdict} the {target:g}x target)")
+            verdict = "" if not target else f" ({'meets' if ratio >= target else 'MISSES'} the {target:g}x target)"
+            print(f"- {label}: {ratio:.2f}x{verdict}")
 
 
 def main() -> None:
@@ -279,13 +296,22 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1_000, help="messages/s in the latency phase")
     parser.add_argument("--only", nargs="*", help="broker names to run")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--url", help="an existing NATS server or cluster (comma-separated URLs)")
+    parser.add_argument("--cluster", action="store_true", help="start three clustered nats-servers on loopback")
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1], help="stream replicas for the NATS rows")
     args = parser.parse_args()
 
     kinds = ["jetstream", "jetstream-batch", "rabbitmq", "rabbitmq-confirm", "redis", "stub", "nats-py raw"]
     if args.only:
         kinds = [k for k in kinds if k in args.only]
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as store, NatsServer(store) as server:
+    with contextlib.ExitStack() as stack:
+        if args.url:
+            url, where = args.url, "the given NATS"
+        else:
+            store = stack.enter_context(tempfile.TemporaryDirectory())
+            server = stack.enter_context(NatsCluster(store) if args.cluster else NatsServer(store))
+            url, where = server.url, "three clustered nats-servers" if args.cluster else "one nats-server"
         for kind in kinds:
             print(f"... {kind}", file=sys.stderr, flush=True)
             if kind.startswith("rabbitmq") and not reachable(5672):
@@ -295,10 +321,14 @@ def main() -> None:
             elif kind == "stub":
                 rows.append(bench_stub(args.messages, args.latency_messages, args.rate))
             elif kind == "nats-py raw":
-                rows.append(asyncio.run(_raw_jetstream(server.url, args.messages, args.latency_messages, args.rate)))
+                for r in args.replicas:
+                    rows.append(asyncio.run(_raw_jetstream(url, args.messages, args.latency_messages, args.rate, r)))
+            elif kind.startswith("jetstream"):
+                for r in args.replicas:
+                    rows.append(bench_dramatiq(kind, url, args.messages, args.latency_messages, args.rate, r))
             else:
-                rows.append(bench_dramatiq(kind, server.url, args.messages, args.latency_messages, args.rate))
-    print(f"\n{args.messages:,} messages, latency at {args.rate:,.0f} msg/s, {os.cpu_count()} cores\n")
+                rows.append(bench_dramatiq(kind, url, args.messages, args.latency_messages, args.rate))
+    print(f"\n{args.messages:,} messages, latency at {args.rate:,.0f} msg/s, {os.cpu_count()} cores, {where}\n")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from pipeline.members import share
 from pipeline.outage import Outage
 from pipeline.service import BackgroundService
 
@@ -279,6 +280,7 @@ class Pool(Protocol):
     """What the autoscaler resizes: :class:`pipeline.workers.WorkerPool`."""
 
     queue: str
+    size: int
 
     def resize(self, size: int) -> None: ...
 
@@ -297,9 +299,15 @@ class Autoscaler(BackgroundService):
         policies: Mapping[str, Policy],
         *,
         clock: Callable[[], float] = time.monotonic,
+        members: Callable[[], Mapping[str, list[str]]] | None = None,
+        me: str = "",
     ) -> None:
+        """``members`` (with ``me``, this machine's name): the machines that scale each queue together
+        (:mod:`pipeline.members`), each running its share of the count; None: this machine alone."""
         super().__init__()
         self.lag = lag
+        self.members = members
+        self.me = me
         self.pools = dict(pools)
         self.scalers = {queue: Scaler(policies[queue]) for queue in self.pools}
         self.clock = clock
@@ -307,15 +315,22 @@ class Autoscaler(BackgroundService):
         self.outage = Outage("autoscale: pools keep their size", logger)
 
     def step(self) -> dict[str, int]:
-        """Read the lag once and resize every pool; returns the sizes."""
+        """Read the lag once and resize every pool to this machine's share; returns the shares."""
         lags = self.lag(set(self.pools))
+        members = self.members() if self.members is not None else {}
         now = self.clock()
         sizes = {}
         for queue, pool in self.pools.items():
             before = self.scalers[queue].replicas
-            sizes[queue] = self.scalers[queue].decide(lags.get(queue, 0), now)
-            if sizes[queue] != before:
-                logger.info("%s: %d -> %d replicas (lag %d)", queue, before, sizes[queue], lags.get(queue, 0))
+            wanted = self.scalers[queue].decide(lags.get(queue, 0), now)
+            machines = members.get(queue) or [self.me]
+            sizes[queue] = share(wanted, machines, self.me)
+            if wanted != before:
+                logger.info("%s: %d -> %d replicas (lag %d)", queue, before, wanted, lags.get(queue, 0))
+            if sizes[queue] != pool.size and len(machines) > 1:
+                logger.info(
+                    "%s: this machine runs %d of the %d (%d machines)", queue, sizes[queue], wanted, len(machines)
+                )
             pool.resize(sizes[queue])
         return sizes
 

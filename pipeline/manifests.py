@@ -37,7 +37,18 @@ from pipeline.policy import (
 #: Where the rendered files live in a checkout.
 DEFAULT_DIRECTORY = Path("autoscale/keda")
 IMAGE = "nats-ai-pipeline:latest"
-NATS_MONITORING = "nats.nats.svc.cluster.local:8222"  # the official NATS Helm chart's service, namespace nats
+#: NATS as the official Helm chart (nats-io/k8s, release ``nats`` in namespace ``nats``) runs it in cluster mode:
+#: a StatefulSet ``nats`` whose pods ``nats-<i>`` are also their servers' names (``server_name: $POD_NAME``),
+#: a client Service ``nats`` and a headless Service ``nats-headless`` that gives each pod a DNS name.
+NATS_RELEASE, NATS_NAMESPACE, NATS_CLUSTER_SIZE = "nats", "nats", 3
+NATS_CLIENT_URL = f"nats://{NATS_RELEASE}.{NATS_NAMESPACE}.svc.cluster.local:4222"
+#: On a cluster only the consumer's leader reports its lag.  KEDA's nats-jetstream scaler finds it by asking
+#: this endpoint for the servers' names (the chart sets ``no_advertise``, so it uses ``server_name``) and then
+#: asks ``<server_name>.<this endpoint>``: the headless Service, under which ``nats-0.nats-headless...``
+#: resolves to the pod.  The client Service (``nats.nats.svc...``) would give names that resolve to nothing.
+NATS_MONITORING = f"{NATS_RELEASE}-headless.{NATS_NAMESPACE}.svc.cluster.local:8222"
+#: Streams, KV buckets and the object store on three servers (``PIPELINE_NATS_REPLICAS``).
+NATS_REPLICAS = NATS_CLUSTER_SIZE
 PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
 METRICS_PORT = 9191
 
@@ -183,7 +194,11 @@ def base() -> dict[str, Any]:
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": "pipeline-config"},
-            "data": {"PIPELINE_NATS_URL": "nats://nats.nats.svc.cluster.local:4222", "PIPELINE_PREFIX": DEFAULT_PREFIX},
+            "data": {
+                "PIPELINE_NATS_URL": NATS_CLIENT_URL,
+                "PIPELINE_NATS_REPLICAS": str(NATS_REPLICAS),
+                "PIPELINE_PREFIX": DEFAULT_PREFIX,
+            },
         },
         "scheduler.yaml": deployment("pipeline-scheduler", "scheduler", ["pipeline", "scheduler", "--port", "9465"],
                                      9465, {"requests": {"cpu": "100m", "memory": "256Mi"}}, worker=False),

@@ -91,8 +91,11 @@ class Supervisor:
         logger.info("Metrics at http://127.0.0.1:%s/metrics", port)
         return server
 
-    def start_pools(self, queues: list[str], policies: dict[str, Any], replicas: int) -> None:
-        """A pool per queue, each replica as its Deployment runs it; autoscaled unless ``replicas`` fixes the size."""
+    def start_pools(self, queues: list[str], policies: dict[str, Any], replicas: int, *, shared: bool = False) -> None:
+        """A pool per queue, each replica as its Deployment runs it; autoscaled unless ``replicas`` fixes the size.
+
+        ``shared``: other machines autoscale these queues too; this one runs its share of the count
+        (:mod:`pipeline.members`)."""
         from pipeline.autoscale import Autoscaler, Policy
         from pipeline.workers import WorkerPool
 
@@ -112,7 +115,15 @@ class Supervisor:
             for pool in self.pools.values():
                 pool.resize(replicas)
             return
-        self.autoscaler = Autoscaler(self.broker.lag, self.pools, policies)
+        members, me = None, ""
+        if shared:
+            from pipeline.members import MISSED_POLLS, Membership
+
+            interval = min(policies[q].polling for q in queues)
+            membership = Membership(self.broker, queues, ttl=interval * MISSED_POLLS)
+            self._stack.callback(membership.leave)  # runs after the pools stopped: the share goes back at once
+            members, me = membership.heartbeat, membership.name
+        self.autoscaler = Autoscaler(self.broker.lag, self.pools, policies, members=members, me=me)
         self.autoscaler.start()
 
     def _stop_pools(self) -> None:

@@ -161,3 +161,46 @@ def test_a_killed_workers_gauge_is_forgotten_and_a_live_ones_kept(tmp_path: Path
     finally:
         live.kill()
         live.wait()
+
+
+class CountingPool:
+    """A pool that only counts: what two machines' autoscalers run, without starting processes."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.size = 0
+
+    def resize(self, size: int) -> None:
+        self.size = size
+
+
+def test_two_machines_share_one_desired_count_and_a_dead_ones_share_comes_back(make_broker, prefix: str) -> None:
+    """Lag 700, threshold 200: the policy wants 4 replicas of fetch in all, not 4 per machine."""
+    from pipeline.members import Membership
+
+    policy = {"fetch": Policy("fetch", min_replicas=0, max_replicas=10, lag_threshold=200, polling=1.0)}
+    machines = []
+    for name in ("machine-a", "machine-b"):
+        membership = Membership(make_broker(prefix=prefix), ["fetch"], ttl=2.0, name=name)
+        pools = {"fetch": CountingPool("fetch")}
+        autoscaler = Autoscaler(lambda _: {"fetch": 700}, pools, policy, members=membership.heartbeat, me=name)
+        machines.append((membership, pools["fetch"], autoscaler))
+    for _, _, autoscaler in machines:
+        autoscaler.step()  # both registered now: the next step of each sees the other
+    for _, _, autoscaler in machines:
+        autoscaler.step()
+    assert [pool.size for _, pool, _ in machines] == [2, 2]
+
+    # machine-b dies (no leave, no more heartbeats): within the TTL plus a poll, a takes the whole count
+    a_membership, a_pool, a = machines[0]
+    assert wait_for(lambda: a.step()["fetch"] == 4, 6), f"machine-a still runs {a_pool.size}"
+    assert a_pool.size == 4
+
+    # a clean stop gives the share back at once
+    b_membership, b_pool, b = machines[1]
+    b.step()
+    a.step()
+    assert (a_pool.size, b_pool.size) == (2, 2)
+    b_membership.leave()
+    assert a.step()["fetch"] == 4
+    a_membership.leave()

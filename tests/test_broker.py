@@ -136,6 +136,32 @@ def test_retries_back_off_then_succeed(broker: JetStreamBroker, worker: Worker) 
     assert broker.dead_letter_count(flaky.queue_name) == 0
 
 
+def test_a_retry_that_cannot_be_stored_brings_the_message_back(
+    broker: JetStreamBroker, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS away just when Dramatiq's Retries stores the retry: the message must come again, not be acked."""
+    attempts: list[float] = []
+    enqueue = broker.enqueue
+
+    def enqueue_while_nats_is_away(message, *, delay=None):  # type: ignore[no-untyped-def]
+        if delay and len(attempts) == 1:
+            raise ConnectionClosed("nats: no response from stream")
+        return enqueue(message, delay=delay)
+
+    @dramatiq.actor(max_retries=3, min_backoff=100, max_backoff=200)
+    def fails_once() -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise RuntimeError("a transient failure")
+
+    monkeypatch.setattr(broker, "enqueue", enqueue_while_nats_is_away)
+    fails_once.send()
+    assert wait_for(lambda: len(attempts) == 2, 20), "the message was acked although its retry was never stored"
+    assert attempts[1] - attempts[0] >= 4  # handed back with a delay, not hammered
+    broker.join(fails_once.queue_name, timeout=10_000)
+    assert broker.dead_letter_count(fails_once.queue_name) == 0
+
+
 def test_exhausted_retries_are_dead_lettered_with_the_reason(broker: JetStreamBroker, worker: Worker) -> None:
     @dramatiq.actor(queue_name="doomed", max_retries=1, min_backoff=50, max_backoff=100)
     def doomed(card: str) -> None:

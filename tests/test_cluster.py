@@ -190,7 +190,9 @@ def test_pipeline_up_rides_out_the_loss_of_stream_leaders(cluster: NatsCluster, 
             killed.remove(victim)
 
             assert wait_for(lambda: len({_alerted(post) for post in receiver.posts}) == 100, 180), (
-                f"{len(receiver.posts)} alerts\n" + log_path.read_text()[-4000:]
+                f"{len(receiver.posts)} alerts; missing "
+                + str(sorted({e["url"] for e in events} - set(map(_alerted, receiver.posts))))
+                + _diagnosis(env)
             )
             time.sleep(3)  # a duplicate would come now, if at all
             alerted = [_alerted(post) for post in receiver.posts]
@@ -208,6 +210,15 @@ def test_pipeline_up_rides_out_the_loss_of_stream_leaders(cluster: NatsCluster, 
                 os.killpg(up.pid, signal.SIGKILL)
                 up.wait()
     assert up.returncode == 0, log_path.read_text()[-4000:]
+
+
+def _diagnosis(env: dict[str, str]) -> str:
+    """What the pipeline says about itself: dead letters, and each stage's checks."""
+    said = []
+    for command in (["dlq", "list", "--json"], ["status"]):
+        run = subprocess.run([sys.executable, "-m", "pipeline.cli", *command], env=env, capture_output=True, text=True)
+        said.append(run.stdout[-3000:] + run.stderr[-1000:])
+    return "\n".join(said)
 
 
 def _alerted(post: tuple[str, dict[str, str], bytes]) -> str:

@@ -101,6 +101,59 @@ def test_names_are_the_codes_names() -> None:
         assert operation["value"][0]["metadata"]["query"] == f'max({LAG_METRIC}{{queue="{stage}"}})'
 
 
+class HelmChartCluster:
+    """What the official NATS Helm chart (nats-io/k8s, chart 1.x) creates for ``helm install nats nats/nats
+    --namespace nats --set config.cluster.enabled=true --set config.jetstream.enabled=true``, from its templates:
+    files/config/config.yaml (``server_name: $POD_NAME``), files/config/cluster.yaml (``no_advertise: true``,
+    routes ``nats://<statefulset>-<i>.<headless service>:6222``), files/headless-service.yaml
+    (``<fullname>-headless``), the StatefulSet's ``serviceName`` (the headless Service: one DNS name per pod)."""
+
+    def __init__(self, release: str, namespace: str, replicas: int) -> None:
+        self.headless = f"{release}-headless"
+        self.pods = [f"{release}-{i}" for i in range(replicas)]
+        self.namespace = namespace
+        self.client_service = f"{release}.{namespace}.svc.cluster.local"
+
+    def dns_names(self) -> set[str]:
+        """The names cluster DNS resolves: each pod under the headless Service, and the two Services."""
+        pods = {f"{pod}.{self.headless}.{self.namespace}.svc.cluster.local" for pod in self.pods}
+        return pods | {self.client_service, f"{self.headless}.{self.namespace}.svc.cluster.local"}
+
+    def varz(self, pod: str) -> dict[str, Any]:
+        """What ``/varz`` says on one pod: no client URLs advertised, its name, the route URLs."""
+        return {
+            "connect_urls": [],
+            "server_name": pod,
+            "cluster": {"urls": [f"{p}.{self.headless}:6222" for p in self.pods]},
+        }
+
+
+def keda_leader_hosts(endpoint: str, varz: dict[str, Any]) -> list[str]:
+    """The hosts KEDA's nats-jetstream scaler (pkg/scalers/nats_jetstream_scaler.go) asks for a consumer's
+    leader on a cluster: without advertised client URLs, ``<node>.<endpoint>`` for the server's own name and
+    for each route URL's first label (getNATSJetStreamMonitoringNodeURLByNode)."""
+    assert not varz["connect_urls"], "with advertised client URLs KEDA asks those addresses instead"
+    nodes = [varz["server_name"], *varz["cluster"]["urls"]]
+    return [f"{node.split('.')[0]}.{endpoint.split(':')[0]}" for node in nodes]
+
+
+def test_keda_finds_every_consumer_leader_on_the_charts_clustered_nats() -> None:
+    objects = committed_objects()
+    chart = HelmChartCluster("nats", "nats", 3)
+    configmap = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "pipeline-config")
+    assert configmap["data"]["PIPELINE_NATS_URL"] == f"nats://{chart.client_service}:4222"
+    assert configmap["data"]["PIPELINE_NATS_REPLICAS"] == "3"  # every stream on the three servers
+    for scaled in (o for o in objects if o["kind"] == "ScaledObject"):
+        endpoint = scaled["spec"]["triggers"][0]["metadata"]["natsServerMonitoringEndpoint"]
+        assert endpoint.split(":")[0] in chart.dns_names() and endpoint.endswith(":8222")
+        for pod in chart.pods:  # whichever pod the Service's name reaches first
+            hosts = keda_leader_hosts(endpoint, chart.varz(pod))
+            assert set(hosts) <= chart.dns_names(), f"KEDA would ask hosts that do not resolve: {hosts}"
+            assert {h.split(".")[0] for h in hosts} == set(chart.pods)  # every server, so every leader, is asked
+    # The client Service, as shipped before, sends KEDA to names that resolve to nothing:
+    assert not set(keda_leader_hosts(f"{chart.client_service}:8222", chart.varz("nats-0"))) <= chart.dns_names()
+
+
 def test_no_secret_is_inline() -> None:
     for obj in committed_objects():
         assert obj["kind"] != "Secret", "secrets are created by the user, never committed"

@@ -51,7 +51,13 @@ from nats.js.api import (
 
 from pipeline.broker.assets import Asset, add_or_update_stream, describe, owned_by, stream_names
 from pipeline.broker.connection import INITIAL_CONNECT_DEADLINE, TRANSIENT_ERRORS, Connection
-from pipeline.broker.consumer import DELAYED_CONSUMER, DelayedConsumer, IdleConsumer, QueueConsumer
+from pipeline.broker.consumer import (
+    DELAYED_CONSUMER,
+    DelayedConsumer,
+    IdleConsumer,
+    JetStreamMessageProxy,
+    QueueConsumer,
+)
 from pipeline.broker.errors import BatchPublishError, DeadLetterError
 from pipeline.broker.loop import EventLoopThread
 from pipeline.broker.publisher import Batch, Pending
@@ -457,6 +463,21 @@ class JetStreamBroker(Broker):
             consumer = DelayedConsumer
         return consumer(self.connection, names, prefetch, timeout, dead_letter=self.dead_letter,
                         forget=self.forget_queue, logger=self.logger, stalled=self._stalled)  # fmt: skip
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        """Dramatiq's, except after a message was processed: if a middleware fails there (Dramatiq's
+        ``Retries`` cannot store the retry because NATS is away), the message is handed back to come
+        again rather than acknowledged, so an outage loses nothing.  Dramatiq itself logs the failure
+        and acks the message, which would drop the retry."""
+        if signal not in ("process_message", "skip_message"):
+            return super().emit_after(signal, *args, **kwargs)
+        for middleware in reversed(self.middleware):
+            try:
+                getattr(middleware, "after_" + signal)(self, *args, **kwargs)
+            except Exception:
+                self.logger.critical("Unexpected failure in after_%s of %r.", signal, middleware, exc_info=True)
+                if args and isinstance(args[0], JetStreamMessageProxy):
+                    args[0].redeliver = True
 
     def _stalled(self, queue_name: str, waiting: int | None, seconds: float) -> None:
         """A consumer got nothing for ``seconds`` while messages wait: middleware hear of it

@@ -38,6 +38,9 @@ DELAYED_CONSUMER = "delayed"
 #: messages waiting: if it has (or cannot be asked), the consumer is stalled and says so.
 STALL_SECONDS = 10.0
 
+#: Seconds before a message whose follow-up could not be stored is delivered again.
+REDELIVER_AFTER = 5.0
+
 #: How the broker is told of a stall: (queue, messages waiting or None when unknown, seconds since a delivery).
 Stalled = Callable[[str, int | None, float], None]
 
@@ -53,6 +56,9 @@ class JetStreamMessageProxy(MessageProxy):
         super().__init__(message)
         self._nats_msg = nats_msg
         self._puller = puller
+        #: Set when what should follow the message's processing could not be stored (a retry while
+        #: NATS is away): it is then handed back for redelivery instead of acknowledged.
+        self.redeliver = False
 
 
 class QueueConsumer(Consumer):
@@ -148,6 +154,9 @@ class QueueConsumer(Consumer):
         return JetStreamMessageProxy(message, msg, self.puller)
 
     def ack(self, message: JetStreamMessageProxy) -> None:  # type: ignore[override]
+        if message.redeliver:
+            self.connection.nak(message._nats_msg, message._puller, delay=REDELIVER_AFTER)
+            return
         self.connection.ack(message._nats_msg, message._puller)
 
     def nack(self, message: JetStreamMessageProxy) -> None:  # type: ignore[override]

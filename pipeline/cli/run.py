@@ -91,7 +91,7 @@ def autoscale(
     metrics_dir = share_metrics_directory(settings().home)
     with Supervisor(settings(), metrics_dir) as supervisor:
         broker = supervisor.connect(connected_broker())
-        supervisor.start_pools(queues, policies, 0)
+        supervisor.start_pools(queues, policies, 0, shared=True)
         interval = supervisor.autoscaler.interval
         typer.echo(
             "Autoscaling "
