@@ -25,7 +25,7 @@ from pipeline.cli import app
 from pipeline.ingest import Ingest
 from pipeline.llm.cache import VerdictCache
 from pipeline.names import STAGES
-from pipeline.nats_server import NatsCluster
+from pipeline.nats_server import NatsCluster, NatsServer
 from pipeline.rules import Verdict
 from pipeline.settings import configure, current
 from pipeline.webhooks import new_secret
@@ -210,6 +210,59 @@ def test_pipeline_up_rides_out_the_loss_of_stream_leaders(cluster: NatsCluster, 
                 os.killpg(up.pid, signal.SIGKILL)
                 up.wait()
     assert up.returncode == 0, log_path.read_text()[-4000:]
+
+
+def test_pipeline_up_rides_out_a_single_server_restarted_after_five_seconds(
+    own_nats_server: NatsServer, prefix: str, tmp_path: Path
+) -> None:
+    """One server, killed and back 5 s later (or once `up` has said it is away): `up` says so once each way,
+    keeps running, and carries on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env.update(
+        PIPELINE_NATS_URL=own_nats_server.url, PIPELINE_PREFIX=prefix, PIPELINE_HOME=str(tmp_path / "home"),
+        PIPELINE_DATABASE_URL=f"sqlite:///{tmp_path / 'pipeline.db'}", PIPELINE_FETCH_ALLOW_HOSTS="127.0.0.1",
+        PIPELINE_FETCH_DOMAIN_INTERVAL="0", PIPELINE_METRICS_PORT="0", PIPELINE_WEBHOOK_SECRET=new_secret(),
+    )  # fmt: skip
+    log_path = tmp_path / "up.log"
+    with Site() as site, Site() as receiver, open(log_path, "w") as log:
+        for i in range(20):
+            site.routes[f"/p/{i}"] = Page(f'<p class="p">{i}</p>'.encode())
+        events = [{"url": site.url(f"/p/{i}"), "selector": ".p", "rule": "price < 100",
+                   "notify": [receiver.url("/hook")]} for i in range(20)]  # fmt: skip
+        up = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "up", "--replicas", "1", "--interval", "1"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert wait_for(lambda: _exists(own_nats_server.url, f"{prefix}-events"), 60), log_path.read_text()
+            subject = f"{prefix}.events.check"
+            publish_acknowledged(own_nats_server.url, subject, events[:10])
+            assert wait_for(lambda: len(receiver.posts) == 10, 60), log_path.read_text()[-3000:]
+
+            own_nats_server.kill()
+            away = time.monotonic()
+            assert wait_for(lambda: "pipeline up: NATS unreachable since" in log_path.read_text(), 30)
+            time.sleep(max(0.0, 5 - (time.monotonic() - away)))  # away at least 5 s
+            assert up.poll() is None, "pipeline up exited while NATS was away:\n" + log_path.read_text()[-3000:]
+            own_nats_server.start()
+            publish_acknowledged(own_nats_server.url, subject, events[10:])
+            assert wait_for(lambda: len({_alerted(p) for p in receiver.posts}) == 20, 120), (
+                f"{len(receiver.posts)} alerts\n" + log_path.read_text()[-3000:]
+            )
+            assert len(receiver.posts) == 20, "an alert was sent twice"
+            assert up.poll() is None
+            assert wait_for(lambda: "pipeline up: NATS is back (unreachable from" in log_path.read_text(), 10)
+            said = log_path.read_text()
+            assert said.count("pipeline up: NATS unreachable since") == 1, said[-3000:]
+            assert said.count("NATS error: [Errno 111] Connection refused") <= 1, "every reconnect attempt logged"
+        finally:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+                up.wait()
+    assert up.returncode == 0, log_path.read_text()[-3000:]
 
 
 def _diagnosis(env: dict[str, str]) -> str:

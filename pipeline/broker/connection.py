@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -168,6 +169,7 @@ class Connection:
         """
         first_errors: list[Exception] = []
         refused = asyncio.Event()
+        away: list[float] = []  # when the connection was lost, while it is
 
         async def on_error(e: Exception) -> None:
             if self._nc is None:  # still connecting for the first time
@@ -175,14 +177,17 @@ class Connection:
                 if "authoriz" in str(e).lower() or "authentication" in str(e).lower():
                     refused.set()
                 return
-            self.logger.warning("NATS error: %s", e)
+            # Reconnecting fails twice a second while a server is away: the first failure says it, once.
+            self.logger.log(logging.DEBUG if away else logging.WARNING, "NATS error: %s", e)
 
         async def on_disconnect() -> None:
-            if self._nc is not None:  # not our own close()
+            if self._nc is not None and not away:  # not our own close(), and not already said
+                away.append(time.monotonic())
                 self.logger.warning("Disconnected from NATS; reconnecting.")
 
         async def on_reconnect() -> None:
-            self.logger.info("Reconnected to NATS.")
+            lasted = f" after {time.monotonic() - away.pop():.0f} s" if away else ""
+            self.logger.info("Reconnected to NATS%s.", lasted)
             for puller in list(self.pullers):
                 await puller.reconnected()
 
