@@ -168,6 +168,7 @@ def test_pipeline_up_rides_out_the_loss_of_stream_leaders(cluster: NatsCluster, 
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         killed = []
+        arrivals: list[tuple[float, int]] = []  # (when, alerts so far), sampled after the second kill
         try:
             events_stream = f"{prefix}-events"
             assert wait_for(lambda: up.poll() is None and _exists(cluster.url, events_stream), 60), log_path.read_text()
@@ -189,7 +190,13 @@ def test_pipeline_up_rides_out_the_loss_of_stream_leaders(cluster: NatsCluster, 
             victim.start()
             killed.remove(victim)
 
-            assert wait_for(lambda: len({_alerted(post) for post in receiver.posts}) == 100, 180), (
+            assert wait_for(
+                lambda: (
+                    arrivals.append((time.monotonic(), len(receiver.posts)))
+                    or len({_alerted(post) for post in receiver.posts}) == 100
+                ),
+                180,
+            ), (
                 f"{len(receiver.posts)} alerts; missing "
                 + str(sorted({e["url"] for e in events} - set(map(_alerted, receiver.posts))))
                 + _diagnosis(env)
@@ -199,7 +206,7 @@ def test_pipeline_up_rides_out_the_loss_of_stream_leaders(cluster: NatsCluster, 
             assert sorted(alerted) == sorted(e["url"] for e in events), "an alert was sent twice"
             assert up.poll() is None, "pipeline up exited:\n" + log_path.read_text()[-4000:]
             print(f"sent 100, alerted {len(set(alerted))}, duplicated {len(alerted) - len(set(alerted))}, "
-                  f"publishes repeated {repeated}")  # fmt: skip
+                  f"publishes repeated {repeated}, longest stall {_longest_stall(arrivals):.1f} s")  # fmt: skip
         finally:
             for server in killed:
                 server.start()
@@ -263,6 +270,17 @@ def test_pipeline_up_rides_out_a_single_server_restarted_after_five_seconds(
                 os.killpg(up.pid, signal.SIGKILL)
                 up.wait()
     assert up.returncode == 0, log_path.read_text()[-3000:]
+
+
+def _longest_stall(arrivals: list[tuple[float, int]]) -> float:
+    """The longest time the alert count stood still while alerts were still due."""
+    longest, since, count = 0.0, None, -1
+    for at, seen in arrivals:
+        if seen != count:
+            count, since = seen, at
+        elif since is not None:
+            longest = max(longest, at - since)
+    return longest
 
 
 def _diagnosis(env: dict[str, str]) -> str:
