@@ -190,13 +190,11 @@ def test_pipeline_up_rides_out_the_loss_of_stream_leaders(cluster: NatsCluster, 
             victim.start()
             killed.remove(victim)
 
-            assert wait_for(
-                lambda: (
-                    arrivals.append((time.monotonic(), len(receiver.posts)))
-                    or len({_alerted(post) for post in receiver.posts}) == 100
-                ),
-                180,
-            ), (
+            def all_alerted() -> bool:
+                arrivals.append((time.monotonic(), len(receiver.posts)))
+                return len({_alerted(post) for post in receiver.posts}) == 100
+
+            assert wait_for(all_alerted, 180), (
                 f"{len(receiver.posts)} alerts; missing "
                 + str(sorted({e["url"] for e in events} - set(map(_alerted, receiver.posts))))
                 + _diagnosis(env)
