@@ -6,11 +6,14 @@ how anything is shown.  Indexes in ``pipeline.models`` follow these queries.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
@@ -25,6 +28,23 @@ def add_monitor(engine: Engine, monitor: Monitor) -> int:
         session.commit()
         assert monitor.id is not None
         return monitor.id
+
+
+def add_monitors(engine: Engine, rows: Iterable[dict[str, Any]], chunk: int = 5000) -> tuple[int, int, int]:
+    """Store many new monitors (dicts of ``monitors`` columns) in one transaction, ``chunk`` rows per
+    statement; returns (how many, first id, last id).  All or none are stored."""
+    table = Monitor.__table__  # type: ignore[attr-defined]
+    now = datetime.now(UTC)
+    count, first, last = 0, 0, 0
+    with engine.begin() as connection:
+        iterator = iter(rows)
+        while batch := list(itertools.islice(iterator, chunk)):
+            values = [{"paused": False, "next_check_at": now, "created_at": now, **row} for row in batch]
+            ids = connection.execute(insert(table).returning(table.c.id), values).scalars().all()
+            first = first or min(ids)
+            last = max(last, *ids)
+            count += len(ids)
+    return count, first, last
 
 
 def get_monitor(engine: Engine, monitor_id: int) -> Monitor | None:
@@ -60,14 +80,29 @@ def remove_monitor(engine: Engine, monitor_id: int) -> bool:
         return True
 
 
-def due_monitors(session: Session, now: datetime, limit: int) -> Sequence[Monitor]:
-    """Unpaused monitors whose check is due, oldest first; on PostgreSQL locked for this transaction,
-    skipping those another scheduler holds (``FOR UPDATE SKIP LOCKED``), so schedulers share the work."""
-    query = select(Monitor).where(col(Monitor.paused).is_(False), col(Monitor.next_check_at) <= now)
-    query = query.order_by(col(Monitor.next_check_at)).limit(limit)
+def due_slots(session: Session, now: datetime, limit: int) -> list[tuple[int, datetime, int]]:
+    """(id, due time, interval in seconds) of unpaused monitors whose check is due, oldest first; on
+    PostgreSQL locked for this transaction, skipping those another scheduler holds (``FOR UPDATE SKIP
+    LOCKED``), so schedulers share the work.  Plain columns, not objects: a page is thousands of rows."""
+    table = Monitor.__table__  # type: ignore[attr-defined]
+    query = (
+        sa_select(table.c.id, table.c.next_check_at, table.c.interval_seconds)
+        .where(table.c.paused.is_(False), table.c.next_check_at <= now)
+        .order_by(table.c.next_check_at)
+        .limit(limit)
+    )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    return session.exec(query).all()
+    return [(row.id, row.next_check_at, row.interval_seconds) for row in session.execute(query)]
+
+
+def reschedule(session: Session, next_checks: list[tuple[int, datetime]]) -> None:
+    """Set each monitor's next check, in one statement run for all (not committed here)."""
+    if not next_checks:
+        return
+    table = Monitor.__table__  # type: ignore[attr-defined]
+    statement = update(table).where(table.c.id == bindparam("monitor_id")).values(next_check_at=bindparam("due"))
+    session.execute(statement, [{"monitor_id": id_, "due": due} for id_, due in next_checks])
 
 
 def monitor_counts(engine: Engine) -> tuple[int, int]:

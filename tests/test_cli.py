@@ -320,3 +320,55 @@ def test_publish_without_a_running_pipeline_says_so(tmp_path: Path, monkeypatch:
     code, out = run("publish", "monitor", '{"monitor_id": 1}')
     assert code == 1 and "no pipeline is running here" in out
     assert not (tmp_path / "empty" / "jetstream").exists()  # no server was started for it
+
+
+def test_monitor_import_takes_csv_json_lines_and_url_lists_and_reports_bad_rows_by_line(tmp_path: Path) -> None:
+    (tmp_path / "shops.csv").write_text(
+        "url,name,selector,rule,every,notify\n"
+        "https://a.example/kettle,Kettle,.price,price < 100,600,https://hooks.example.com/a mailto://u:p@example.com\n"
+        '"https://b.example/toaster","Toaster, red",,,,\n'
+        "not a url,x,,,,\n"
+        "https://c.example/p,,[[,,,\n"
+        "https://d.example/p,,,,10,\n"
+    )
+    code, out = run("monitor", "import", str(tmp_path / "shops.csv"))
+    assert code == 2  # some rows were bad: the good ones are stored all the same
+    assert "imported 2 monitors (ids 1..2)" in out
+    assert "line 4: url: Input should be a valid URL" in out
+    assert "line 5: selector: invalid selector '[['" in out
+    assert "line 6: every: at least 30 seconds, got 10" in out
+    listed = json.loads(runner.invoke(app, ["monitor", "list", "--json"]).stdout)
+    assert [(m["name"], m["rule"], m["every"]) for m in listed] == [("Kettle", "price < 100", 600),
+                                                                     ("Toaster, red", None, 3600)]  # fmt: skip
+    shown = json.loads(runner.invoke(app, ["monitor", "show", "1", "--json"]).stdout)
+    assert len(shown["notify"]) == 2 and "u:p" not in json.dumps(shown)
+
+    (tmp_path / "more.jsonl").write_text(
+        '{"url": "https://e.example/1", "notify": ["https://hooks.example.com/b"], "every": 120}\n'
+        "\n"
+        '{"url": "https://e.example/2", "colour": "red"}\n'
+        "[1, 2]\n"
+    )
+    result = runner.invoke(app, ["monitor", "import", str(tmp_path / "more.jsonl"), "--rule", "changed", "--json"])
+    report = json.loads(result.stdout)
+    assert result.exit_code == 2 and report["imported"] == 1 and report["first_id"] == 3
+    assert report["bad_rows"] == [{"line": 3, "error": "unknown field 'colour' (fields: url, name, selector, rule, "
+                                   "question, every, notify)"}, {"line": 4, "error": "not a JSON object"}]  # fmt: skip
+
+    (tmp_path / "urls.txt").write_text("# watched\nhttps://f.example/1\n\nhttps://f.example/2\n")
+    code, out = run("monitor", "import", str(tmp_path / "urls.txt"), "--every", "300", "--selector", "h1")
+    assert code == 0 and "imported 2 monitors (ids 4..5)" in out
+    listed = json.loads(runner.invoke(app, ["monitor", "list", "--json"]).stdout)
+    assert [m["every"] for m in listed][-2:] == [300, 300]
+
+
+def test_monitor_import_refuses_a_file_it_cannot_read_and_stores_nothing(tmp_path: Path) -> None:
+    (tmp_path / "bad.csv").write_text("link,name\nhttps://a.example/,a\n")
+    code, out = run("monitor", "import", str(tmp_path / "bad.csv"))
+    assert code == 2 and "unknown column 'link'" in out and out.startswith("error: ")
+    (tmp_path / "latin1.txt").write_bytes("https://a.example/caf\xe9\n".encode("latin-1"))
+    code, out = run("monitor", "import", str(tmp_path / "latin1.txt"))
+    assert code == 2 and "not UTF-8 text" in out
+    code, out = run("monitor", "import", str(tmp_path / "missing.csv"))
+    assert code == 2 and "cannot read" in out
+    assert json.loads(runner.invoke(app, ["monitor", "list", "--json"]).stdout) == []

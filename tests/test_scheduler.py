@@ -6,8 +6,10 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session, select
 
+from pipeline import scheduler
 from pipeline.bodies import BodyStore
 from pipeline.broker import JetStreamBroker
 from pipeline.db import make_engine, migrate
@@ -19,7 +21,10 @@ from pipeline.scheduler import Scheduler
 from pipeline.stages import Context
 
 
-def test_two_schedulers_publish_each_due_monitor_once(broker: JetStreamBroker, tmp_path: Path) -> None:
+def test_two_schedulers_publish_each_due_monitor_once(
+    broker: JetStreamBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler, "PAGE", 7)  # a pass takes every due monitor, page after page
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
     ctx = Context(engine, BodyStore(broker), Fetcher(), "whsec_" + "A" * 32)

@@ -133,3 +133,70 @@ def remove(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> N
 
     if not queries.remove_monitor(engine(), monitor_id):
         fail(f"no monitor {monitor_id}")
+
+
+@app.command("import")
+def import_(
+    file: str = typer.Argument(..., help="CSV (with a header), JSON lines, or a list of URLs; - reads stdin."),
+    fmt: str = typer.Option(None, "--format", help="csv | jsonl | urls [default: from the name, else the content]."),
+    selector: str = typer.Option(None, help="For rows without one. " + SELECTOR_HELP),
+    rule: str = typer.Option(None, help="For rows without one. " + RULE_HELP),
+    every: int = typer.Option(3600, help="Seconds between checks, for rows without one."),
+    notify: list[str] = typer.Option([], help="Targets for rows without any (repeatable)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Add many monitors at once, each row checked as `monitor add` checks one.
+
+    Good rows are stored together (all or none); bad rows are reported by line number and skipped,
+    and then the exit code is 2.
+    """
+    import sys
+    import time
+
+    from pipeline import queries
+    from pipeline.monitor_files import BadRow, MonitorFileError, Row, read, sniff
+
+    started = time.monotonic()
+    text = _read_text(sys.stdin.buffer.read() if file == "-" else _file_bytes(file), file)
+    if fmt not in (None, "csv", "jsonl", "urls"):
+        bad_input(f"--format {fmt!r}: use csv, jsonl or urls")
+    defaults = {"selector": selector, "rule": rule, "every": every, "notify": list(notify)}
+    rows: list[Row] = []
+    bad: list[BadRow] = []
+    try:
+        for row in read(text, fmt or sniff(text, file), defaults):  # type: ignore[arg-type]
+            (rows if isinstance(row, Row) else bad).append(row)  # type: ignore[arg-type]
+    except MonitorFileError as e:
+        bad_input(f"{file}: {e}")
+    columns = ("url", "name", "selector", "rule", "question", "interval_seconds", "notify")
+    count, first, last = queries.add_monitors(engine(), ({c: getattr(r, c) for c in columns} for r in rows))
+    seconds = time.monotonic() - started
+    if as_json:
+        echo_json({"imported": count, "first_id": first or None, "last_id": last or None, "seconds": round(seconds, 2),
+                   "bad_rows": [{"line": b.line, "error": b.reason} for b in bad]})  # fmt: skip
+    else:
+        for b in bad[:50]:
+            typer.echo(f"line {b.line}: {b.reason}", err=True)
+        if len(bad) > 50:
+            typer.echo(f"... and {len(bad) - 50} more bad rows", err=True)
+        ids = f" (ids {first}..{last})" if count else ""
+        skipped = f"; {len(bad)} bad rows skipped" if bad else ""
+        typer.echo(f"imported {count:,} monitors{ids} in {seconds:.1f} s{skipped}")
+    if bad:
+        raise typer.Exit(2)
+
+
+def _file_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        bad_input(f"cannot read {path}: {e.strerror}")
+
+
+def _read_text(data: bytes, file: str) -> str:
+    """A text file as the user's tools wrote it: UTF-8, with or without a byte-order mark."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        bad_input(f"{file}: not UTF-8 text (byte {e.start})")
