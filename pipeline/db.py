@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import fcntl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import create_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -39,7 +42,14 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
+#: The newest migration's revision: a database already there needs no Alembic at all (a test holds this
+#: equal to Alembic's head), which spares every worker process importing it at start.
+HEAD_REVISION = "0002"
+
+
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
@@ -48,6 +58,10 @@ def alembic_config(engine: Engine) -> Config:
 
 def migrate(engine: Engine) -> None:
     """Upgrade the database to the latest schema (idempotent; safe when workers start together)."""
+    if _revision(engine) == HEAD_REVISION:
+        return
+    from alembic import command
+
     if engine.dialect.name == "postgresql":
         with engine.connect() as connection:
             connection.execute(text("SELECT pg_advisory_lock(7301)"))  # held by this connection
@@ -68,3 +82,12 @@ def migrate(engine: Engine) -> None:
             command.upgrade(alembic_config(engine), "head")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _revision(engine: Engine) -> str | None:
+    """The schema revision Alembic recorded, or None (a new database)."""
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError:  # no such table yet
+        return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import email.utils
 import math
 import time
+from dataclasses import dataclass
 from datetime import UTC
 
 #: A ``Retry-After`` beyond this is a server that is down: we come back then, and ask again.
@@ -58,3 +59,15 @@ def _seconds_until(date: str, now: float | None) -> float | None:
     if when.tzinfo is None:  # HTTP dates are GMT (RFC 9110 §5.6.7)
         when = when.replace(tzinfo=UTC)
     return when.timestamp() - (time.time() if now is None else now)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """How one delivery attempt went: ``status`` is the receiver's last HTTP status when there was one;
+    a failure is ``transient`` or not, and ``after`` is the wait the receiver asked for (seconds)."""
+
+    ok: bool
+    status: int | None = None
+    error: str = ""
+    transient: bool = True
+    after: float | None = None

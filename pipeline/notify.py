@@ -33,7 +33,7 @@ import apprise
 import requests
 import urllib3.util.connection
 
-from pipeline.failures import is_transient_status, parse_retry_after
+from pipeline.failures import Delivered, is_transient_status, parse_retry_after
 from pipeline.jobs import AlertJob
 from pipeline.netguard import AddressPolicy, BlockedAddressError
 from pipeline.redact import display_url
@@ -41,18 +41,6 @@ from pipeline.redact import display_url
 if TYPE_CHECKING:
     from pipeline.fetcher import Fetcher
     from pipeline.models import Finding
-
-
-@dataclass(frozen=True)
-class Delivered:
-    """How one delivery attempt went: ``status`` is the receiver's last HTTP status when there was one;
-    a failure is ``transient`` or not, and ``after`` is the wait the receiver asked for (seconds)."""
-
-    ok: bool
-    status: int | None = None
-    error: str = ""
-    transient: bool = True
-    after: float | None = None
 
 
 #: Apprise schemes that post to whatever host the URL names: checked strictly.

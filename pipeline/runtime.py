@@ -5,20 +5,21 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from pipeline.bodies import BodyStore
 from pipeline.broker import JetStreamBroker
 from pipeline.db import make_engine, migrate
 from pipeline.fetcher import Fetcher
-from pipeline.llm import LLMAnalyser
-from pipeline.llm.analyser import quota
-from pipeline.llm.cache import VerdictCache
 from pipeline.netguard import AddressPolicy
 from pipeline.politeness import Politeness
 from pipeline.ratelimit import KVStore, Limiter
 from pipeline.settings import LLMSettings, Settings, current
 from pipeline.stages import Context
 from pipeline.webhooks import new_secret
+
+if TYPE_CHECKING:
+    from pipeline.llm.analyser import LLMAnalyser
 
 _lock = threading.Lock()
 _context: Context | None = None
@@ -47,9 +48,14 @@ def webhook_secret(settings: Settings) -> str:
 
 
 def llm_analyser(broker: JetStreamBroker, settings: LLMSettings) -> LLMAnalyser | None:
-    """The LLM analyser when a key is configured, its quotas shared through the broker's NATS."""
+    """The LLM analyser when a key is configured, its quotas shared through the broker's NATS.
+
+    Without a key the openai SDK is never imported."""
     if not settings.enabled:
         return None
+    from pipeline.llm.analyser import LLMAnalyser, quota
+    from pipeline.llm.cache import VerdictCache
+
     limiter = Limiter(KVStore.from_broker(broker, "ratelimit"), quota(settings))
     return LLMAnalyser(settings, limiter, VerdictCache(broker))
 

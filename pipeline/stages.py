@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import and_, or_, update
@@ -25,16 +25,18 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from pipeline import metrics, notify, webhooks
+from pipeline import metrics, webhooks
 from pipeline.bodies import BodyStore
-from pipeline.content import content_hash, diff, extract
 from pipeline.fetcher import Fetcher, FetchError
 from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob
-from pipeline.llm import LLMAnalyser
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
 from pipeline.politeness import Politeness
 from pipeline.redact import display_url, redact_url
 from pipeline.rules import parse_rule
+
+if TYPE_CHECKING:  # the LLM SDK, Apprise and the content libraries load in the stages that use them
+    from pipeline.failures import Delivered
+    from pipeline.llm import LLMAnalyser
 
 T = TypeVar("T")
 
@@ -118,6 +120,8 @@ def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
 
 def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None:
     """Extract and normalise; an unchanged source ends here."""
+    from pipeline.content import content_hash, extract
+
     started = time.monotonic()
     text = extract(ctx.bodies.get(job["body_key"]), job.get("content_type"), job.get("selector")).text
     digest = content_hash(text)
@@ -150,6 +154,8 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
 
 
 def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
+    from pipeline.content import diff
+
     """Judge the change: the monitor's rule first, then its question if an LLM is configured.
 
     The rule is a cheap filter (``changed`` by default lets every change
@@ -288,7 +294,9 @@ def _alert_row(session: Session, finding_id: int, target: str) -> Alert:
     return record
 
 
-def _deliver(ctx: Context, record: Alert, finding: Finding, job: AlertJob, target: str) -> notify.Delivered:
+def _deliver(ctx: Context, record: Alert, finding: Finding, job: AlertJob, target: str) -> Delivered:
+    from pipeline import notify
+
     payload = {
         "type": "pipeline.alert",
         "timestamp": utcnow().isoformat(),

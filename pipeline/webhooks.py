@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 import httpx
 
 from pipeline import deadline
-from pipeline.failures import is_transient_status, parse_retry_after
+from pipeline.failures import Delivered, is_transient_status, parse_retry_after
 from pipeline.netguard import BlockedAddressError
-from pipeline.notify import Delivered
 from pipeline.redact import redact_url
 
 if TYPE_CHECKING:

@@ -116,3 +116,13 @@ def test_the_upgrade_starts_ids_above_any_history(tmp_path: Path) -> None:
         assert monitor.id == 4
         assert session.exec(select(Monitor).where(Monitor.name == "a")).one().id == 1
     engine.dispose()
+
+
+def test_the_known_head_is_alembics_head(db_engine: Engine) -> None:
+    """Workers skip Alembic when the database is at HEAD_REVISION: it must be the newest migration."""
+    from alembic.script import ScriptDirectory
+
+    from pipeline.db import HEAD_REVISION, _revision, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config(db_engine)).get_current_head() == HEAD_REVISION
+    assert _revision(db_engine) == HEAD_REVISION  # what migrate() left

@@ -28,6 +28,7 @@ from pipeline.content import Change
 from pipeline.failures import is_transient_status
 from pipeline.llm import prompt, tokens
 from pipeline.llm.cache import VerdictCache, cache_key
+from pipeline.llm.errors import LLMRejectedError, LLMUnavailableError
 from pipeline.llm.headers import QuotaHeaders, retry_after
 from pipeline.ratelimit import Limiter, Rate, RateLimitedError, TooLargeError
 from pipeline.rules import Verdict
@@ -37,18 +38,6 @@ logger = logging.getLogger(__name__)
 
 #: How long a key refused as unauthorised (or out of credit) is asked last, per worker process.
 BENCH_SECONDS = 600.0
-
-
-class LLMUnavailableError(Exception):
-    """No key could take the call now; retry after ``after`` seconds (None: no server said, back off)."""
-
-    def __init__(self, after: float | None, reason: str) -> None:
-        super().__init__(reason)
-        self.after = after
-
-
-class LLMRejectedError(Exception):
-    """The call can never succeed as it is (every key refused, or the request itself is wrong)."""
 
 
 def quota(settings: LLMSettings) -> dict[str, Rate]:
