@@ -308,6 +308,7 @@ class Autoscaler(BackgroundService):
         self.lag = lag
         self.members = members
         self.me = me
+        self._machines: dict[str, int] = {}
         self.pools = dict(pools)
         self.scalers = {queue: Scaler(policies[queue]) for queue in self.pools}
         self.clock = clock
@@ -327,10 +328,12 @@ class Autoscaler(BackgroundService):
             sizes[queue] = share(wanted, machines, self.me)
             if wanted != before:
                 logger.info("%s: %d -> %d replicas (lag %d)", queue, before, wanted, lags.get(queue, 0))
-            if sizes[queue] != pool.size and len(machines) > 1:
+            if self.members is not None and (sizes[queue] != pool.size or len(machines) != self._machines.get(queue)):
                 logger.info(
-                    "%s: this machine runs %d of the %d (%d machines)", queue, sizes[queue], wanted, len(machines)
-                )
+                    "%s: this machine runs %d of %d replicas (%d machine%s autoscale it)",
+                    queue, sizes[queue], wanted, len(machines), "s" if len(machines) > 1 else "",
+                )  # fmt: skip
+            self._machines[queue] = len(machines)
             pool.resize(sizes[queue])
         return sizes
 

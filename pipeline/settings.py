@@ -15,11 +15,14 @@ fields below (:func:`markdown_table`) and a test holds the two together.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pydantic_settings
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_serializer, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -50,6 +53,9 @@ class APIKey:
     def of(cls, secret: str) -> APIKey:
         # A fingerprint, stable across processes and config order, that reveals nothing of the key.
         return cls(secret, "key-" + hashlib.sha256(secret.encode()).hexdigest()[:8])
+
+
+_HOST_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?)+")
 
 
 def _comma_list(value: Any) -> Any:
@@ -103,13 +109,24 @@ class FetchSettings(_Section):
         (),
         description="Hosts or CIDRs the fetcher and notifiers may reach although they are not public"
         " (e.g. `127.0.0.1,intranet.example`), comma-separated.",
-        json_schema_extra={"unset": "none: public addresses only"},
+        json_schema_extra={"default": "none: public addresses only"},
     )
     domain_interval: float = Field(
         1.0, ge=0, description="Seconds between two fetches from one host, across all workers (NATS KV); 0: off."
     )
 
     _split = field_validator("allow_hosts", mode="before")(_comma_list)
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts_or_networks(cls, entries: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not _HOST_NAME.fullmatch(entry):
+                    raise ValueError(f"{entry!r} is neither a host name nor an address or network") from None
+        return entries
 
 
 class LLMSettings(_Section):
@@ -150,7 +167,7 @@ class LLMSettings(_Section):
         default_factory=lambda: dict(DEFAULT_PRICES),
         description='JSON `{"model": [USD per 1M prompt tokens, per 1M completion tokens]}`, added to the'
         " built-in prices, for the cost metric.",
-        json_schema_extra={"unset": "gpt-4o(-mini), gpt-4.1-mini/nano"},
+        json_schema_extra={"default": "the prices of gpt-4o(-mini), gpt-4.1-mini/nano"},
     )
 
     @field_validator("keys", mode="before")
@@ -228,6 +245,11 @@ class Settings(_Section):
             return cls(**overrides)
         except ValidationError as e:
             raise SettingsError(_explain(e)) from None
+        except pydantic_settings.SettingsError as e:  # a value that is not even JSON where JSON is wanted
+            field = str(e).split('"')[1] if '"' in str(e) else ""
+            section = next((s for s in _SECTION_TYPES if field in s.model_fields), Settings)
+            name = variable(section, field) if field in section.model_fields else "a setting"
+            raise SettingsError(f"{name}: not valid JSON") from None
 
     def database_url(self) -> str:
         """``PIPELINE_DATABASE_URL``, or SQLite in the home directory (created)."""
@@ -289,6 +311,8 @@ def _as_text(value: Any) -> str:
         return ",".join(item.secret if isinstance(item, APIKey) else str(item) for item in value)
     if isinstance(value, dict):
         return json.dumps(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # 500, as it is written, not 500.0
     return str(value)
 
 
@@ -364,5 +388,7 @@ def _default(info: FieldInfo) -> str:
     extra = info.json_schema_extra
     if isinstance(extra, dict) and "unset" in extra:
         return f"unset: {extra['unset']}"
+    if isinstance(extra, dict) and "default" in extra:
+        return str(extra["default"])
     default = info.get_default(call_default_factory=True)
     return f"`{_as_text(default)}`"

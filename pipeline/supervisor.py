@@ -88,7 +88,6 @@ class Supervisor:
             logger.debug("Cannot serve metrics on port %s: %s", port, e.strerror)
             return None
         self._stack.callback(server.shutdown)
-        logger.info("Metrics at http://127.0.0.1:%s/metrics", port)
         return server
 
     def start_pools(self, queues: list[str], policies: dict[str, Any], replicas: int, *, shared: bool = False) -> None:

@@ -128,7 +128,7 @@ def test_pipeline_autoscale_runs_each_pools_minimum_and_stops_them_on_sigterm(
             process.kill()
             raise
     assert process.returncode == 0, output
-    assert "Autoscaling fetch (1..20), alert (0..5) every 5 s" in output
+    assert "Autoscaling fetch (1..20), alert (0..5) replicas in all, shared with other machines" in output
     assert not Path(f"/proc/{replica}").exists(), "the replica outlived the autoscaler"
 
 

@@ -314,12 +314,31 @@ def test_publish_waits_until_the_event_is_stored(
         assert code == 2 and message in out, (args, out)
 
 
-def test_publish_without_a_running_pipeline_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("command", [["publish", "monitor", '{"monitor_id": 1}'], ["status"], ["lag"], ["dlq", "list"]])
+def test_without_a_running_pipeline_commands_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Not an empty picture of a pipeline they started themselves."""
     monkeypatch.delenv("PIPELINE_NATS_URL", raising=False)
     monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "empty"))
-    code, out = run("publish", "monitor", '{"monitor_id": 1}')
-    assert code == 1 and "no pipeline is running here" in out
+    code, out = run(*command)
+    assert code == 1 and "no pipeline is running here" in out, out
     assert not (tmp_path / "empty" / "jetstream").exists()  # no server was started for it
+
+
+def test_replicas_a_single_server_cannot_keep_are_one_line(nats_server, prefix: str, monkeypatch) -> None:
+    monkeypatch.setenv("PIPELINE_NATS_URL", nats_server.url)
+    monkeypatch.setenv("PIPELINE_PREFIX", prefix)
+    monkeypatch.setenv("PIPELINE_NATS_REPLICAS", "3")
+    code, out = run("status")
+    assert code == 1 and out.startswith("error: NATS: replicas > 1 not supported in non-clustered mode"), out
+    assert out.count("\n") == 1
+
+
+def test_a_database_url_sqlalchemy_cannot_use_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", "garbage://nowhere/db")
+    code, out = run("monitor", "list")
+    assert code == 2 and out.startswith("error: PIPELINE_DATABASE_URL: ") and out.count("\n") == 1, out
 
 
 def test_monitor_import_takes_csv_json_lines_and_url_lists_and_reports_bad_rows_by_line(tmp_path: Path) -> None:

@@ -69,6 +69,9 @@ def test_a_child_process_loads_back_exactly_the_parents_settings(tmp_path: Path)
         ("PIPELINE_LLM_RPM", "lots", "PIPELINE_LLM_RPM: input should be a valid number"),
         ("PIPELINE_PREFIX", "a.b", "PIPELINE_PREFIX: value error, invalid name prefix 'a.b'"),
         ("PIPELINE_METRICS_PORT", "http", "PIPELINE_METRICS_PORT: input should be a valid integer"),
+        ("PIPELINE_LLM_PRICES", "{bad", "PIPELINE_LLM_PRICES: not valid JSON"),
+        ("PIPELINE_FETCH_ALLOW_HOSTS", "not a host!", "PIPELINE_FETCH_ALLOW_HOSTS: value error, 'not a host!' is"),
+        ("PIPELINE_FETCH_ALLOW_HOSTS", "10.0.0.0/40", "PIPELINE_FETCH_ALLOW_HOSTS: value error, '10.0.0.0/40' is"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable_and_exit_2(

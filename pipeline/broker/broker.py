@@ -497,7 +497,8 @@ class JetStreamBroker(Broker):
         # NATS headers are ASCII: redaction's "…" becomes "...", anything else a visible escape.
         reason = redact_text(describe_exception(exception)).replace("\r", " ").replace("\n", " ").replace("…", "...")
         reason = reason.encode("ascii", "backslashreplace").decode()
-        self.logger.warning("Dead-lettered message %s from queue %r: %s", message_id, names.queue, reason)
+        what = f"message {message_id}" if message_id else "a message"
+        self.logger.warning("Dead-lettered %s from queue %r: %s", what, names.queue, reason)
         headers = {
             # Unique even when a stream is re-created and its sequences start again.
             "Nats-Msg-Id": f"dead-{msg.metadata.stream}-{msg.metadata.sequence.stream}-{message_id or time.time_ns()}",

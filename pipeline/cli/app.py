@@ -37,9 +37,20 @@ class _OneLineErrors(TyperGroup):
             code = _error(e.format_message(), getattr(e, "exit_code", 2))
         except CommandError as e:
             code = _error(str(e), e.code)
+        except Exception as e:  # NATS refusing a request (replicas > 1 on a single server), or gone mid-command
+            if not _is_nats_failure(e):
+                raise
+            code = _error(f"NATS: {getattr(e, 'description', None) or e}", 1)
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def _is_nats_failure(error: Exception) -> bool:
+    import nats.errors
+    from dramatiq.errors import ConnectionError as DramatiqConnectionError
+
+    return isinstance(error, nats.errors.Error | DramatiqConnectionError)
 
 
 def _error(message: str, code: int) -> int:

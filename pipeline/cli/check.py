@@ -73,7 +73,7 @@ def _ask_llm(question: str, change: Any) -> Any:
     from pipeline.ratelimit import RateLimitedError
     from pipeline.runtime import llm_analyser
 
-    broker = connected_broker()
+    broker = connected_broker(start=True)
     try:
         analyser = llm_analyser(broker, settings().llm)
         if analyser is None:

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from pipeline.nats_server import embedded_url
+from pipeline.nats_server import embedded_url, running_url
 from pipeline.settings import Settings, configure, current
 
 #: A command line gives up on NATS sooner than a worker, which waits for a server that is starting.
@@ -38,9 +38,18 @@ def settings() -> Settings:
     return current()
 
 
-def nats_url() -> str:
-    """``PIPELINE_NATS_URL``, or the embedded server (started if it is not running)."""
-    url = settings().nats.url or embedded_url(settings().home)
+def nats_url(*, start: bool = True) -> str:
+    """``PIPELINE_NATS_URL``, or the embedded server of this home: started if it is not running, or, with
+    ``start=False`` (commands that look at a running pipeline), ``error: no pipeline is running here``."""
+    url = settings().nats.url
+    if not url and not start:
+        url = running_url(settings().home)
+        if url is None:
+            fail(
+                f"no pipeline is running here ({settings().home}/nats.json): start `pipeline up`, "
+                "or set PIPELINE_NATS_URL"
+            )
+    url = url or embedded_url(settings().home)
     use_nats_url(url)
     return url
 
@@ -50,17 +59,18 @@ def use_nats_url(url: str) -> None:
     configure(settings().model_copy(update={"nats": settings().nats.model_copy(update={"url": url})}))
 
 
-def connected_broker(*queues: str) -> Any:
-    """A broker for inspection, connected now (or ``error: cannot reach NATS ...`` within seconds).
+def connected_broker(*queues: str, start: bool = False) -> Any:
+    """A broker, connected now (or ``error: cannot reach NATS ...`` within seconds).
 
-    The stage queues are declared; no actors are imported.
+    The stage queues are declared; no actors are imported.  Without ``PIPELINE_NATS_URL`` it is the
+    running pipeline's embedded server; ``start`` starts one when none runs (long-running commands).
     """
     from dramatiq.errors import ConnectionFailed
 
     from pipeline.broker import JetStreamBroker
     from pipeline.names import STAGES
 
-    broker = JetStreamBroker(nats_url(), prefix=settings().prefix, connect_timeout=CONNECT_TIMEOUT)
+    broker = JetStreamBroker(nats_url(start=start), prefix=settings().prefix, connect_timeout=CONNECT_TIMEOUT)
     for queue in queues or STAGES:
         broker.declare_queue(queue)
     try:
@@ -78,11 +88,14 @@ def engine() -> Any:
 
 @functools.cache
 def _migrated_engine(url: str) -> Any:
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
     from pipeline.db import make_engine, migrate
 
-    database = make_engine(url)
+    try:
+        database = make_engine(url)
+    except (ArgumentError, NoSuchModuleError) as e:
+        bad_input(f"PIPELINE_DATABASE_URL: {e}")
     try:
         migrate(database)
     except OperationalError as e:

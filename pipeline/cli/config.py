@@ -22,3 +22,4 @@ def show_settings(
         echo_json({name: {"value": value, "set": was_set} for name, value, was_set in rows})
         return
     table(["VARIABLE", "VALUE"], ([f"{name}{' *' if was_set else ''}", value or "-"] for name, value, was_set in rows))
+    typer.echo("\n* set in the environment; the others are the defaults")

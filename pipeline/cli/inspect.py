@@ -84,3 +84,5 @@ def alerts(limit: int = typer.Option(20, min=1, help="How many, newest first."),
         echo_json(rows)
     else:
         table(["AT", "STATUS", "SOURCE", "SUMMARY", "TARGET"], ([*row.values()] for row in rows))
+        if not rows:
+            typer.echo("no alerts yet", err=True)

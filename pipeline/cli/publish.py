@@ -10,11 +10,15 @@ it is not.  The event is validated here first (exit 2), as the ingest would.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from nats.js.api import PubAck
 
-from pipeline.cli.common import bad_input, connected_broker, fail, settings, use_nats_url
+from pipeline.cli.common import bad_input, connected_broker, fail, settings
+
+#: Seconds ``pipeline publish`` keeps trying while NATS or the events stream's leader is away.
+PATIENCE = 15.0
 
 
 def publish(
@@ -33,7 +37,6 @@ def publish(
         parse_event(subject, data)
     except InvalidEventError as e:
         bad_input(e.reason)
-    _find_running_pipeline()
     stored = _publish(subject, data)
     typer.echo(f"stored as {stored.stream} #{stored.seq}")
 
@@ -54,34 +57,47 @@ def _read(event: str, limit: int) -> bytes:
     return data
 
 
-def _find_running_pipeline() -> None:
-    """Without ``PIPELINE_NATS_URL``, the embedded server of a running ``pipeline up`` here; none is started."""
-    from pipeline.nats_server import running_url
-
-    if not settings().nats.url:
-        url = running_url(settings().home)
-        if url is None:
-            home = settings().home
-            fail(f"no pipeline is running here ({home}/nats.json): start `pipeline up`, or set PIPELINE_NATS_URL")
-        use_nats_url(url)
-
-
 def _publish(subject: str, data: bytes) -> PubAck:
+    """Publish until JetStream acknowledges the event, for up to ``PATIENCE`` seconds.
+
+    Every attempt carries the same ``Nats-Msg-Id``, so an attempt that was stored although its
+    acknowledgement was lost is dropped as a duplicate: an event is stored once, however many tries.
+    """
+    import time
+    import uuid
+
     import nats.errors
     import nats.js.errors
     from dramatiq.errors import ConnectionClosed
 
     broker = connected_broker()
+    headers = {"Nats-Msg-Id": f"publish-{uuid.uuid4().hex}"}
+    deadline = time.monotonic() + PATIENCE
     try:
-        try:
-            return broker.run(broker.js.publish(subject, data, timeout=5))
-        except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError, ConnectionClosed) as e:
-            try:  # nobody answered: no stream at all, or one without a leader just now?
-                broker.run(broker.js.find_stream_name_by_subject(subject), timeout=5)
-            except nats.js.errors.NotFoundError:
-                fail(f"no stream stores {subject}: has `pipeline up` or `pipeline scheduler` run against this NATS?")
-            except Exception:
-                pass  # the stream cannot be asked about either: the outage is the reason
-            fail(f"the event was not stored: {type(e).__name__} (the events stream may be electing a leader; retry)")
+        while True:
+            try:
+                return broker.run(broker.js.publish(subject, data, timeout=3, headers=headers))
+            except (nats.errors.Error, ConnectionClosed) as e:
+                if _no_stream(broker, subject):
+                    fail(
+                        f"no stream stores {subject}: has `pipeline up` or `pipeline scheduler` run against this NATS?"
+                    )
+                if time.monotonic() > deadline:
+                    fail(f"the event was not stored within {PATIENCE:g} s: {type(e).__name__} (NATS or the events "
+                         "stream's leader is away); publish it again")  # fmt: skip
+                time.sleep(0.5)  # a leader election takes seconds
     finally:
         broker.close()
+
+
+def _no_stream(broker: Any, subject: str) -> bool:
+    """Whether JetStream says no stream captures ``subject`` (False when it cannot be asked either)."""
+    import nats.js.errors
+
+    try:
+        broker.run(broker.js.find_stream_name_by_subject(subject), timeout=3)
+    except nats.js.errors.NotFoundError:
+        return True
+    except Exception:  # the outage is the reason, not a missing stream
+        return False
+    return False

@@ -90,12 +90,13 @@ def autoscale(
     stop_on_signals()
     metrics_dir = share_metrics_directory(settings().home)
     with Supervisor(settings(), metrics_dir) as supervisor:
-        broker = supervisor.connect(connected_broker())
+        broker = supervisor.connect(connected_broker(start=True))
         supervisor.start_pools(queues, policies, 0, shared=True)
         interval = supervisor.autoscaler.interval
         typer.echo(
             "Autoscaling "
             + ", ".join(f"{q} ({policies[q].min_replicas}..{policies[q].max_replicas})" for q in queues)
+            + " replicas in all, shared with other machines autoscaling them,"
             + f" every {interval:g} s on {broker.safe_url}; workers' metrics in {metrics_dir}; Ctrl-C stops."
         )
         from pipeline.observability import forget_dead_processes
@@ -115,7 +116,7 @@ def scheduler(
     stop_on_signals()
     port = _port(9465) if port is None else port
     with Supervisor(settings(), metrics_dir="") as supervisor:
-        broker = supervisor.connect(connected_broker())
+        broker = supervisor.connect(connected_broker(start=True))
         if port and supervisor.serve_metrics([], port, this_process=True) is None:
             fail(f"cannot serve metrics on port {port}; set PIPELINE_METRICS_PORT")
         supervisor.start_ingest()
@@ -135,7 +136,7 @@ def exporter(
     port = _port(9464) if port is None else port
     # prometheus-client's own variable: the directory this machine's workers write their metrics to
     with Supervisor(settings(), metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")) as supervisor:
-        supervisor.connect(connected_broker())
+        supervisor.connect(connected_broker(start=True))
         server = supervisor.serve_metrics(list(STAGES), port)
         if server is None:
             fail(f"cannot serve metrics on port {port}; set PIPELINE_METRICS_PORT")
