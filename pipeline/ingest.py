@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from pipeline import metrics, queries
 from pipeline.broker import JetStreamBroker, QueueNames
-from pipeline.broker.assets import add_or_update_stream
+from pipeline.broker.assets import add_consumer, add_or_update_stream
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
 from pipeline.jobs import monitor_source, watched_source
 from pipeline.names import EVENT_KINDS, EVENTS_QUEUE, events_stream
@@ -100,7 +100,7 @@ class Ingest(BackgroundService):
         )
         self.broker.run(add_or_update_stream(js, config))
         consumer = ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)
-        self.broker.run(js.add_consumer(events_stream(prefix), consumer))
+        self.broker.run(add_consumer(js, events_stream(prefix), consumer))
 
     def run(self) -> None:
         """Ingest until ``stop()``; each event is acked only once its message is stored."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
@@ -146,43 +147,76 @@ def publish_acknowledged(url: str, subject: str, events: list[dict]) -> int:
     return asyncio.run(go())
 
 
-def test_pipeline_up_rides_out_the_loss_of_stream_leaders(cluster: NatsCluster, prefix: str, tmp_path: Path) -> None:
-    """100 checks published with acks; the events stream's leader is killed, then the fetch stream's;
-    every check alerts exactly once and `pipeline up` never exits."""
-    secret = new_secret()
+@dataclass
+class UpRun:
+    """A `pipeline up` of a test's own: its process, its log, the shop it watches and the receiver it alerts."""
+
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log: Path
+    events: list[dict[str, object]]
+    receiver: Site
+
+    def said(self, tail: int = 4000) -> str:
+        return self.log.read_text()[-tail:]
+
+    def alerted(self) -> list[str]:
+        return [str(json.loads(body)["data"]["url"]) for _, _, body in self.receiver.posts]
+
+
+@contextlib.contextmanager
+def pipeline_up(url: str, prefix: str, tmp_path: Path, checks: int, **settings: str) -> Iterator[UpRun]:
+    """`pipeline up --replicas 1` on ``url`` with a shop of ``checks`` pages, each a check whose price alerts;
+    stopped with SIGTERM at the end, which it must survive to exit 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     env.update(
-        PIPELINE_NATS_URL=cluster.url, PIPELINE_NATS_REPLICAS="3", PIPELINE_PREFIX=prefix,
-        PIPELINE_HOME=str(tmp_path / "home"), PIPELINE_DATABASE_URL=f"sqlite:///{tmp_path / 'pipeline.db'}",
-        PIPELINE_FETCH_ALLOW_HOSTS="127.0.0.1", PIPELINE_FETCH_DOMAIN_INTERVAL="0", PIPELINE_METRICS_PORT="0",
-        PIPELINE_WEBHOOK_SECRET=secret,
+        PIPELINE_NATS_URL=url, PIPELINE_PREFIX=prefix, PIPELINE_HOME=str(tmp_path / "home"),
+        PIPELINE_DATABASE_URL=f"sqlite:///{tmp_path / 'pipeline.db'}", PIPELINE_FETCH_ALLOW_HOSTS="127.0.0.1",
+        PIPELINE_FETCH_DOMAIN_INTERVAL="0", PIPELINE_METRICS_PORT="0", PIPELINE_WEBHOOK_SECRET=new_secret(),
+        **settings,
     )  # fmt: skip
     log_path = tmp_path / "up.log"
     with Site() as site, Site() as receiver, open(log_path, "w") as log:
-        for i in range(100):
+        for i in range(checks):
             site.routes[f"/p/{i}"] = Page(f'<p class="p">{50 + i % 40}</p>'.encode())
         events = [{"url": site.url(f"/p/{i}"), "selector": ".p", "rule": "price < 100",
-                   "notify": [receiver.url("/hook")]} for i in range(100)]  # fmt: skip
-        up = subprocess.Popen(
+                   "notify": [receiver.url("/hook")]} for i in range(checks)]  # fmt: skip
+        process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "up", "--replicas", "1", "--interval", "1"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        killed = []
-        arrivals: list[tuple[float, int]] = []  # (when, alerts so far), sampled after the second kill
+        run = UpRun(env, process, log_path, events, receiver)
         try:
-            events_stream = f"{prefix}-events"
-            assert wait_for(lambda: up.poll() is None and _exists(cluster.url, events_stream), 60), log_path.read_text()
-            subject = f"{prefix}.events.check"
-            repeated = publish_acknowledged(cluster.url, subject, events[:50])
+            assert wait_for(lambda: process.poll() is None and _exists(url, f"{prefix}-events"), 60), run.said()
+            yield run
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert process.returncode == 0, run.said()
 
-            victim = cluster.member(leader_of(cluster.url, events_stream))
+
+def test_pipeline_up_rides_out_the_loss_of_stream_leaders(cluster: NatsCluster, prefix: str, tmp_path: Path) -> None:
+    """100 checks published with acks; the events stream's leader is killed, then the fetch stream's;
+    every check alerts exactly once and `pipeline up` never exits."""
+    killed: list[NatsServer] = []
+    arrivals: list[tuple[float, int]] = []  # (when, alerts so far), sampled after the second kill
+    try:
+        with pipeline_up(cluster.url, prefix, tmp_path, 100, PIPELINE_NATS_REPLICAS="3") as up:
+            subject = f"{prefix}.events.check"
+            repeated = publish_acknowledged(cluster.url, subject, up.events[:50])
+
+            victim = cluster.member(leader_of(cluster.url, f"{prefix}-events"))
             victim.kill()
             killed.append(victim)
-            repeated += publish_acknowledged(cluster.url, subject, events[50:])
+            repeated += publish_acknowledged(cluster.url, subject, up.events[50:])
             victim.start()
             killed.remove(victim)
 
-            assert wait_for(lambda: len(receiver.posts) >= 30, 120), log_path.read_text()[-3000:]
+            assert wait_for(lambda: len(up.receiver.posts) >= 30, 120), up.said(3000)
             victim = cluster.member(leader_of(cluster.url, f"{prefix}_fetch"))
             victim.kill()
             killed.append(victim)
@@ -191,30 +225,20 @@ def test_pipeline_up_rides_out_the_loss_of_stream_leaders(cluster: NatsCluster, 
             killed.remove(victim)
 
             def all_alerted() -> bool:
-                arrivals.append((time.monotonic(), len(receiver.posts)))
-                return len({_alerted(post) for post in receiver.posts}) == 100
+                arrivals.append((time.monotonic(), len(up.receiver.posts)))
+                return len(set(up.alerted())) == 100
 
-            assert wait_for(all_alerted, 180), (
-                f"{len(receiver.posts)} alerts; missing "
-                + str(sorted({e["url"] for e in events} - set(map(_alerted, receiver.posts))))
-                + _diagnosis(env)
-            )
+            missing = lambda: sorted({str(e["url"]) for e in up.events} - set(up.alerted()))  # noqa: E731
+            assert wait_for(all_alerted, 180), f"missing {missing()}" + _diagnosis(up.env)
             time.sleep(3)  # a duplicate would come now, if at all
-            alerted = [_alerted(post) for post in receiver.posts]
-            assert sorted(alerted) == sorted(e["url"] for e in events), "an alert was sent twice"
-            assert up.poll() is None, "pipeline up exited:\n" + log_path.read_text()[-4000:]
+            alerted = up.alerted()
+            assert sorted(alerted) == sorted(str(e["url"]) for e in up.events), "an alert was sent twice"
+            assert up.process.poll() is None, "pipeline up exited:\n" + up.said()
             print(f"sent 100, alerted {len(set(alerted))}, duplicated {len(alerted) - len(set(alerted))}, "
                   f"publishes repeated {repeated}, longest stall {_longest_stall(arrivals):.1f} s")  # fmt: skip
-        finally:
-            for server in killed:
-                server.start()
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
-                up.wait()
-    assert up.returncode == 0, log_path.read_text()[-4000:]
+    finally:
+        for server in killed:
+            server.start()
 
 
 def test_pipeline_up_rides_out_a_single_server_restarted_after_five_seconds(
@@ -222,52 +246,26 @@ def test_pipeline_up_rides_out_a_single_server_restarted_after_five_seconds(
 ) -> None:
     """One server, killed and back 5 s later (or once `up` has said it is away): `up` says so once each way,
     keeps running, and carries on."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    env.update(
-        PIPELINE_NATS_URL=own_nats_server.url, PIPELINE_PREFIX=prefix, PIPELINE_HOME=str(tmp_path / "home"),
-        PIPELINE_DATABASE_URL=f"sqlite:///{tmp_path / 'pipeline.db'}", PIPELINE_FETCH_ALLOW_HOSTS="127.0.0.1",
-        PIPELINE_FETCH_DOMAIN_INTERVAL="0", PIPELINE_METRICS_PORT="0", PIPELINE_WEBHOOK_SECRET=new_secret(),
-    )  # fmt: skip
-    log_path = tmp_path / "up.log"
-    with Site() as site, Site() as receiver, open(log_path, "w") as log:
-        for i in range(20):
-            site.routes[f"/p/{i}"] = Page(f'<p class="p">{i}</p>'.encode())
-        events = [{"url": site.url(f"/p/{i}"), "selector": ".p", "rule": "price < 100",
-                   "notify": [receiver.url("/hook")]} for i in range(20)]  # fmt: skip
-        up = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "up", "--replicas", "1", "--interval", "1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        try:
-            assert wait_for(lambda: _exists(own_nats_server.url, f"{prefix}-events"), 60), log_path.read_text()
-            subject = f"{prefix}.events.check"
-            publish_acknowledged(own_nats_server.url, subject, events[:10])
-            assert wait_for(lambda: len(receiver.posts) == 10, 60), log_path.read_text()[-3000:]
+    url = own_nats_server.url
+    with pipeline_up(url, prefix, tmp_path, 20) as up:
+        subject = f"{prefix}.events.check"
+        publish_acknowledged(url, subject, up.events[:10])
+        assert wait_for(lambda: len(up.receiver.posts) == 10, 60), up.said(3000)
 
-            own_nats_server.kill()
-            away = time.monotonic()
-            assert wait_for(lambda: "pipeline up: NATS unreachable since" in log_path.read_text(), 30)
-            time.sleep(max(0.0, 5 - (time.monotonic() - away)))  # away at least 5 s
-            assert up.poll() is None, "pipeline up exited while NATS was away:\n" + log_path.read_text()[-3000:]
-            own_nats_server.start()
-            publish_acknowledged(own_nats_server.url, subject, events[10:])
-            assert wait_for(lambda: len({_alerted(p) for p in receiver.posts}) == 20, 120), (
-                f"{len(receiver.posts)} alerts\n" + log_path.read_text()[-3000:]
-            )
-            assert len(receiver.posts) == 20, "an alert was sent twice"
-            assert up.poll() is None
-            assert wait_for(lambda: "pipeline up: NATS is back (unreachable from" in log_path.read_text(), 10)
-            said = log_path.read_text()
-            assert said.count("pipeline up: NATS unreachable since") == 1, said[-3000:]
-            assert said.count("NATS error: [Errno 111] Connection refused") <= 1, "every reconnect attempt logged"
-        finally:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
-                up.wait()
-    assert up.returncode == 0, log_path.read_text()[-3000:]
+        own_nats_server.kill()
+        away = time.monotonic()
+        assert wait_for(lambda: "pipeline up: NATS unreachable since" in up.said(), 30)
+        time.sleep(max(0.0, 5 - (time.monotonic() - away)))  # away at least 5 s
+        assert up.process.poll() is None, "pipeline up exited while NATS was away:\n" + up.said(3000)
+        own_nats_server.start()
+        publish_acknowledged(url, subject, up.events[10:])
+        assert wait_for(lambda: len(set(up.alerted())) == 20, 120), f"{len(up.receiver.posts)} alerts\n" + up.said()
+        assert len(up.receiver.posts) == 20, "an alert was sent twice"
+        assert up.process.poll() is None
+        assert wait_for(lambda: "pipeline up: NATS is back (unreachable from" in up.said(), 10)
+        said = up.log.read_text()
+        assert said.count("pipeline up: NATS unreachable since") == 1, said[-3000:]
+        assert said.count("NATS error: [Errno 111] Connection refused") <= 1, "every reconnect attempt logged"
 
 
 def _longest_stall(arrivals: list[tuple[float, int]]) -> float:
@@ -288,10 +286,6 @@ def _diagnosis(env: dict[str, str]) -> str:
         run = subprocess.run([sys.executable, "-m", "pipeline.cli", *command], env=env, capture_output=True, text=True)
         said.append(run.stdout[-3000:] + run.stderr[-1000:])
     return "\n".join(said)
-
-
-def _alerted(post: tuple[str, dict[str, str], bytes]) -> str:
-    return str(json.loads(post[2])["data"]["url"])
 
 
 def _exists(url: str, stream: str) -> bool:

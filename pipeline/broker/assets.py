@@ -15,15 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig, StreamInfo
+from nats.js.api import ConsumerConfig, KeyValueConfig, ObjectStoreConfig, StreamConfig, StreamInfo
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
+
+T = TypeVar("T")
 
 #: Seconds a stream whose replicas changed is given to elect a leader.
 SETTLE_SECONDS = 15.0
@@ -34,13 +38,35 @@ STREAM_NAME_IN_USE = 10058
 
 async def add_or_update_stream(js: JetStreamContext, config: StreamConfig) -> None:
     """Create the stream, or bring an existing one to ``config`` (replicas, limits, subjects)."""
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError as e:
-        if e.err_code != STREAM_NAME_IN_USE:
-            raise
-        await js.update_stream(config)
+
+    async def declare() -> None:
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code != STREAM_NAME_IN_USE:
+                raise
+            await js.update_stream(config)
+
+    await patiently(declare)
     await _settled(js, config.name or "")
+
+
+async def add_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    """Create (or confirm) a durable consumer; on a cluster its own leader is elected meanwhile."""
+    await patiently(lambda: js.add_consumer(stream, config))
+
+
+async def patiently(call: Callable[[], Awaitable[T]], timeout: float = SETTLE_SECONDS) -> T:
+    """Run a JetStream API call again while it times out or finds nobody to answer (a busy meta leader,
+    an election), for up to ``timeout`` seconds; what it says otherwise is raised at once."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await call()
+        except (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.25)
 
 
 async def key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
@@ -48,7 +74,7 @@ async def key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     try:
         bucket = await js.key_value(config.bucket)
     except nats.js.errors.BucketNotFoundError:
-        bucket = await js.create_key_value(config)
+        bucket = await patiently(lambda: js.create_key_value(config))
         await _settled(js, f"KV_{config.bucket}")
         return bucket
     await _keep_replicas(js, f"KV_{config.bucket}", config.replicas)
@@ -60,7 +86,7 @@ async def object_store(js: JetStreamContext, bucket: str, config: ObjectStoreCon
     try:
         store = await js.object_store(bucket)
     except nats.js.errors.BucketNotFoundError:
-        store = await js.create_object_store(bucket, config=config)
+        store = await patiently(lambda: js.create_object_store(bucket, config=config))
         await _settled(js, f"OBJ_{bucket}")
         return store
     await _keep_replicas(js, f"OBJ_{bucket}", config.replicas)

@@ -49,7 +49,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from pipeline.broker.assets import Asset, add_or_update_stream, describe, owned_by, stream_names
+from pipeline.broker.assets import Asset, add_consumer, add_or_update_stream, describe, owned_by, stream_names
 from pipeline.broker.connection import INITIAL_CONNECT_DEADLINE, TRANSIENT_ERRORS, Connection
 from pipeline.broker.consumer import (
     DELAYED_CONSUMER,
@@ -298,7 +298,8 @@ class JetStreamBroker(Broker):
         if self.connection.schedules:  # servers before 2.12 refuse the field
             config.allow_msg_schedules = True
         await self._add_or_update_stream(config)
-        await js.add_consumer(
+        await add_consumer(
+            js,
             names.stream,
             ConsumerConfig(
                 durable_name=names.consumer,
@@ -310,7 +311,8 @@ class JetStreamBroker(Broker):
             ),
         )
         if not self.connection.schedules:
-            await js.add_consumer(
+            await add_consumer(
+                js,
                 names.stream,
                 ConsumerConfig(
                     durable_name=DELAYED_CONSUMER,
