@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from pipeline import runtime
 from pipeline.broker import JetStreamBroker
+from pipeline.broker.assets import Asset
 from pipeline.cli import app
 from pipeline.ingest import Ingest
 from pipeline.llm.cache import VerdictCache
@@ -66,14 +67,19 @@ def use_every_asset(broker: JetStreamBroker) -> None:
 EXPECTED_KINDS = {"stream": 6, "kv": 2, "objects": 1}  # 4 stages, dead letters, events; ratelimit, verdicts; bodies
 
 
-def test_one_setting_gives_every_asset_three_replicas(on_cluster: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PIPELINE_NATS_REPLICAS", "3")
+def assets_after_use() -> list[Asset]:
+    """A pipeline's assets once a broker built from the settings as they are now has used every one."""
     broker = JetStreamBroker(prefix=current().prefix)
     try:
         use_every_asset(broker)
-        assets = broker.assets()
+        return broker.assets()
     finally:
         broker.close()
+
+
+def test_one_setting_gives_every_asset_three_replicas(on_cluster: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_NATS_REPLICAS", "3")
+    assets = assets_after_use()
     assert {kind: sum(a.kind == kind for a in assets) for kind in EXPECTED_KINDS} == EXPECTED_KINDS
     assert all(a.replicas == 3 and a.leader for a in assets), assets
     result = CliRunner().invoke(app, ["status", "--json"])
@@ -84,21 +90,11 @@ def test_one_setting_gives_every_asset_three_replicas(on_cluster: None, monkeypa
 
 
 def test_raising_the_setting_updates_the_existing_assets(on_cluster: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    broker = JetStreamBroker(prefix=current().prefix)  # PIPELINE_NATS_REPLICAS unset: 1
-    try:
-        use_every_asset(broker)
-        assert {a.replicas for a in broker.assets()} == {1}
-    finally:
-        broker.close()
+    assert {a.replicas for a in assets_after_use()} == {1}  # PIPELINE_NATS_REPLICAS unset
     runtime.reset()
     monkeypatch.setenv("PIPELINE_NATS_REPLICAS", "3")
     configure(None)
-    broker = JetStreamBroker(prefix=current().prefix)
-    try:
-        use_every_asset(broker)
-        assets = broker.assets()
-    finally:
-        broker.close()
+    assets = assets_after_use()
     assert len(assets) == sum(EXPECTED_KINDS.values())
     assert {a.replicas for a in assets} == {3}, assets
 
