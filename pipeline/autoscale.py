@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from pipeline.machine import fit
 from pipeline.members import share
 from pipeline.outage import Outage
 from pipeline.service import BackgroundService
@@ -301,10 +302,14 @@ class Autoscaler(BackgroundService):
         clock: Callable[[], float] = time.monotonic,
         members: Callable[[], Mapping[str, list[str]]] | None = None,
         me: str = "",
+        budget: int | None = None,
     ) -> None:
         """``members`` (with ``me``, this machine's name): the machines that scale each queue together
-        (:mod:`pipeline.members`), each running its share of the count; None: this machine alone."""
+        (:mod:`pipeline.members`), each running its share of the count; None: this machine alone.
+        ``budget``: worker processes this machine runs at most (:mod:`pipeline.machine`); None: no limit."""
         super().__init__()
+        self.budget = budget
+        self.processes = {queue: policies[queue].processes for queue in pools}
         self.lag = lag
         self.members = members
         self.me = me
@@ -334,6 +339,15 @@ class Autoscaler(BackgroundService):
                     queue, sizes[queue], wanted, len(machines), "s" if len(machines) > 1 else "",
                 )  # fmt: skip
             self._machines[queue] = len(machines)
+        if self.budget is not None:
+            fitted = fit(sizes, self.processes, self.budget)
+            for queue in sorted(q for q in sizes if fitted[q] != sizes[q] and fitted[q] != self.pools[q].size):
+                logger.info(
+                    "%s: %d of the %d replicas wanted, within this machine's %d worker processes",
+                    queue, fitted[queue], sizes[queue], self.budget,
+                )  # fmt: skip
+            sizes = fitted
+        for queue, pool in self.pools.items():
             pool.resize(sizes[queue])
         return sizes
 

@@ -96,6 +96,7 @@ class Supervisor:
         ``shared``: other machines autoscale these queues too; this one runs its share of the count
         (:mod:`pipeline.members`)."""
         from pipeline.autoscale import Autoscaler, Policy
+        from pipeline.machine import process_budget
         from pipeline.workers import WorkerPool
 
         unlisted = {"min_replicas": 1, "max_replicas": 1, "processes": 1}  # a queue of yours without a ScaledObject
@@ -122,7 +123,9 @@ class Supervisor:
             membership = Membership(self.broker, queues, ttl=interval * MISSED_POLLS)
             self._stack.callback(membership.leave)  # runs after the pools stopped: the share goes back at once
             members, me = membership.heartbeat, membership.name
-        self.autoscaler = Autoscaler(self.broker.lag, self.pools, policies, members=members, me=me)
+        budget = process_budget()
+        logger.info("Autoscaling within %d worker processes (this machine's cores and memory)", budget)
+        self.autoscaler = Autoscaler(self.broker.lag, self.pools, policies, members=members, me=me, budget=budget)
         self.autoscaler.start()
 
     def _stop_pools(self) -> None:

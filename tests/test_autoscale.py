@@ -204,3 +204,22 @@ def test_two_machines_share_one_desired_count_and_a_dead_ones_share_comes_back(m
     b_membership.leave()
     assert a.step()["fetch"] == 4
     a_membership.leave()
+
+
+def test_on_one_machine_the_pools_fit_its_budget_in_the_policys_proportions() -> None:
+    """Every stage backed up: the policy wants 46 processes; a 2-core machine runs 4, each stage at least one."""
+    policies = {
+        "fetch": Policy("fetch", min_replicas=1, max_replicas=20, lag_threshold=200, processes=1),
+        "scrape": Policy("scrape", min_replicas=1, max_replicas=10, lag_threshold=100, processes=2),
+        "analyse": Policy("analyse", min_replicas=0, max_replicas=8, lag_threshold=50, processes=1),
+        "alert": Policy("alert", min_replicas=0, max_replicas=5, lag_threshold=50, processes=1),
+    }
+    pools = {queue: CountingPool(queue) for queue in policies}
+    lags = {"fetch": 4000, "scrape": 1000, "analyse": 10, "alert": 0}
+    autoscaler = Autoscaler(lambda _: lags, pools, policies, budget=6)
+    for _ in range(10):  # the rate policies let the counts climb over a few polls
+        sizes = autoscaler.step()
+    assert autoscaler.scalers["fetch"].replicas > 4  # the policy itself wants many more
+    assert sum(sizes[q] * policies[q].processes for q in sizes) <= 6
+    assert sizes["analyse"] == 1 and sizes["alert"] == 0  # a stage with work gets one; one without, none
+    assert sizes["fetch"] >= sizes["scrape"] >= 1

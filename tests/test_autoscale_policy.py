@@ -19,6 +19,7 @@ from pipeline.autoscale import (
     load_policies,
     stage_policies,
 )
+from pipeline.machine import fit, process_budget
 from pipeline.names import STAGES
 from pipeline.policy import SHUTDOWN_SECONDS, STAGE_POLICIES
 from tests.conftest import ROOT
@@ -185,3 +186,31 @@ def test_replicas_stay_within_bounds_and_idle_pools_reach_their_floor(
         now += 5
         scaler.decide(0, now)
     assert scaler.replicas == minimum
+
+
+# One machine's budget of worker processes (pipeline/machine.py)
+
+QUEUES = st.dictionaries(st.sampled_from(["fetch", "scrape", "analyse", "alert"]), st.integers(0, 30), min_size=1)
+
+
+@given(QUEUES, st.integers(1, 40), st.data())
+def test_fitting_keeps_the_budget_the_proportions_and_every_stage_with_work(wanted, budget, data) -> None:
+    processes = {q: data.draw(st.integers(1, 3)) for q in wanted}
+    sizes = fit(wanted, processes, budget)
+    cost = sum(sizes[q] * processes[q] for q in sizes)
+    busy = [q for q in wanted if wanted[q]]
+    assert all(0 <= sizes[q] <= wanted[q] for q in wanted)
+    assert all(sizes[q] >= 1 for q in busy)  # no stage with work is starved
+    if sum(wanted[q] * processes[q] for q in wanted) <= budget:
+        assert sizes == wanted  # within budget: the policy as it is
+    elif sum(processes[q] for q in busy) <= budget:
+        assert cost <= budget  # over it: held to the budget whenever one replica each fits
+        share = budget / sum(wanted[q] * processes[q] for q in wanted)
+        assert all(sizes[q] >= min(wanted[q], max(1, int(wanted[q] * share))) for q in busy)  # each its share
+
+
+def test_the_budget_follows_cores_and_memory() -> None:
+    assert process_budget(cores=2, memory=64 * 2**30) == 4  # two per core
+    assert process_budget(cores=16, memory=64 * 2**30) == 32
+    assert process_budget(cores=16, memory=1 * 2**30) == 6  # what 1 GiB holds at 150 MiB each
+    assert process_budget(cores=1, memory=2**20) == 4  # at least one per stage
