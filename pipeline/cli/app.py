@@ -48,9 +48,9 @@ class _OneLineErrors(TyperGroup):
 
 def _is_nats_failure(error: Exception) -> bool:
     import nats.errors
-    from dramatiq.errors import ConnectionError as DramatiqConnectionError
+    from dramatiq.errors import BrokerConnectionError
 
-    return isinstance(error, nats.errors.Error | DramatiqConnectionError)
+    return isinstance(error, nats.errors.Error | BrokerConnectionError)
 
 
 def _error(message: str, code: int) -> int:
