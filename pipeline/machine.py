@@ -13,7 +13,6 @@ stages), with at least one replica for each stage that has work.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 
@@ -36,16 +35,14 @@ def process_budget(cores: int | None = None, memory: int | None = None) -> int:
 def fit(wanted: Mapping[str, int], processes: Mapping[str, int], budget: int) -> dict[str, int]:
     """Replicas per queue whose processes (replicas x ``processes[queue]``) fit ``budget``.
 
-    Within budget, ``wanted`` as it is.  Over it, each queue gets the same fraction of what it wants,
-    rounded down, but a queue that wants any gets at least one replica (a stage with work is never
-    starved, even if the budget is exceeded to keep that promise); replicas freed by rounding go,
-    one at a time, to the queues furthest below their share.
+    Within budget, ``wanted`` as it is.  Over it, a queue that wants any gets one replica first (a stage
+    with work is never starved, even if the budget is exceeded to keep that promise); the rest of the
+    budget goes a replica at a time to the queue furthest below what it wants, in proportion (water
+    filling), so each gets about the same fraction of its count.
     """
-    cost = sum(wanted[q] * processes[q] for q in wanted)
-    if cost <= budget:
+    if sum(wanted[q] * processes[q] for q in wanted) <= budget:
         return dict(wanted)
-    share = budget / cost
-    sizes = {q: (max(1, math.floor(n * share)) if n else 0) for q, n in wanted.items()}
+    sizes = {q: (1 if n else 0) for q, n in wanted.items()}
     left = budget - sum(sizes[q] * processes[q] for q in sizes)
     while True:
         room = [q for q in sizes if sizes[q] < wanted[q] and processes[q] <= left]
