@@ -190,15 +190,13 @@ def embedded_url(home: str | os.PathLike[str]) -> str:
     """
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    state_file = home / "nats.json"
     with _locked(home / "nats.lock"):
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            state = json.loads(state_file.read_text())
-            if reachable(state["port"]):
-                return state["url"]
+        running = running_url(home)
+        if running is not None:
+            return running
         server = NatsServer(home / "jetstream").start()
         state = {"url": server.url, "port": server.port, "monitor_url": server.monitor_url}
-        state_file.write_text(json.dumps(state))
+        (home / "nats.json").write_text(json.dumps(state))
         atexit.register(server.stop)
         logger.info("Started embedded nats-server at %s (store %s).", server.url, server.store_dir)
         return server.url
