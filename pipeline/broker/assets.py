@@ -71,26 +71,33 @@ async def patiently(call: Callable[[], Awaitable[T]], timeout: float = SETTLE_SE
 
 async def key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     """Bind the bucket, creating it if absent; its replicas follow ``config.replicas``."""
-    try:
-        bucket = await js.key_value(config.bucket)
-    except nats.js.errors.BucketNotFoundError:
-        bucket = await patiently(lambda: js.create_key_value(config))
-        await _settled(js, f"KV_{config.bucket}")
-        return bucket
-    await _keep_replicas(js, f"KV_{config.bucket}", config.replicas)
-    return bucket
+    bind, create = (lambda: js.key_value(config.bucket)), (lambda: js.create_key_value(config))
+    return await _bucket(js, bind, create, f"KV_{config.bucket}", config.replicas)
 
 
 async def object_store(js: JetStreamContext, bucket: str, config: ObjectStoreConfig) -> ObjectStore:
     """Bind the object store, creating it if absent; its replicas follow ``config.replicas``."""
+    bind, create = (lambda: js.object_store(bucket)), (lambda: js.create_object_store(bucket, config=config))
+    return await _bucket(js, bind, create, f"OBJ_{bucket}", config.replicas)
+
+
+async def _bucket(
+    js: JetStreamContext,
+    bind: Callable[[], Awaitable[T]],
+    create: Callable[[], Awaitable[T]],
+    stream: str,
+    replicas: int,
+) -> T:
+    """A KV bucket or object store (``stream`` underneath): bound if it exists, its replicas brought to
+    ``replicas``; else created, and used once its stream has a leader."""
     try:
-        store = await js.object_store(bucket)
+        found = await bind()
     except nats.js.errors.BucketNotFoundError:
-        store = await patiently(lambda: js.create_object_store(bucket, config=config))
-        await _settled(js, f"OBJ_{bucket}")
-        return store
-    await _keep_replicas(js, f"OBJ_{bucket}", config.replicas)
-    return store
+        made = await patiently(create)
+        await _settled(js, stream)
+        return made
+    await _keep_replicas(js, stream, replicas)
+    return found
 
 
 async def _keep_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
