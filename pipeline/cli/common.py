@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
@@ -101,6 +102,21 @@ def _migrated_engine(url: str) -> Any:
     except OperationalError as e:
         fail(f"cannot use the database at {database.url.render_as_string(hide_password=True)}: {e.orig}")
     return database
+
+
+def read_bytes(source: str, limit: int | None = None) -> bytes:
+    """The bytes of a file the user named, or of stdin for ``-``; unreadable is bad input (exit 2).
+
+    With ``limit``, at most ``limit + 1`` bytes are read: the caller tells a file over it by its length.
+    """
+    size = -1 if limit is None else limit + 1
+    if source == "-":
+        return sys.stdin.buffer.read(size)
+    try:
+        with open(source, "rb") as file:
+            return file.read(size)
+    except OSError as e:
+        bad_input(f"cannot read {source}: {e.strerror}")
 
 
 def echo_json(value: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from pipeline import redact
-from pipeline.cli.common import JSON_OPTION, bad_input, echo_json, engine, fail, table
+from pipeline.cli.common import JSON_OPTION, bad_input, echo_json, engine, fail, read_bytes, table
 
 app = typer.Typer(help="Add, list, pause, resume and remove monitors.", no_args_is_help=True)
 
@@ -150,14 +150,13 @@ def import_(
     Good rows are stored together (all or none); bad rows are reported by line number and skipped,
     and then the exit code is 2.
     """
-    import sys
     import time
 
     from pipeline import queries
     from pipeline.monitor_files import BadRow, MonitorFileError, Row, read, sniff
 
     started = time.monotonic()
-    text = _read_text(sys.stdin.buffer.read() if file == "-" else _file_bytes(file), file)
+    text = _read_text(read_bytes(file), file)
     if fmt not in (None, "csv", "jsonl", "urls"):
         bad_input(f"--format {fmt!r}: use csv, jsonl or urls")
     defaults = {"selector": selector, "rule": rule, "every": every, "notify": list(notify)}
@@ -184,14 +183,6 @@ def import_(
         typer.echo(f"imported {count:,} monitors{ids} in {seconds:.1f} s{skipped}")
     if bad:
         raise typer.Exit(2)
-
-
-def _file_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        bad_input(f"cannot read {path}: {e.strerror}")
 
 
 def _read_text(data: bytes, file: str) -> str:

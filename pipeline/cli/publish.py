@@ -9,13 +9,12 @@ it is not.  The event is validated here first (exit 2), as the ingest would.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import typer
 from nats.js.api import PubAck
 
-from pipeline.cli.common import bad_input, connected_broker, fail, settings
+from pipeline.cli.common import bad_input, connected_broker, fail, read_bytes, settings
 
 #: Seconds ``pipeline publish`` keeps trying while NATS or the events stream's leader is away.
 PATIENCE = 15.0
@@ -43,13 +42,9 @@ def publish(
 
 def _read(event: str, limit: int) -> bytes:
     if event == "-":
-        data = sys.stdin.buffer.read(limit + 1)
+        data = read_bytes("-", limit)
     elif event.startswith("@"):
-        try:
-            with open(event[1:], "rb") as file:
-                data = file.read(limit + 1)
-        except OSError as e:
-            bad_input(f"cannot read {event[1:]}: {e.strerror}")
+        data = read_bytes(event[1:], limit)
     else:
         data = event.encode()
     if len(data) > limit:
