@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -260,16 +261,11 @@ class Settings(_Section):
 
     def environment(self) -> dict[str, str]:
         """These settings as the ``PIPELINE_*`` variables a child process loads them back from."""
-        env: dict[str, str] = {}
-        for _, model in _sections(self):
-            for name, info in type(model).model_fields.items():
-                if name in SECTIONS:
-                    continue
-                value = getattr(model, name)
-                if value is None or (value == () and info.default == ()):
-                    continue
-                env[variable(type(model), name)] = _as_text(value)
-        return env
+        return {
+            variable(type(model), name): _as_text(value)
+            for model, name, info, value in _values(self)
+            if value is not None and not (value == () and info.default == ())
+        }
 
 
 #: The sections, by field name on :class:`Settings`.
@@ -292,8 +288,16 @@ def configure(settings: Settings | None) -> None:
     _current = settings
 
 
-def _sections(settings: Settings) -> list[tuple[str, BaseSettings]]:
-    return [("", settings), *((name, getattr(settings, name)) for name in SECTIONS)]
+def _own_fields(section: type[BaseSettings]) -> Iterator[tuple[str, FieldInfo]]:
+    """A section's settings: the root's sections are fields of it, not settings."""
+    return ((name, info) for name, info in section.model_fields.items() if name not in SECTIONS)
+
+
+def _values(settings: Settings) -> Iterator[tuple[BaseSettings, str, FieldInfo, Any]]:
+    """(section, field name, field, value) of every setting, the root's first, then each section's."""
+    for model in (settings, *(getattr(settings, section) for section in SECTIONS)):
+        for name, info in _own_fields(type(model)):
+            yield model, name, info, getattr(model, name)
 
 
 def variable(section: type[BaseSettings], name: str) -> str:
@@ -353,22 +357,18 @@ def effective(settings: Settings) -> list[tuple[str, str, bool]]:
     from pipeline.redact import display_url, redact_url
 
     rows = []
-    for _, model in _sections(settings):
-        for name in type(model).model_fields:
-            if name in SECTIONS:
-                continue
-            value = getattr(model, name)
-            if value in (None, ()):
-                shown = ""
-            elif name == "url" and isinstance(value, SecretStr):  # the database's: the password is the secret
-                shown = display_url(value.get_secret_value())
-            elif isinstance(value, SecretStr) or name == "keys":
-                shown = f"(set: {', '.join(k.label for k in value)})" if name == "keys" else "(set)"
-            elif name in ("url", "base_url"):
-                shown = ",".join(redact_url(part) for part in str(value).split(","))
-            else:
-                shown = _as_text(value)
-            rows.append((variable(type(model), name), shown, name in model.model_fields_set))
+    for model, name, _, value in _values(settings):
+        if value in (None, ()):
+            shown = ""
+        elif name == "url" and isinstance(value, SecretStr):  # the database's: the password is the secret
+            shown = display_url(value.get_secret_value())
+        elif isinstance(value, SecretStr) or name == "keys":
+            shown = f"(set: {', '.join(k.label for k in value)})" if name == "keys" else "(set)"
+        elif name in ("url", "base_url"):
+            shown = ",".join(redact_url(part) for part in str(value).split(","))
+        else:
+            shown = _as_text(value)
+        rows.append((variable(type(model), name), shown, name in model.model_fields_set))
     return rows
 
 
@@ -376,9 +376,7 @@ def markdown_table() -> str:
     """The README's settings table: variable, default, meaning; one row per field."""
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for section in _SECTION_TYPES:
-        for name, info in section.model_fields.items():
-            if name in SECTIONS:
-                continue
+        for name, info in _own_fields(section):
             names = [variable(section, name), *(a for a in _aliases(info)[1:] if a.isupper())]
             rows.append(f"| {' or '.join(f'`{n}`' for n in names)} | {_default(info)} | {info.description} |")
     return "\n".join(rows)
