@@ -20,13 +20,12 @@ import re
 import socket
 import uuid
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import nats.js.errors
-from nats.js.api import KeyValueConfig
-from nats.js.kv import KeyValue
+if TYPE_CHECKING:  # the autoscaler's policy code imports share() alone: no NATS client for it
+    from nats.js.kv import KeyValue
 
-from pipeline.broker import JetStreamBroker
-from pipeline.broker.assets import key_value
+    from pipeline.broker import JetStreamBroker
 
 #: How many polling intervals an entry outlives its machine's last write (the bucket's TTL).
 MISSED_POLLS = 3
@@ -65,6 +64,8 @@ class Membership:
         return self.broker.run(self._heartbeat(), timeout=10)
 
     async def _heartbeat(self) -> dict[str, list[str]]:
+        import nats.js.errors
+
         kv = await self._bucket()
         await kv.put(self.name, json.dumps({"queues": self.queues}).encode())
         try:
@@ -92,6 +93,10 @@ class Membership:
         self.broker.run(delete(), timeout=10)
 
     async def _bucket(self) -> KeyValue:
+        from nats.js.api import KeyValueConfig
+
+        from pipeline.broker.assets import key_value
+
         if self._kv is None:
             broker = self.broker
             config = KeyValueConfig(
