@@ -1,29 +1,47 @@
-"""HTTP fetching for the fetch stage: guarded, bounded, conditional.
+"""HTTP for the fetch and alert stages: guarded, bounded, conditional, and many exchanges at once.
 
-Built on httpx with limits on everything read from outside: connect and
-read time, total time, body size and redirects.  Every connection goes
-through :class:`pipeline.netguard.AddressPolicy`, and redirects are followed
-here, one hop at a time, so each hop is checked like the first.
+Built on httpx's async client, with limits on everything read from outside:
+connect time, one deadline for the whole exchange, body size and redirects.
+Every connection goes through :class:`pipeline.netguard.AddressPolicy`, and
+redirects are followed here, one hop at a time, so each hop is checked like
+the first.
+
+Worker threads call :meth:`Fetcher.fetch` and :meth:`Fetcher.post`, which
+hand the exchange to one asyncio loop per process (Dramatiq's
+``EventLoopThread``, the loop its ``AsyncIO`` middleware runs async actors
+on) and wait for it.  Waiting on the network then costs a parked thread, not
+a socket per thread: one fetch process holds hundreds of requests in flight
+(its ``--threads``), and the bytes are decoded back in the calling thread so
+the loop only moves them.
 """
 
 from __future__ import annotations
 
-import ssl
+import asyncio
+import ipaddress
+import logging
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import httpcore
 import httpx
+from dramatiq.asyncio import EventLoopThread
 
-from pipeline import codings, deadline, metrics
+from pipeline import codings, metrics
 from pipeline.failures import is_transient_status, parse_retry_after
 from pipeline.netguard import AddressPolicy, BlockedAddressError
 from pipeline.redact import redact_url
 
 USER_AGENT = "nats-ai-pipeline/0.1 (+https://github.com/; monitoring)"
+#: Connections one process keeps open at most (its threads bound the requests in flight first).
+MAX_CONNECTIONS = 1000
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class FetchError(Exception):
@@ -58,80 +76,59 @@ class FetchResult:
     last_modified: str | None
 
 
-class _DeadlineStream(httpcore.NetworkStream):
-    """A connection whose every read, write and TLS handshake gets at most what is left of the deadline."""
+@dataclass(frozen=True)
+class _Received:
+    """A final response as it came off the wire: headers and the raw (still encoded) body."""
 
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _clip(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, _clip(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        tls = self._stream.start_tls(ssl_context, server_hostname, _clip(timeout, httpcore.ConnectTimeout))
-        return _DeadlineStream(tls)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
+    url: str
+    status: int
+    headers: httpx.Headers
+    raw: list[bytes]
 
 
-def _clip(timeout: float | None, error: type[Exception]) -> float | None:
-    try:
-        return deadline.clip(timeout)
-    except deadline.DeadlineExceededError as e:
-        raise error(str(e)) from None
-
-
-class _GuardedBackend(httpcore.SyncBackend):
-    """Resolves names itself, connects only to addresses the policy allows, within the exchange's deadline."""
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves names itself and connects only to addresses the policy allows."""
 
     def __init__(self, policy: AddressPolicy) -> None:
         self.policy = policy
+        self._backend = httpcore.AnyIOBackend()
 
-    def connect_tcp(
+    async def connect_tcp(
         self,
         host: str,
         port: int,
         timeout: float | None = None,
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
+    ) -> httpcore.AsyncNetworkStream:
         last_error: Exception | None = None
-        for address in self.policy.resolve(host, port):
+        for address in await self._resolve(host, port):
             try:
-                stream = super().connect_tcp(
-                    address, port, _clip(timeout, httpcore.ConnectTimeout), local_address, socket_options
-                )
+                return await self._backend.connect_tcp(address, port, timeout, local_address, socket_options)
             except httpcore.ConnectError as e:
                 last_error = e
-            else:
-                return _DeadlineStream(stream)
         raise last_error or httpcore.ConnectError(f"no address for {host}")
 
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:  # a name: getaddrinfo blocks, so it runs in a thread, off the loop
+            return await asyncio.to_thread(self.policy.resolve, host, port)
+        return self.policy.resolve(host, port)  # a literal address needs no lookup
 
-class _GuardedTransport(httpx.HTTPTransport):
-    def __init__(self, policy: AddressPolicy) -> None:
-        super().__init__(trust_env=False, retries=0)
-        # httpx takes no network backend, so its pool is rebuilt with ours;
-        # TLS still verifies the original host name (SNI and certificate).
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=100,
-            max_keepalive_connections=20,
-            keepalive_expiry=5.0,
-            network_backend=_GuardedBackend(policy),
-        )
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
 
 
 class Fetcher:
+    """GETs pages and POSTs webhooks for one process; thread-safe.
+
+    ``timeout`` (seconds) is one deadline for a whole exchange, connect, TLS,
+    headers, body and every redirect hop, so a server that trickles a byte at a
+    time cannot hold a thread longer.  ``max_bytes`` bounds a body before and
+    after decoding.
+    """
+
     def __init__(
         self,
         policy: AddressPolicy | None = None,
@@ -144,27 +141,51 @@ class Fetcher:
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.policy = policy or AddressPolicy()
-        self.client = httpx.Client(
-            transport=_GuardedTransport(self.policy),
+        pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),  # TLS still verifies the host name asked for (SNI, certificate)
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=100,
+            keepalive_expiry=5.0,
+            network_backend=_GuardedBackend(self.policy),
+        )
+        transport = httpx.AsyncHTTPTransport(trust_env=False, retries=0)
+        transport._pool = pool  # httpx takes no network backend, so its pool is replaced by one built with ours
+        self.client = httpx.AsyncClient(
+            transport=transport,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             follow_redirects=False,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": codings.ACCEPT},
             trust_env=False,
         )
+        self._loop: EventLoopThread | None = None
+        self._lock = threading.Lock()
+
+    def _run(self, exchange: Awaitable[T]) -> T:
+        """Run ``exchange`` on this fetcher's loop and wait for it (a Dramatiq time limit cancels it)."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = EventLoopThread(logger, interrupt_check_ival=0.5)
+                self._loop.daemon = True
+                self._loop.start(timeout=5.0)
+            loop = self._loop
+        return loop.run_coroutine(exchange)
 
     def close(self) -> None:
-        self.client.close()
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.run_coroutine(self.client.aclose())
+            loop.stop()
 
     def fetch(self, url: str, *, etag: str | None = None, last_modified: str | None = None) -> FetchResult:
         """GET ``url``; with ``etag``/``last_modified`` a 304 comes back as ``not_modified``.
 
-        One deadline of ``timeout`` seconds covers the whole exchange, redirects included.
         Raises ``FetchError`` (``transient`` set for what a later try may fix).
         """
         started = time.monotonic()
         try:
-            with deadline.deadline(self.timeout):
-                result = self._fetch(url, etag, last_modified)
+            received = self._run(self._get(url, etag, last_modified))
+            result = self._result(received)
         except FetchError as e:
             metrics.FETCH_ERRORS.labels(e.kind).inc()
             raise
@@ -173,7 +194,26 @@ class Fetcher:
         metrics.FETCH_BYTES.inc(len(result.body))
         return result
 
-    def _fetch(self, url: str, etag: str | None, last_modified: str | None) -> FetchResult:
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """POST ``body`` to ``url``, no redirects followed, the answer's body not read.
+
+        Raises ``BlockedAddressError``, ``httpx.HTTPError`` and ``TimeoutError`` (the deadline passed).
+        """
+        return self._run(self._post(url, body, headers))
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        async with asyncio.timeout(self.timeout), self.client.stream("POST", url, content=body, headers=headers) as r:
+            return r
+
+    async def _get(self, url: str, etag: str | None, last_modified: str | None) -> _Received:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._follow(url, etag, last_modified)
+        except TimeoutError:  # the deadline, or one of httpx's own timeouts within it
+            reason = f"timed out after {self.timeout:g}s fetching {redact_url(url)}"
+            raise FetchError(reason, "timeout", transient=True) from None
+
+    async def _follow(self, url: str, etag: str | None, last_modified: str | None) -> _Received:
         headers = {}
         if etag:
             headers["If-None-Match"] = etag
@@ -183,20 +223,19 @@ class Fetcher:
             if not url.startswith(("http://", "https://")):
                 raise FetchError(f"refusing to fetch {url.split(':', 1)[0]!r} URLs: only http and https", "bad_url")
             try:
-                with self.client.stream("GET", url, headers=headers) as response:
+                async with self.client.stream("GET", url, headers=headers) as response:
                     if response.is_redirect and "location" in response.headers:
                         url = str(response.url.join(response.headers["location"]))
                         continue
-                    return self._read(response)
+                    return await self._receive(response)
             except BlockedAddressError as e:
                 raise FetchError(str(e), "blocked") from None
             except httpx.InvalidURL as e:
                 raise FetchError(f"invalid URL: {e}", "bad_url") from None
             except UnicodeError as e:  # a host name IDNA cannot encode
                 raise FetchError(f"invalid URL: {e}", "bad_url") from None
-            except (httpx.TimeoutException, deadline.DeadlineExceededError):
-                reason = f"timed out after {self.timeout:g}s fetching {redact_url(url)}"
-                raise FetchError(reason, "timeout", transient=True) from None
+            except httpx.TimeoutException:
+                raise TimeoutError from None
             except OSError as e:  # name resolution and the like
                 reason = f"{type(e).__name__} fetching {redact_url(url)}: {e}"
                 raise FetchError(reason, "connection", transient=True) from None
@@ -205,11 +244,10 @@ class Fetcher:
                 raise FetchError(reason, "connection", transient=True) from None
         raise FetchError(f"more than {self.max_redirects} redirects", "redirects")
 
-    def _read(self, response: httpx.Response) -> FetchResult:
+    async def _receive(self, response: httpx.Response) -> _Received:
+        """Check the status and headers, then read the raw body, at most ``max_bytes`` of it."""
         status = response.status_code
         metrics.FETCH_RESPONSES.labels(_code_label(status)).inc()
-        if status == 304:
-            return self._result(response, b"")
         if status >= 400:
             reason = f"HTTP {status} from {response.url.host}"
             if not is_transient_status(status):
@@ -217,43 +255,43 @@ class Fetcher:
             after = parse_retry_after(response.headers.get("retry-after"))
             kind = "retry_later" if status in (408, 429, 503) else "http_status"
             raise FetchError(reason + (f", retry after {after:g}s" if after else ""), kind, transient=True, after=after)
-        coding = response.headers.get("content-encoding", "")
-        unknown = codings.unknown(coding)
-        if unknown:  # its bytes would be taken for the page
-            reason = f"unsupported Content-Encoding {', '.join(unknown)!r} from {response.url.host}"
-            raise FetchError(reason, "bad_content")
-        declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            raise TooLargeError(f"body of {declared} bytes is over the {self.max_bytes} byte limit")
+        raw: list[bytes] = []
+        if status != 304:
+            coding = response.headers.get("content-encoding", "")
+            unknown = codings.unknown(coding)
+            if unknown:  # its bytes would be taken for the page
+                reason = f"unsupported Content-Encoding {', '.join(unknown)!r} from {response.url.host}"
+                raise FetchError(reason, "bad_content")
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                raise TooLargeError(f"body of {declared} bytes is over the {self.max_bytes} byte limit")
+            size = 0
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+                if size > self.max_bytes:  # compressed bodies are bounded twice: here and as they are decoded
+                    raise TooLargeError(f"body is over the {self.max_bytes} byte limit")
+                raw.append(chunk)
+        return _Received(str(response.url), status, response.headers, raw)
+
+    def _result(self, received: _Received) -> FetchResult:
+        """Decode the body (here, in the calling thread: the loop only moves bytes)."""
+        headers = received.headers
+        coding = headers.get("content-encoding", "")
         try:
-            body = codings.decode(self._raw(response), coding, self.max_bytes)
+            body = codings.decode(received.raw, coding, self.max_bytes) if received.status != 304 else b""
         except codings.BodyTooLargeError as e:
             raise TooLargeError(str(e)) from None
         except codings.CodingError as e:
-            raise FetchError(
-                f"cannot decode the body sent with Content-Encoding {coding!r}: {e}", "bad_content"
-            ) from None
-        return self._result(response, body)
-
-    def _raw(self, response: httpx.Response) -> Iterator[bytes]:
-        """The body as sent, at most ``max_bytes`` of it (compressed bodies are bounded twice)."""
-        size = 0
-        for chunk in response.iter_raw():
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise TooLargeError(f"body is over the {self.max_bytes} byte limit")
-            yield chunk
-
-    @staticmethod
-    def _result(response: httpx.Response, body: bytes) -> FetchResult:
+            reason = f"cannot decode the body sent with Content-Encoding {coding!r}: {e}"
+            raise FetchError(reason, "bad_content") from None
         return FetchResult(
-            url=str(response.url),
-            status=response.status_code,
-            not_modified=response.status_code == 304,
+            url=received.url,
+            status=received.status,
+            not_modified=received.status == 304,
             body=body,
-            content_type=response.headers.get("content-type", ""),
-            etag=response.headers.get("etag"),
-            last_modified=response.headers.get("last-modified"),
+            content_type=headers.get("content-type", ""),
+            etag=headers.get("etag"),
+            last_modified=headers.get("last-modified"),
         )
 
 

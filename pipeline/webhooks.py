@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from pipeline import deadline
 from pipeline.failures import Delivered, is_transient_status, parse_retry_after
 from pipeline.netguard import BlockedAddressError
 from pipeline.redact import redact_url
@@ -81,8 +80,8 @@ def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None 
 def post(fetcher: Fetcher, url: str, body: bytes, headers: dict[str, str]) -> Delivered:
     """POST ``body`` under one deadline (``fetcher.timeout``), no redirects followed, nothing read back."""
     try:
-        with deadline.deadline(fetcher.timeout), fetcher.client.stream("POST", url, content=body, headers=headers) as r:
-            status, retry_after = r.status_code, r.headers.get("retry-after")
+        response = fetcher.post(url, body, headers)
+        status, retry_after = response.status_code, response.headers.get("retry-after")
     except BlockedAddressError as e:  # names the host only
         return Delivered(False, None, str(e), transient=False)
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
