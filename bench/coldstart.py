@@ -34,7 +34,7 @@ from pipeline.nats_server import NatsServer
 
 
 def one_start(stage: str, env: dict[str, str], broker: JetStreamBroker) -> float:
-    job = {"source": "bench", "url": "http://10.255.255.1/", "trace": uuid.uuid4().hex, "body_key": "missing",
+    job = {"source": "bench", "url": "http://10.255.255.1/", "trace": uuid.uuid4().hex, "body": "sha256:missing",
            "after_id": 0, "finding_id": 0, "target": "https://10.255.255.1/", "part": 1}  # fmt: skip
     broker.enqueue(dramatiq.Message(queue_name=stage, actor_name=stage, args=(job,), kwargs={}, options={}))
     started = time.perf_counter()

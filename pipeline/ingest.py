@@ -71,7 +71,7 @@ def job_for(event: Event, ctx: Context) -> tuple[str, dict[str, Any]]:
         source = watched_source(event.source, event.selector, "content", ctx.webhook_secret.encode())
     # The content arrived as JSON text, so its bytes are UTF-8 whatever a <meta> in it says.
     content_type = f"{event.content_type}; charset=utf-8"
-    return "scrape", {"source": source, "body_key": key, "content_type": content_type, **common}
+    return "scrape", {"source": source, "body": key, "content_type": content_type, **common}
 
 
 class Ingest(BackgroundService):

@@ -5,8 +5,8 @@ JSON), typed here as a ``TypedDict``: a stage hands the next one the job it
 received plus what it added, so each type extends the one before::
 
     CheckJob (what is watched; fetch)     source, url, selector, rule, question, notify, trace
-    ScrapeJob   + body_key, content_type, etag, last_modified
-    AnalyseJob  + before_id, after_id
+    ScrapeJob   + body, content_type, etag, last_modified
+    AnalyseJob  CheckJob + before_id, after_id    (the body stays behind: it is in the snapshot)
     AlertJob    + finding_id, part        (notify holds the one target of this message)
 
 History (snapshots and the validators fetch sends) belongs to *what is
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import NotRequired, TypedDict
+from typing import NotRequired, TypedDict, cast
 from urllib.parse import urldefrag
 
 from url_normalize import url_normalize
@@ -41,15 +41,16 @@ class CheckJob(TypedDict):
 
 
 class ScrapeJob(CheckJob):
-    """The ``scrape`` stage's message: the body by its claim-check key, and its validators."""
+    """The ``scrape`` stage's message: the body (``pipeline.bodies``: inline, or its claim-check key) and its
+    validators."""
 
-    body_key: str
+    body: str
     content_type: str | None
     etag: NotRequired[str | None]
     last_modified: NotRequired[str | None]
 
 
-class AnalyseJob(ScrapeJob):
+class AnalyseJob(CheckJob):
     """The ``analyse`` stage's message: the change, as the snapshots before (None on a first check) and after."""
 
     before_id: int | None
@@ -61,6 +62,11 @@ class AlertJob(AnalyseJob):
 
     finding_id: int
     part: str  # tells this target's message apart from the other targets' of the same check
+
+
+def watched(job: CheckJob) -> CheckJob:
+    """Only what is watched of a later stage's job: what scrape hands analyse, without the body."""
+    return cast(CheckJob, {key: value for key, value in job.items() if key in CheckJob.__annotations__})
 
 
 def monitor_source(monitor_id: int) -> str:

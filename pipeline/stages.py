@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import and_, or_, update
@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select
 from pipeline import metrics, webhooks
 from pipeline.bodies import BodyStore
 from pipeline.fetcher import Fetcher, FetchError
-from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob
+from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob, watched
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
 from pipeline.politeness import Politeness
 from pipeline.redact import display_url, redact_url
@@ -56,19 +56,30 @@ class Context:
     llm: LLMAnalyser | None = None
 
 
-def _record(ctx: Context, job: CheckJob, stage: str, outcome: str, started: float, detail: str = "") -> None:
+def _count(stage: str, outcome: str) -> None:
     metrics.CHECKS.labels(stage, outcome).inc()
+
+
+def _ended(job: CheckJob, stage: str, outcome: str, started: float, detail: str = "") -> Check:
+    """The check's one row in ``checks``: where it ended and how (or a failed attempt), to add to a session.
+
+    Only a check's end is written (a stage that hands the job on writes nothing), in the
+    transaction of the stage's other writes where it has any: one row and one commit less per stage.
+    """
+    _count(stage, outcome)
+    return Check(
+        source=job["source"],
+        stage=stage,
+        outcome=outcome,
+        detail=detail[:2000],
+        message_id=job.get("trace", "")[:64],
+        seconds=time.monotonic() - started,
+    )
+
+
+def _record(ctx: Context, check: Check) -> None:
     with Session(ctx.engine) as session:
-        session.add(
-            Check(
-                source=job["source"],
-                stage=stage,
-                outcome=outcome,
-                detail=detail[:2000],
-                message_id=job.get("trace", "")[:64],
-                seconds=time.monotonic() - started,
-            )
-        )
+        session.add(check)
         session.commit()
 
 
@@ -100,17 +111,16 @@ def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
             job["url"], etag=last.etag if last else None, last_modified=last.last_modified if last else None
         )
     except FetchError as e:  # recorded (`monitor show`, the check-outcomes panel), then retried or dead-lettered
-        _record(ctx, job, "fetch", "error", started, e.reason)
+        _record(ctx, _ended(job, "fetch", "error", started, e.reason))
         raise
     if result.not_modified:
-        _record(ctx, job, "fetch", "unchanged", started, "304 Not Modified")
+        _record(ctx, _ended(job, "fetch", "unchanged", started, "304 Not Modified"))
         return
-    key = ctx.bodies.put(result.body)
-    _record(ctx, job, "fetch", "fetched", started, f"{result.status} {len(result.body)} bytes")
+    _count("fetch", "fetched")
     send_scrape(
         ScrapeJob(
             **job,
-            body_key=key,
+            body=ctx.bodies.put(result.body),
             content_type=result.content_type,
             etag=result.etag,
             last_modified=result.last_modified,
@@ -123,18 +133,20 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
     from pipeline.content import content_hash, extract
 
     started = time.monotonic()
-    text = extract(ctx.bodies.get(job["body_key"]), job.get("content_type"), job.get("selector")).text
+    text = extract(ctx.bodies.get(job["body"]), job.get("content_type"), job.get("selector")).text
     digest = content_hash(text)
+    what = watched(job)
     with Session(ctx.engine) as session:
         last = _latest_snapshot(session, job["source"])
         if last is not None and job.get("trace") and last.trace == job["trace"]:
             # Redelivered after our own snapshot was stored: hand the same change on again.
-            _record(ctx, job, "scrape", "changed", started, "redelivered")
+            _count("scrape", "changed")
             assert last.id is not None
-            send_analyse(AnalyseJob(**job, before_id=last.before_id, after_id=last.id))
+            send_analyse(AnalyseJob(**what, before_id=last.before_id, after_id=last.id))
             return
         if last is not None and last.content_hash == digest:
-            _record(ctx, job, "scrape", "unchanged", started)
+            session.add(_ended(job, "scrape", "unchanged", started))
+            session.commit()
             return
         snapshot = Snapshot(
             source=job["source"],
@@ -148,9 +160,9 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
         session.add(snapshot)
         session.commit()
         before_id, after_id = snapshot.before_id, snapshot.id
-    _record(ctx, job, "scrape", "changed", started, digest)
+    _count("scrape", "changed")
     assert after_id is not None
-    send_analyse(AnalyseJob(**job, before_id=before_id, after_id=after_id))
+    send_analyse(AnalyseJob(**what, before_id=before_id, after_id=after_id))
 
 
 def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
@@ -174,6 +186,7 @@ def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
     question = job.get("question")
     if verdict.relevant and question and ctx.llm is not None:
         verdict, analyser = ctx.llm.judge(question, change), ctx.llm.name
+    outcome = "relevant" if verdict.relevant else "irrelevant"
     with Session(ctx.engine) as session:
         finding = Finding(
             snapshot_id=after_id,
@@ -186,14 +199,17 @@ def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
             evidence=list(verdict.evidence),
         )
         session.add(finding)
+        if not (verdict.relevant and job.get("notify")):  # the check ends here: its row goes in with the finding
+            session.add(_ended(job, "analyse", outcome, started, verdict.summary))
+        else:
+            _count("analyse", outcome)
         try:
             session.commit()
-        except IntegrityError:  # redelivered: the finding exists, reuse it
+        except IntegrityError:  # redelivered: the finding (and the check's row, if it ended here) exist
             session.rollback()
             same_change = (Finding.snapshot_id == after_id, Finding.analyser == analyser)
             finding = session.exec(select(Finding).where(*same_change)).one()
         finding_id, relevant = finding.id, finding.relevant
-    _record(ctx, job, "analyse", "relevant" if relevant else "irrelevant", started, verdict.summary)
     if relevant:
         # One message per target: a receiver that hangs or fails delays and retries only its own alert.
         for target in job.get("notify", []):
@@ -218,29 +234,36 @@ UNKNOWN_OUTCOME = "outcome unknown: the worker stopped during this attempt (it m
 
 
 def alert(ctx: Context, job: AlertJob) -> None:
-    """Deliver a finding to the job's target once; raise ``DeliveryError`` while it is not delivered."""
+    """Deliver a finding to the job's target once; raise ``DeliveryError`` while it is not delivered.
+
+    Two commits per delivery: the claim (the alert's row, inserted already taken, or an
+    existing one taken over), then the attempt, the alert's status and the check's row together.
+    """
     started = time.monotonic()
     [target] = job["notify"]
     with Session(ctx.engine) as session:
         finding = session.get(Finding, job["finding_id"])
-        assert finding is not None
-        record = _alert_row(session, finding.id, target)  # type: ignore[arg-type]
-        if record.status == "sent":
+        assert finding is not None and finding.id is not None
+        record, claim = _claim(session, finding.id, target)
+        if claim == "sent":
             return  # redelivered message: never a second alert
-        taken_over = record.status == "sending"
-        if not _claim(session, record):
+        if claim == "busy":
             raise DeliveryError(f"{redact_url(target)}: being delivered by another worker", transient=True,
                                 after=CLAIM_LEASE.total_seconds())  # fmt: skip
-        attempts = len(session.exec(select(Delivery).where(Delivery.alert_id == record.id)).all())
-        if taken_over:  # its lease ran out: a worker died after sending, perhaps, and before recording
+        assert record.id is not None
+        attempts = 0
+        if claim != "new":
+            attempts = len(session.exec(select(Delivery).where(Delivery.alert_id == record.id)).all())
+        if claim == "taken over":  # its lease ran out: a worker died after sending, perhaps, and before recording
             attempts += 1
-            session.add(Delivery(alert_id=record.id, attempt=attempts, ok=False, error=UNKNOWN_OUTCOME))  # type: ignore[arg-type]
+            session.add(Delivery(alert_id=record.id, attempt=attempts, ok=False, error=UNKNOWN_OUTCOME))
         outcome = _deliver(ctx, record, finding, job, target)
         channel = "webhook" if target.startswith(("http://", "https://")) else "apprise"
         metrics.ALERTS.labels(channel, "sent" if outcome.ok else "failed").inc()
+        failure = "" if outcome.ok else f"{redact_url(target)}: {outcome.error}"
         session.add(
             Delivery(
-                alert_id=record.id,  # type: ignore[arg-type]
+                alert_id=record.id,
                 attempt=attempts + 1,
                 ok=outcome.ok,
                 status_code=outcome.status,
@@ -250,9 +273,8 @@ def alert(ctx: Context, job: AlertJob) -> None:
         record.status = "sent" if outcome.ok else "failed"
         record.claimed_at = None
         session.add(record)
+        session.add(_ended(job, "alert", "sent" if outcome.ok else "error", started, failure))
         session.commit()
-    failure = "" if outcome.ok else f"{redact_url(target)}: {outcome.error}"
-    _record(ctx, job, "alert", "sent" if outcome.ok else "error", started, failure)
     if not outcome.ok:
         raise DeliveryError(failure, transient=outcome.transient, after=outcome.after)
 
@@ -261,10 +283,30 @@ def alert(ctx: Context, job: AlertJob) -> None:
 #: has finished its attempt by then (every delivery has one deadline, ``Fetcher.timeout``, 15 s).
 CLAIM_LEASE = timedelta(seconds=30)
 
+Claim = Literal["new", "retry", "taken over", "sent", "busy"]
 
-def _claim(session: Session, record: Alert) -> bool:
-    """Take the alert for sending, atomically: of two workers, exactly one wins."""
+
+def _claim(session: Session, finding_id: int, target: str) -> tuple[Alert, Claim]:
+    """Take the alert of ``finding_id`` to ``target`` for sending, atomically: of two workers, exactly one wins.
+
+    The first delivery inserts the row already taken (one commit); a later one takes the row
+    when it failed before or its lease ran out.  Says how: ``new``, ``retry`` (failed before),
+    ``taken over`` (another worker's lease ran out), or why not: ``sent``, ``busy``.
+    """
     now = utcnow()
+    target_hash = _target_hash(target)
+    record = Alert(finding_id=finding_id, target=redact_url(target), target_hash=target_hash, status="sending",
+                   claimed_at=now)  # fmt: skip
+    session.add(record)
+    try:
+        session.commit()
+        return record, "new"
+    except IntegrityError:  # the row exists: this is a retry or a redelivery
+        session.rollback()
+    record = session.exec(select(Alert).where(Alert.finding_id == finding_id, Alert.target_hash == target_hash)).one()
+    if record.status == "sent":
+        return record, "sent"
+    taken_over = record.status == "sending"
     claimable = or_(
         col(Alert.status).in_(("pending", "failed")),
         and_(col(Alert.status) == "sending", col(Alert.claimed_at) < now - CLAIM_LEASE),
@@ -274,24 +316,13 @@ def _claim(session: Session, record: Alert) -> bool:
     )
     session.commit()
     session.refresh(record)
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
+        return record, "busy"
+    return record, "taken over" if taken_over else "retry"
 
 
 def _target_hash(target: str) -> str:
     return hashlib.sha256(target.encode()).hexdigest()
-
-
-def _alert_row(session: Session, finding_id: int, target: str) -> Alert:
-    target_hash = _target_hash(target)
-    existing = session.exec(
-        select(Alert).where(Alert.finding_id == finding_id, Alert.target_hash == target_hash)
-    ).first()
-    if existing is not None:
-        return existing
-    record = Alert(finding_id=finding_id, target=redact_url(target), target_hash=target_hash)
-    session.add(record)
-    session.commit()
-    return record
 
 
 def _deliver(ctx: Context, record: Alert, finding: Finding, job: AlertJob, target: str) -> Delivered:
