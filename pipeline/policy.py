@@ -31,9 +31,11 @@ class StagePolicy:
 
 
 #: Per stage: fetch waits on the network, scrape burns CPU, analyse waits on a rate-limited LLM, alert on webhooks.
+#: A fetch thread only parks while the process's one event loop holds its request (pipeline.fetcher), so a
+#: fetch replica holds 128 requests in flight: slow sites cost waiting, not CPU.
 STAGE_POLICIES = {
     "fetch": StagePolicy(
-        processes=1, threads=16, min_replicas=1, max_replicas=20, lag_threshold=200, cpu="250m", memory="256Mi"
+        processes=1, threads=128, min_replicas=1, max_replicas=20, lag_threshold=200, cpu="250m", memory="256Mi"
     ),
     "scrape": StagePolicy(
         processes=2, threads=2, min_replicas=1, max_replicas=10, lag_threshold=100, cpu="1", memory="512Mi"
