@@ -1,6 +1,6 @@
 """HTTP for the fetch and alert stages: guarded, bounded, conditional, and many exchanges at once.
 
-Built on httpx's async client, with limits on everything read from outside:
+Built on aiohttp's client, with limits on everything read from outside:
 connect time, one deadline for the whole exchange, body size and redirects.
 Every connection goes through :class:`pipeline.netguard.AddressPolicy`, and
 redirects are followed here, one hop at a time, so each hop is checked like
@@ -12,24 +12,29 @@ hand the exchange to one asyncio loop per process (Dramatiq's
 on) and wait for it.  Waiting on the network then costs a parked thread, not
 a socket per thread: one fetch process holds hundreds of requests in flight
 (its ``--threads``), and the bytes are decoded back in the calling thread so
-the loop only moves them.
+the loop only moves them.  aiohttp rather than httpx: with 128 requests in
+flight, httpx's pool spent 6.9 ms of CPU per request (it scans every
+connection for each request), aiohttp 0.36 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import contextlib
 import logging
+import socket
 import threading
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import httpcore
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.helpers import is_ip_address
 from dramatiq.asyncio import EventLoopThread
+from yarl import URL
 
 from pipeline import codings, metrics
 from pipeline.failures import is_transient_status, parse_retry_after
@@ -39,6 +44,9 @@ from pipeline.redact import redact_url
 USER_AGENT = "nats-ai-pipeline/0.1 (+https://github.com/; monitoring)"
 #: Connections one process keeps open at most (its threads bound the requests in flight first).
 MAX_CONNECTIONS = 1000
+
+#: Answers that send the client elsewhere (RFC 9110 §15.4), followed hop by hop here.
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -82,42 +90,46 @@ class _Received:
 
     url: str
     status: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]
     raw: list[bytes]
 
 
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves names itself and connects only to addresses the policy allows."""
+@dataclass(frozen=True)
+class Posted:
+    """What a POST's answer said: its status and headers (its body is not read)."""
+
+    status: int
+    headers: Mapping[str, str]
+
+
+class _GuardedResolver(AbstractResolver):
+    """Resolves names itself and gives aiohttp only the addresses the policy allows.
+
+    aiohttp connects to a literal IP address without asking a resolver, so
+    :meth:`Fetcher._check_literal` checks those, on every hop.
+    """
 
     def __init__(self, policy: AddressPolicy) -> None:
         self.policy = policy
-        self._backend = httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        last_error: Exception | None = None
-        for address in await self._resolve(host, port):
-            try:
-                return await self._backend.connect_tcp(address, port, timeout, local_address, socket_options)
-            except httpcore.ConnectError as e:
-                last_error = e
-        raise last_error or httpcore.ConnectError(f"no address for {host}")
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await asyncio.to_thread(self.policy.resolve, host, port)  # getaddrinfo blocks: off the loop
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in addresses
+        ]
 
-    async def _resolve(self, host: str, port: int) -> list[str]:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:  # a name: getaddrinfo blocks, so it runs in a thread, off the loop
-            return await asyncio.to_thread(self.policy.resolve, host, port)
-        return self.policy.resolve(host, port)  # a literal address needs no lookup
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
+    async def close(self) -> None:
+        pass
 
 
 class Fetcher:
@@ -126,7 +138,7 @@ class Fetcher:
     ``timeout`` (seconds) is one deadline for a whole exchange, connect, TLS,
     headers, body and every redirect hop, so a server that trickles a byte at a
     time cannot hold a thread longer.  ``max_bytes`` bounds a body before and
-    after decoding.
+    after decoding.  No cookies are kept: one site's never reach another's check.
     """
 
     def __init__(
@@ -141,41 +153,9 @@ class Fetcher:
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.policy = policy or AddressPolicy()
-        pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),  # TLS still verifies the host name asked for (SNI, certificate)
-            max_connections=MAX_CONNECTIONS,
-            max_keepalive_connections=100,
-            keepalive_expiry=5.0,
-            network_backend=_GuardedBackend(self.policy),
-        )
-        transport = httpx.AsyncHTTPTransport(trust_env=False, retries=0)
-        transport._pool = pool  # httpx takes no network backend, so its pool is replaced by one built with ours
-        self.client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": codings.ACCEPT},
-            trust_env=False,
-        )
+        self._session: aiohttp.ClientSession | None = None  # made on the loop, as aiohttp requires
         self._loop: EventLoopThread | None = None
         self._lock = threading.Lock()
-
-    def _run(self, exchange: Awaitable[T]) -> T:
-        """Run ``exchange`` on this fetcher's loop and wait for it (a Dramatiq time limit cancels it)."""
-        with self._lock:
-            if self._loop is None:
-                self._loop = EventLoopThread(logger, interrupt_check_ival=0.5)
-                self._loop.daemon = True
-                self._loop.start(timeout=5.0)
-            loop = self._loop
-        return loop.run_coroutine(exchange)
-
-    def close(self) -> None:
-        with self._lock:
-            loop, self._loop = self._loop, None
-        if loop is not None:
-            loop.run_coroutine(self.client.aclose())
-            loop.stop()
 
     def fetch(self, url: str, *, etag: str | None = None, last_modified: str | None = None) -> FetchResult:
         """GET ``url``; with ``etag``/``last_modified`` a 304 comes back as ``not_modified``.
@@ -184,7 +164,7 @@ class Fetcher:
         """
         started = time.monotonic()
         try:
-            received = self._run(self._get(url, etag, last_modified))
+            received = self._run(lambda session: self._get(session, url, etag, last_modified))
             result = self._result(received)
         except FetchError as e:
             metrics.FETCH_ERRORS.labels(e.kind).inc()
@@ -194,26 +174,72 @@ class Fetcher:
         metrics.FETCH_BYTES.inc(len(result.body))
         return result
 
-    def post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        """POST ``body`` to ``url``, no redirects followed, the answer's body not read.
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> Posted:
+        """POST ``body`` to ``url`` under the same deadline, no redirects followed, the answer's body not read.
 
-        Raises ``BlockedAddressError``, ``httpx.HTTPError`` and ``TimeoutError`` (the deadline passed).
+        Raises ``BlockedAddressError``, ``aiohttp.InvalidURL``, ``aiohttp.ClientError``, ``OSError``
+        and ``TimeoutError`` (the deadline passed).
         """
-        return self._run(self._post(url, body, headers))
+        return self._run(lambda session: self._post(session, url, body, headers))
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        async with asyncio.timeout(self.timeout), self.client.stream("POST", url, content=body, headers=headers) as r:
-            return r
+    def close(self) -> None:
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            if self._session is not None:
+                loop.run_coroutine(self._session.close())
+                self._session = None
+            loop.stop()
 
-    async def _get(self, url: str, etag: str | None, last_modified: str | None) -> _Received:
+    def _run(self, exchange: Callable[[aiohttp.ClientSession], Awaitable[T]]) -> T:
+        """Run ``exchange`` on this fetcher's loop and wait for it (a Dramatiq time limit cancels it)."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = EventLoopThread(logger, interrupt_check_ival=0.5)
+                self._loop.daemon = True
+                self._loop.start(timeout=5.0)
+            loop = self._loop
+        return loop.run_coroutine(self._with_session(exchange))
+
+    async def _with_session(self, exchange: Callable[[aiohttp.ClientSession], Awaitable[T]]) -> T:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    resolver=_GuardedResolver(self.policy), limit=MAX_CONNECTIONS, keepalive_timeout=5.0
+                ),
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": codings.ACCEPT},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(self.timeout, 5.0)),
+                auto_decompress=False,  # pipeline.codings decodes, strictly and within the size limit
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,  # no proxy from the environment: the policy sees every destination
+            )
+        return await exchange(self._session)
+
+    def _check_literal(self, url: URL) -> None:
+        """aiohttp connects to a literal address without resolving it: such a host is checked here."""
+        if url.host and is_ip_address(url.host):
+            self.policy.resolve(url.host, url.port or 0)
+
+    async def _post(self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> Posted:
+        async with asyncio.timeout(self.timeout):
+            target = URL(url)
+            self._check_literal(target)
+            async with _refusals(), session.post(target, data=body, headers=headers, allow_redirects=False) as response:
+                return Posted(response.status, response.headers.copy())
+
+    async def _get(
+        self, session: aiohttp.ClientSession, url: str, etag: str | None, last_modified: str | None
+    ) -> _Received:
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._follow(url, etag, last_modified)
-        except TimeoutError:  # the deadline, or one of httpx's own timeouts within it
+                return await self._follow(session, url, etag, last_modified)
+        except TimeoutError:  # the deadline, or one of aiohttp's own timeouts within it
             reason = f"timed out after {self.timeout:g}s fetching {redact_url(url)}"
             raise FetchError(reason, "timeout", transient=True) from None
 
-    async def _follow(self, url: str, etag: str | None, last_modified: str | None) -> _Received:
+    async def _follow(
+        self, session: aiohttp.ClientSession, url: str, etag: str | None, last_modified: str | None
+    ) -> _Received:
         headers = {}
         if etag:
             headers["If-None-Match"] = etag
@@ -223,30 +249,28 @@ class Fetcher:
             if not url.startswith(("http://", "https://")):
                 raise FetchError(f"refusing to fetch {url.split(':', 1)[0]!r} URLs: only http and https", "bad_url")
             try:
-                async with self.client.stream("GET", url, headers=headers) as response:
-                    if response.is_redirect and "location" in response.headers:
-                        url = str(response.url.join(response.headers["location"]))
+                target = URL(url)
+                self._check_literal(target)
+                async with _refusals(), session.get(target, headers=headers, allow_redirects=False) as response:
+                    if response.status in _REDIRECTS and "location" in response.headers:
+                        url = str(response.url.join(URL(response.headers["location"])))
                         continue
                     return await self._receive(response)
             except BlockedAddressError as e:
                 raise FetchError(str(e), "blocked") from None
-            except httpx.InvalidURL as e:
+            except (aiohttp.InvalidURL, ValueError) as e:  # UnicodeError too: a host name IDNA cannot encode
                 raise FetchError(f"invalid URL: {e}", "bad_url") from None
-            except UnicodeError as e:  # a host name IDNA cannot encode
-                raise FetchError(f"invalid URL: {e}", "bad_url") from None
-            except httpx.TimeoutException:
-                raise TimeoutError from None
-            except OSError as e:  # name resolution and the like
+            except OSError as e:  # refused, reset, name resolution and the like
                 reason = f"{type(e).__name__} fetching {redact_url(url)}: {e}"
                 raise FetchError(reason, "connection", transient=True) from None
-            except httpx.HTTPError as e:
+            except aiohttp.ClientError as e:
                 reason = f"{type(e).__name__} fetching {redact_url(url)}"
                 raise FetchError(reason, "connection", transient=True) from None
         raise FetchError(f"more than {self.max_redirects} redirects", "redirects")
 
-    async def _receive(self, response: httpx.Response) -> _Received:
+    async def _receive(self, response: aiohttp.ClientResponse) -> _Received:
         """Check the status and headers, then read the raw body, at most ``max_bytes`` of it."""
-        status = response.status_code
+        status = response.status
         metrics.FETCH_RESPONSES.labels(_code_label(status)).inc()
         if status >= 400:
             reason = f"HTTP {status} from {response.url.host}"
@@ -266,12 +290,12 @@ class Fetcher:
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
                 raise TooLargeError(f"body of {declared} bytes is over the {self.max_bytes} byte limit")
             size = 0
-            async for chunk in response.aiter_raw():
+            async for chunk in response.content.iter_any():
                 size += len(chunk)
                 if size > self.max_bytes:  # compressed bodies are bounded twice: here and as they are decoded
                     raise TooLargeError(f"body is over the {self.max_bytes} byte limit")
                 raw.append(chunk)
-        return _Received(str(response.url), status, response.headers, raw)
+        return _Received(str(response.url), status, response.headers.copy(), raw)
 
     def _result(self, received: _Received) -> FetchResult:
         """Decode the body (here, in the calling thread: the loop only moves bytes)."""
@@ -293,6 +317,17 @@ class Fetcher:
             etag=headers.get("etag"),
             last_modified=headers.get("last-modified"),
         )
+
+
+@contextlib.asynccontextmanager
+async def _refusals() -> AsyncIterator[None]:
+    """The policy's refusal as itself: aiohttp wraps what its resolver raises in a connection error."""
+    try:
+        yield
+    except aiohttp.ClientConnectorError as e:
+        if isinstance(e.os_error, BlockedAddressError):
+            raise e.os_error from None
+        raise
 
 
 _KNOWN_CODES = {int(status) for status in HTTPStatus}

@@ -16,7 +16,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-import httpx
+import aiohttp
 
 from pipeline.failures import Delivered, is_transient_status, parse_retry_after
 from pipeline.netguard import BlockedAddressError
@@ -81,10 +81,10 @@ def post(fetcher: Fetcher, url: str, body: bytes, headers: dict[str, str]) -> De
     """POST ``body`` under one deadline (``fetcher.timeout``), no redirects followed, nothing read back."""
     try:
         response = fetcher.post(url, body, headers)
-        status, retry_after = response.status_code, response.headers.get("retry-after")
+        status, retry_after = response.status, response.headers.get("retry-after")
     except BlockedAddressError as e:  # names the host only
         return Delivered(False, None, str(e), transient=False)
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
+    except (aiohttp.InvalidURL, ValueError) as e:
         return Delivered(False, None, f"invalid URL: {type(e).__name__}", transient=False)
     except Exception as e:  # timeouts and connection errors: the type says why; the message could hold secrets
         return Delivered(False, None, f"{type(e).__name__} posting to {redact_url(url)}", transient=True)

@@ -106,7 +106,7 @@ def test_only_http_schemes_and_valid_urls(fetcher: Fetcher) -> None:
     with pytest.raises(FetchError, match="only http and https"):
         fetcher.fetch("file:///etc/passwd")
     with pytest.raises(FetchError, match="invalid URL"):
-        fetcher.fetch("http://0177.0.0.1/")  # octal: httpx refuses it before any lookup
+        fetcher.fetch("http://0177.0.0.1/")  # octal: aiohttp refuses it before any lookup
 
 
 def test_allow_list_takes_hosts_and_networks() -> None:
