@@ -56,6 +56,11 @@ class Context:
     llm: LLMAnalyser | None = None
 
 
+def _session(ctx: Context) -> Session:
+    """A session whose objects stay readable after commit: no SELECT to reload what was just written."""
+    return Session(ctx.engine, expire_on_commit=False)
+
+
 def _count(stage: str, outcome: str) -> None:
     metrics.CHECKS.labels(stage, outcome).inc()
 
@@ -78,7 +83,7 @@ def _ended(job: CheckJob, stage: str, outcome: str, started: float, detail: str 
 
 
 def _record(ctx: Context, check: Check) -> None:
-    with Session(ctx.engine) as session:
+    with _session(ctx) as session:
         session.add(check)
         session.commit()
 
@@ -87,6 +92,15 @@ def _latest_snapshot(session: Session, source: str) -> Snapshot | None:
     newest_first = (col(Snapshot.taken_at).desc(), col(Snapshot.id).desc())
     query = select(Snapshot).where(Snapshot.source == source).order_by(*newest_first)
     return session.exec(query.limit(1)).first()
+
+
+def _validators(ctx: Context, source: str) -> tuple[str | None, str | None]:
+    """The ETag and Last-Modified of the source's latest snapshot, for a conditional GET (the two columns only)."""
+    newest_first = (col(Snapshot.taken_at).desc(), col(Snapshot.id).desc())
+    query = select(Snapshot.etag, Snapshot.last_modified).where(Snapshot.source == source).order_by(*newest_first)
+    with ctx.engine.connect() as connection:
+        row = connection.execute(query.limit(1)).first()
+    return (row[0], row[1]) if row else (None, None)
 
 
 class NotYetError(Exception):
@@ -104,12 +118,9 @@ def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
         if wait > 0:
             raise NotYetError(wait)
     started = time.monotonic()
-    with Session(ctx.engine) as session:
-        last = _latest_snapshot(session, job["source"])
+    etag, last_modified = _validators(ctx, job["source"])
     try:
-        result = ctx.fetcher.fetch(
-            job["url"], etag=last.etag if last else None, last_modified=last.last_modified if last else None
-        )
+        result = ctx.fetcher.fetch(job["url"], etag=etag, last_modified=last_modified)
     except FetchError as e:  # recorded (`monitor show`, the check-outcomes panel), then retried or dead-lettered
         _record(ctx, _ended(job, "fetch", "error", started, e.reason))
         raise
@@ -136,7 +147,7 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
     text = extract(ctx.bodies.get(job["body"]), job.get("content_type"), job.get("selector")).text
     digest = content_hash(text)
     what = watched(job)
-    with Session(ctx.engine) as session:
+    with _session(ctx) as session:
         last = _latest_snapshot(session, job["source"])
         if last is not None and job.get("trace") and last.trace == job["trace"]:
             # Redelivered after our own snapshot was stored: hand the same change on again.
@@ -175,7 +186,7 @@ def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
     """
     started = time.monotonic()
     rule = parse_rule(job.get("rule"))
-    with Session(ctx.engine) as session:
+    with _session(ctx) as session:
         after = session.get(Snapshot, job["after_id"])
         before = session.get(Snapshot, job["before_id"]) if job.get("before_id") else None
         assert after is not None and after.id is not None, f"snapshot {job['after_id']} is gone"
@@ -187,7 +198,7 @@ def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
     if verdict.relevant and question and ctx.llm is not None:
         verdict, analyser = ctx.llm.judge(question, change), ctx.llm.name
     outcome = "relevant" if verdict.relevant else "irrelevant"
-    with Session(ctx.engine) as session:
+    with _session(ctx) as session:
         finding = Finding(
             snapshot_id=after_id,
             source=job["source"],
@@ -241,7 +252,7 @@ def alert(ctx: Context, job: AlertJob) -> None:
     """
     started = time.monotonic()
     [target] = job["notify"]
-    with Session(ctx.engine) as session:
+    with _session(ctx) as session:
         finding = session.get(Finding, job["finding_id"])
         assert finding is not None and finding.id is not None
         record, claim = _claim(session, finding.id, target)

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,8 @@ class Supervisor:
 
         unlisted = {"min_replicas": 1, "max_replicas": 1, "processes": 1}  # a queue of yours without a ScaledObject
         policies = {q: policies.get(q) or Policy(q, **unlisted) for q in queues}  # type: ignore[arg-type]
+        if not shared:  # one machine keeps a replica of every stage: a cold start costs more than an idle worker
+            policies = {q: replace(p, min_replicas=max(1, p.min_replicas)) for q, p in policies.items()}
         self._stack.callback(self._stop_pools)
         for queue, policy in policies.items():
             self.pools[queue] = WorkerPool(

@@ -1,0 +1,250 @@
+"""A local test site shared by the benchmarks: product pages whose prices move each round, and an inbox.
+
+The same pages serve our pipeline and the peers it is compared with (``bench/peers``), so every
+tool fetches the same bytes from the same server in the same run::
+
+    with Pages(1000) as pages:
+        check(pages.urls)      # every page carries a price
+        pages.round += 1       # every page's price changes
+        check(pages.urls)
+
+``/p/{n}`` (n = 0..count-1) is about 6 KB of ordinary HTML (head, nav, paragraphs, a list, a footer)
+with the price in ``<span class="price">Price: {price} EUR</span>``; the price depends on ``n`` and
+``round`` only: 100 EUR or more in round 0, below 100 after, and different for every page whenever
+``round`` changes (so a rule ``price < 100`` fires on the first recheck, not on the first check).  ``delay``
+makes every GET answer late (the "slow sites" bench: 1000 pages each answering after 1 s), so the
+server keeps a thread per connection and a listen backlog of 2048 to hold 1000 at once.  POST
+``/inbox`` answers 204 and counts.  No ETag or Last-Modified: a conditional GET cannot shortcut a check.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+
+_FILLER = (
+    "Built for everyday use, this model pairs a sturdy frame with parts that are easy to replace. "
+    "Every unit is checked by hand before it leaves the workshop, and the finish is made to last "
+    "through years of wear without fading or chipping. Owners tell us it is the piece they reach "
+    "for first, whether at home, at work or on the road, and that it still looks new after a season."
+)
+
+_REVIEW = (
+    "Arrived a day early and well packed. It feels solid in the hand and does exactly what the description "
+    "says; I have used it most days since and would buy it again. Only wish it came in more colours."
+)
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{name} | Example Shop</title>
+<meta name="description" content="{name}: specifications, reviews and today's price at Example Shop.">
+<link rel="stylesheet" href="/static/shop.css">
+<link rel="canonical" href="/p/{n}">
+</head>
+<body>
+<header class="site-header">
+<a class="logo" href="/">Example Shop</a>
+<nav class="main-nav">
+<ul>
+<li><a href="/c/new">New in</a></li>
+<li><a href="/c/kitchen">Kitchen</a></li>
+<li><a href="/c/garden">Garden</a></li>
+<li><a href="/c/tools">Tools</a></li>
+<li><a href="/c/outdoor">Outdoor</a></li>
+<li><a href="/c/office">Office</a></li>
+<li><a href="/c/sale">Sale</a></li>
+<li><a href="/account">My account</a></li>
+<li><a href="/basket">Basket (0)</a></li>
+</ul>
+</nav>
+<form class="search" action="/search"><input type="search" name="q" placeholder="Search the shop"></form>
+</header>
+<main>
+<nav class="breadcrumbs"><a href="/">Home</a> &rsaquo; <a href="/c/tools">Tools</a> &rsaquo; {name}</nav>
+<article class="product" id="product-{n}">
+<h1 class="product-title">{name}</h1>
+<p class="sku">Item number {sku}</p>
+<div class="buy-box">
+<span class="price">Price: {price} EUR</span>
+<p class="stock">In stock, ships within 2 working days</p>
+<button class="add-to-basket" type="button">Add to basket</button>
+</div>
+<section class="description">
+<h2>Description</h2>
+<p>{filler}</p>
+<p>{filler}</p>
+<p>{filler}</p>
+<p>{filler}</p>
+<p>{filler}</p>
+<p>{filler}</p>
+</section>
+<section class="specs">
+<h2>Specifications</h2>
+<ul>
+<li>Weight: {weight} g</li>
+<li>Dimensions: 30 x 20 x 12 cm</li>
+<li>Material: powder-coated steel, beech handle</li>
+<li>Colour: graphite grey</li>
+<li>Warranty: 5 years</li>
+<li>Made in the EU</li>
+<li>Package contents: 1 unit, manual, spare fittings</li>
+</ul>
+</section>
+<section class="reviews">
+<h2>Reviews</h2>
+<p>4.6 out of 5 stars from 128 reviews.</p>
+<blockquote>{review}</blockquote>
+<blockquote>{review}</blockquote>
+<blockquote>{review}</blockquote>
+</section>
+<section class="delivery">
+<h2>Delivery and returns</h2>
+<p>Free delivery on orders over 40 EUR. Orders placed before 2 pm on a working day leave our warehouse
+the same day. You can return any item within 30 days of delivery for a full refund; the return label
+is in the parcel, and the refund reaches your account within five working days of our receiving it.</p>
+</section>
+<section class="related">
+<h2>Customers also bought</h2>
+<ul>
+<li><a href="/p/{r1}">Workshop Tool {r1}</a></li>
+<li><a href="/p/{r2}">Workshop Tool {r2}</a></li>
+<li><a href="/p/{r3}">Workshop Tool {r3}</a></li>
+<li><a href="/c/tools/spares">Spare fittings kit</a></li>
+<li><a href="/c/tools/cases">Carry case, graphite grey</a></li>
+<li><a href="/c/tools/care">Care and cleaning set</a></li>
+</ul>
+</section>
+</article>
+</main>
+<footer class="site-footer">
+<ul>
+<li><a href="/help/delivery">Delivery</a></li>
+<li><a href="/help/returns">Returns</a></li>
+<li><a href="/help/contact">Contact us</a></li>
+<li><a href="/legal/terms">Terms and conditions</a></li>
+<li><a href="/legal/privacy">Privacy</a></li>
+</ul>
+<p>&copy; Example Shop. All prices include VAT.</p>
+</footer>
+</body>
+</html>
+"""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a connection left open (keep-alive) never holds up shutdown
+    request_queue_size = 2048  # the listen backlog: 1000 clients connecting at once (slow-sites bench)
+    pages: Pages
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real sites answer
+    timeout = 60  # an idle keep-alive connection gives its thread back after a minute
+    server: _Server
+
+    def do_GET(self) -> None:
+        pages = self.server.pages
+        path = self.path.split("?", 1)[0]
+        n = path[3:] if path.startswith("/p/") else ""
+        if not (n.isdigit() and int(n) < pages.count):
+            self._answer(404, b"")
+            return
+        if pages.delay:
+            time.sleep(pages.delay)
+        self._answer(200, pages.page(int(n)))
+        pages._count_get()
+
+    def do_POST(self) -> None:
+        pages = self.server.pages
+        # Read the body even when answering 404, so the next request on this connection starts clean.
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.split("?", 1)[0] != "/inbox":
+            self._answer(404, b"")
+            return
+        self._answer(204, b"")
+        pages._count_post()
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        if status != 204:
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # a line per request would cost more than answering it
+
+
+class Pages:
+    """``count`` product pages on 127.0.0.1 (a free port), served from a background thread while in ``with``."""
+
+    def __init__(self, count: int = 1000, *, delay: float = 0.0) -> None:
+        self.count = count
+        self.delay = delay
+        self.round = 0  # the caller moves every price by changing this between rounds
+        self._lock = threading.Lock()
+        self._gets = 0
+        self._posts = 0
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.pages = self
+        self._thread: threading.Thread | None = None
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"{self.url}/p/{n}" for n in range(self.count)]
+
+    @property
+    def inbox(self) -> str:
+        """Where webhooks go: POSTs here are counted (``posts``)."""
+        return f"{self.url}/inbox"
+
+    @property
+    def gets(self) -> int:
+        """Pages served (GETs answered 200)."""
+        with self._lock:
+            return self._gets
+
+    @property
+    def posts(self) -> int:
+        """POSTs received at ``/inbox``."""
+        with self._lock:
+            return self._posts
+
+    def price(self, n: int) -> int:
+        """Page ``n``'s price this round: 100..139 in round 0, then 50..89; a new one every round (step 7 of 40)."""
+        return (100 if self.round == 0 else 50) + (n + 7 * self.round) % 40
+
+    def page(self, n: int) -> bytes:
+        name = f"Workshop Tool {n}"
+        return _PAGE.format(
+            n=n, name=name, sku=f"WT-{n:06d}", price=self.price(n), weight=400 + n % 600,
+            filler=_FILLER, review=_REVIEW, r1=n + 1, r2=n + 2, r3=n + 3,
+        ).encode()  # fmt: skip
+
+    def _count_get(self) -> None:
+        with self._lock:
+            self._gets += 1
+
+    def _count_post(self) -> None:
+        with self._lock:
+            self._posts += 1
+
+    def __enter__(self) -> Pages:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="bench-pages", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
