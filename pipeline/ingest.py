@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from sqlalchemy.exc import OperationalError
 
 from pipeline import metrics, queries
-from pipeline.broker import JetStreamBroker, QueueNames
+from pipeline.broker import BatchPublishError, JetStreamBroker, QueueNames
 from pipeline.broker.assets import add_consumer, add_or_update_stream
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
 from pipeline.jobs import monitor_source, watched_source
@@ -120,42 +120,65 @@ class Ingest(BackgroundService):
                 self.outage.failed(e)
                 self.stop_event.wait(1)
                 continue
-            for msg in msgs:
-                try:
-                    self.handle(msg)
-                except Exception:  # NATS or the database is away: the event comes back, we go on
-                    logger.warning("Could not ingest an event on %s; it will be retried.", msg.subject, exc_info=True)
-                    with contextlib.suppress(Exception):
-                        self.broker.run(msg.nak(delay=5))
+            self.ingest(msgs)
 
-    def handle(self, msg: Msg) -> None:
-        """Turn one event into a job on its first stage, or dead-letter it with the reason.
+    def ingest(self, msgs: list[Msg]) -> None:
+        """Turn a batch of events into jobs, wait once for all their stores, then ack the events.
+
+        An event whose job was not stored (NATS or the database away) is handed back to come again.
+        """
+        settled: dict[str, Msg] = {}
+        try:
+            with self.broker.batch():  # the jobs' publishes go out together; leaving the block waits for their acks
+                for msg in msgs:
+                    try:
+                        message_id = self.handle(msg)
+                    except Exception:  # NATS or the database is away: the event comes back, we go on
+                        logger.warning("Could not ingest an event on %s; it comes back.", msg.subject, exc_info=True)
+                        self._hand_back(msg)
+                        continue
+                    if message_id is not None:
+                        settled[message_id] = msg
+        except BatchPublishError as e:
+            for message, _ in e.failed:
+                if message.message_id in settled:
+                    msg = settled.pop(message.message_id)
+                    logger.warning("An event's job on %s was not stored; it comes back.", msg.subject)
+                    self._hand_back(msg)
+        self.broker.run(_ack(list(settled.values())))
+        for msg in settled.values():
+            metrics.EVENTS.labels(_kind(msg.subject), "accepted").inc()
+
+    def _hand_back(self, msg: Msg) -> None:
+        with contextlib.suppress(Exception):
+            self.broker.run(msg.nak(delay=5))
+
+    def handle(self, msg: Msg) -> str | None:
+        """Turn one event into a job on its first stage (its message id, the event to ack once the job is
+        stored), or dead-letter it with the reason (None: the event is settled).
 
         Any exception but the store being away dead-letters the event: a poison event never
-        loops.  While NATS or the database is away the event comes back (``run`` naks it),
+        loops.  While NATS or the database is away the event comes back (``ingest`` naks it),
         up to ``MAX_DELIVERIES`` times, and is then dead-lettered with the last error.
         """
+        message_id = f"event-{msg.metadata.stream}-{msg.metadata.sequence.stream}"
         try:
-            self._enqueue(msg)
+            self._enqueue(msg, message_id)
+            return message_id
         except InvalidEventError as e:
             self._dead_letter(msg, e)
-            return
         except STORE_ERRORS as e:
             if msg.metadata.num_delivered < MAX_DELIVERIES:
                 raise
             self._dead_letter(msg, InvalidEventError(f"gave up after {MAX_DELIVERIES} tries: {_describe(e)}"))
-            return
         except Exception as e:  # a fault of ours this event triggers: the reason, and on with the next
             logger.exception("Could not turn an event on %s into a job", msg.subject)
             self._dead_letter(msg, InvalidEventError(f"cannot ingest this event: {_describe(e)}"))
-            return
-        self.broker.run(msg.ack())
-        metrics.EVENTS.labels(_kind(msg.subject), "accepted").inc()
+        return None
 
-    def _enqueue(self, msg: Msg) -> None:
+    def _enqueue(self, msg: Msg, message_id: str) -> None:
         event = parse_event(msg.subject, msg.data)
         queue, job = job_for(event, self.ctx)
-        message_id = f"event-{msg.metadata.stream}-{msg.metadata.sequence.stream}"
         job["trace"] = message_id  # one check, end to end: stages derive their message ids from it
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=queue, actor_name=queue, args=(job,), kwargs={}, options={}, message_id=message_id
@@ -169,6 +192,12 @@ class Ingest(BackgroundService):
         logger.warning("Dead-lettering an invalid event on %s: %s", msg.subject, error.reason)
         self.broker.dead_letter(self.dead, msg, "", error)
         metrics.EVENTS.labels(_kind(msg.subject), "invalid").inc()
+
+
+async def _ack(msgs: list[Msg]) -> None:
+    """Ack the events together: one hand-over to the loop, not one per event (an ack is fire and forget)."""
+    for msg in msgs:
+        await msg.ack()
 
 
 def _describe(error: BaseException) -> str:
