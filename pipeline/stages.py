@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import and_, bindparam, func, insert, or_, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import SQLModel, col, select
 
 from pipeline import metrics, webhooks
 from pipeline.bodies import BodyStore
@@ -78,6 +78,7 @@ LATEST = (
 TEXTS = select(Snapshot.id, Snapshot.content_hash, Snapshot.text).where(
     col(Snapshot.id).in_(bindparam("ids", expanding=True))
 )
+FINDING = select(Finding).where(col(Finding.id) == bindparam("finding_id"))
 SETTLED = (
     update(Alert).where(col(Alert.id) == bindparam("alert_id")).values(status=bindparam("new_status"), claimed_at=None)
 )
@@ -270,9 +271,11 @@ def alert(ctx: Context, job: AlertJob) -> None:
     """
     started = time.monotonic()
     [target] = job["notify"]
-    with Session(ctx.engine, expire_on_commit=False) as session:
-        finding = session.get(Finding, job["finding_id"])
-    assert finding is not None and finding.id is not None
+    with ctx.engine.connect() as db:
+        row = db.execute(FINDING, {"finding_id": job["finding_id"]}).first()
+    assert row is not None, f"finding {job['finding_id']} is gone"
+    finding = Finding(**row._mapping)
+    assert finding.id is not None
     alert_id, claim = _claim(ctx.engine, finding.id, target)
     if claim == "sent":
         return  # redelivered message: never a second alert
