@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline import runtime
+from pipeline.bodies import INLINE_MAX
 from pipeline.broker import JetStreamBroker
 from pipeline.broker.assets import Asset
 from pipeline.cli import app
@@ -58,7 +59,7 @@ def use_every_asset(broker: JetStreamBroker) -> None:
     broker.lag(set(STAGES))  # streams are created on first use
     context = runtime.context(broker)
     Ingest(broker, context).declare()
-    context.bodies.put(b"<p>a body</p>")
+    context.bodies.put(b"<p>a body</p>" * (INLINE_MAX // 10))  # above INLINE_MAX: it goes to the object store
     assert context.politeness is not None
     context.politeness.wait_for("example.com")
     VerdictCache(broker).put("k", Verdict(True, "info", "yes"))
