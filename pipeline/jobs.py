@@ -5,7 +5,7 @@ JSON), typed here as a ``TypedDict``: a stage hands the next one the job it
 received plus what it added, so each type extends the one before::
 
     CheckJob (what is watched; fetch)     source, url, selector, rule, question, notify, trace
-    ScrapeJob   + body, content_type, etag, last_modified
+    ScrapeJob   + body, content_type, etag, last_modified, input_hash
     AnalyseJob  CheckJob + before_id, after_id    (the body stays behind: it is in the snapshot)
     AlertJob    + finding_id, part        (notify holds the one target of this message)
 
@@ -48,6 +48,7 @@ class ScrapeJob(CheckJob):
     content_type: str | None
     etag: NotRequired[str | None]
     last_modified: NotRequired[str | None]
+    input_hash: NotRequired[str]  # of the selector, content type and body (fetch's, not pushed content's)
 
 
 class AnalyseJob(CheckJob):

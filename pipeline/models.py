@@ -56,6 +56,9 @@ class Snapshot(SQLModel, table=True):
     #: scrape finds its own snapshot and hands the same change on again.
     trace: str = Field(default="", max_length=128, index=True)
     before_id: int | None = None
+    #: SHA-256 of what scrape read (selector, content type, body), brought up to date by each check that
+    #: found the text unchanged: fetch stops a page whose bytes are the same again (pipeline.stages).
+    input_hash: str | None = Field(default=None, max_length=64)
 
 
 class Check(SQLModel, table=True):

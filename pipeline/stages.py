@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+import sqlalchemy
 from sqlalchemy import and_, bindparam, func, insert, or_, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -63,15 +64,16 @@ class Context:
 # The statements every check runs, built once: building one per call (its expressions, then its
 # cache key) cost more CPU than running it.
 _NEWEST_FIRST = (col(Snapshot.taken_at).desc(), col(Snapshot.id).desc())
-VALIDATORS = (
-    select(Snapshot.etag, Snapshot.last_modified)
+LAST_SEEN = (
+    select(Snapshot.etag, Snapshot.last_modified, Snapshot.input_hash)
     .where(Snapshot.source == bindparam("source"))
     .order_by(*_NEWEST_FIRST)
     .limit(1)
 )
-LATEST = (
-    select(Snapshot.id, Snapshot.content_hash, Snapshot.trace, Snapshot.before_id)
-    .where(Snapshot.source == bindparam("source"))
+LATEST = (  # five columns: past what sqlmodel's select types
+    sqlalchemy.select(*map(col, (Snapshot.id, Snapshot.content_hash, Snapshot.trace, Snapshot.before_id)))
+    .add_columns(col(Snapshot.input_hash))
+    .where(col(Snapshot.source) == bindparam("source"))
     .order_by(*_NEWEST_FIRST)
     .limit(1)
 )
@@ -79,6 +81,9 @@ TEXTS = select(Snapshot.id, Snapshot.content_hash, Snapshot.text).where(
     col(Snapshot.id).in_(bindparam("ids", expanding=True))
 )
 FINDING = select(Finding).where(col(Finding.id) == bindparam("finding_id"))
+SEEN_AGAIN = (
+    update(Snapshot).where(col(Snapshot.id) == bindparam("snapshot_id")).values(input_hash=bindparam("new_hash"))
+)
 SETTLED = (
     update(Alert).where(col(Alert.id) == bindparam("alert_id")).values(status=bindparam("new_status"), claimed_at=None)
 )
@@ -118,11 +123,18 @@ def _record(ctx: Context, row: dict[str, Any]) -> None:
         db.execute(insert(Check), row)
 
 
-def _validators(ctx: Context, source: str) -> tuple[str | None, str | None]:
-    """The ETag and Last-Modified of the source's latest snapshot, for a conditional GET (the two columns only)."""
+def _last_seen(ctx: Context, source: str) -> tuple[str | None, str | None, str | None]:
+    """The ETag, Last-Modified and input hash of the source's latest snapshot (those three columns only)."""
     with ctx.engine.connect() as connection:
-        row = connection.execute(VALIDATORS, {"source": source}).first()
-    return (row[0], row[1]) if row else (None, None)
+        row = connection.execute(LAST_SEEN, {"source": source}).first()
+    return (row[0], row[1], row[2]) if row else (None, None, None)
+
+
+def input_hash(selector: str | None, content_type: str, body: bytes) -> str:
+    """SHA-256 of everything scrape's text depends on: the same again, the same text again."""
+    digest = hashlib.sha256(f"{selector or ''}\0{content_type}\0".encode())
+    digest.update(body)
+    return digest.hexdigest()
 
 
 class NotYetError(Exception):
@@ -140,7 +152,7 @@ def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
         if wait > 0:
             raise NotYetError(wait)
     started = time.monotonic()
-    etag, last_modified = _validators(ctx, job["source"])
+    etag, last_modified, last_input = _last_seen(ctx, job["source"])
     try:
         result = ctx.fetcher.fetch(job["url"], etag=etag, last_modified=last_modified)
     except FetchError as e:  # recorded (`monitor show`, the check-outcomes panel), then retried or dead-lettered
@@ -148,6 +160,10 @@ def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
         raise
     if result.not_modified:
         _record(ctx, _ended(job, "fetch", "unchanged", started, "304 Not Modified"))
+        return
+    read = input_hash(job.get("selector"), result.content_type, result.body)
+    if read == last_input:  # the very bytes the latest text came from: the same text (changedetection.io checks so too)
+        _record(ctx, _ended(job, "fetch", "unchanged", started, "the same bytes as the last check"))
         return
     _count("fetch", "fetched")
     send_scrape(
@@ -157,6 +173,7 @@ def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
             content_type=result.content_type,
             etag=result.etag,
             last_modified=result.last_modified,
+            input_hash=read,
         )
     )
 
@@ -177,7 +194,10 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
         send_analyse(AnalyseJob(**what, before_id=last.before_id, after_id=last.id))
         return
     if last is not None and last.content_hash == digest:
-        _record(ctx, _ended(job, "scrape", "unchanged", started))
+        with ctx.engine.begin() as db:
+            db.execute(insert(Check), _ended(job, "scrape", "unchanged", started))
+            if job.get("input_hash") and job.get("input_hash") != last.input_hash:  # next time, fetch knows these bytes
+                db.execute(SEEN_AGAIN, {"snapshot_id": last.id, "new_hash": job["input_hash"]})
         return
     before_id = last.id if last else None
     snapshot = {
@@ -189,6 +209,7 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
         "taken_at": utcnow(),
         "trace": job.get("trace", ""),
         "before_id": before_id,
+        "input_hash": job.get("input_hash"),
     }
     with ctx.engine.begin() as db:
         after_id = _insert(db, Snapshot, snapshot)

@@ -106,8 +106,12 @@ def test_the_upgrade_starts_ids_above_any_history(tmp_path: Path) -> None:
     command.upgrade(alembic_config(engine), "0001")
     with Session(engine) as session:
         session.add(Monitor(name="a", url="https://a.example"))
-        session.add(Snapshot(source="monitor:3", content_hash="ab" * 32, text="the old page"))
         session.commit()
+    with engine.begin() as connection:  # the columns snapshots had at 0001
+        connection.execute(
+            text("INSERT INTO snapshots (source, content_hash, text, taken_at, trace) VALUES (:s, :h, :t, :at, '')"),
+            {"s": "monitor:3", "h": "ab" * 32, "t": "the old page", "at": datetime.now(UTC)},
+        )
     migrate(engine)
     with Session(engine) as session:
         monitor = Monitor(name="new", url="https://new.example")

@@ -80,6 +80,23 @@ def test_a_304_stops_at_fetch(ctx: Context, site: Site) -> None:
     assert outcomes(ctx)[-1] == ("fetch", "unchanged")
 
 
+def test_the_same_bytes_again_stop_at_fetch(ctx: Context, site: Site) -> None:
+    """No validators from the server: fetch knows the bytes the latest text came from, and stops there."""
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p><p>ad 1</p>")
+    run_through(ctx, job(site))
+    assert run_through(ctx, job(site)) == []  # the very same bytes: scrape never sees them
+    assert outcomes(ctx)[-1] == ("fetch", "unchanged")
+
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p><p>ad 2</p>")  # other bytes, the same watched text
+    assert [stage for stage, _ in run_through(ctx, job(site))] == ["scrape"]
+    assert outcomes(ctx)[-1] == ("scrape", "unchanged")
+    assert run_through(ctx, job(site)) == []  # scrape told the snapshot these bytes: fetch stops them now
+    assert outcomes(ctx)[-1] == ("fetch", "unchanged")
+
+    # The same bytes under another selector are another input: scrape reads them.
+    assert [stage for stage, _ in run_through(ctx, job(site, selector="p"))][:1] == ["scrape"]
+
+
 def test_unchanged_content_stops_at_scrape(ctx: Context, site: Site) -> None:
     site.routes["/p"] = Page(b"<p class='price'>Price 50</p><p>ad 1</p>")
     run_through(ctx, job(site))
