@@ -19,6 +19,7 @@ changedetection.io's recheck request) to the last check finished; CPU is
 every process of the system, nats-server and workers included.
 
     python bench/checks.py                      # 1000 pages, both systems
+    python bench/checks.py --runs 3             # three runs of each, alternating: medians and ranges
     python bench/checks.py --pages 200 --only pipeline
     python bench/checks.py --slow               # 1000 pages that each answer after 1 s: first check only
 
@@ -116,10 +117,8 @@ def _ended(db: Path, ends: list[tuple[str, str]], since: float) -> int:
     count = 0
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as connection:
         for stage, outcome in ends:
-            query = (
-                "SELECT count(*) FROM checks WHERE stage = ? AND outcome = ? AND started_at >= datetime(?, 'unixepoch')"  # noqa: E501
-            )
-            count += connection.execute(query, (stage, outcome, since - 1)).fetchone()[0]
+            query = "SELECT count(*) FROM checks WHERE stage = ? AND outcome = ? AND started_at >= datetime(?, ?)"
+            count += connection.execute(query, (stage, outcome, since - 1, "unixepoch")).fetchone()[0]
     return count
 
 
@@ -140,8 +139,10 @@ def run_pipeline(pages: Pages, rounds: tuple[str, ...], timeout: float, breakdow
         _wait(lambda: running_url(home) is not None and (home / "pipeline.db").exists(), 60, "pipeline up")
         url = running_url(home)
         assert url is not None
-        time.sleep(5)  # the first workers start: a round measures checks, not the pipeline's own start
-        events = [{"url": u, "selector": ".price", "rule": "price < 100", "notify": [pages.inbox]} for u in pages.urls]
+        time.sleep(10)  # every stage's first worker starts: a round measures checks, not the pipeline's own start
+        events: list[dict[str, object]] = [
+            {"url": u, "selector": ".price", "rule": "price < 100", "notify": [pages.inbox]} for u in pages.urls
+        ]
         for name in rounds:
             if name == "recheck, all changed":
                 pages.round += 1
@@ -160,6 +161,9 @@ def run_pipeline(pages: Pages, rounds: tuple[str, ...], timeout: float, breakdow
             results.append(Round(name, len(events), seconds, cpu_seconds(process.pid) - cpu_before, peak))
             print(f"  pipeline up, {name}: {len(events) / seconds:.0f} checks/s", flush=True)
             if breakdown:
+                log = (home / "up.log").read_text(errors="replace").splitlines()
+                for line in [line for line in log if "replicas" in line][-8:]:
+                    print(f"    {line.strip()[:150]}")
                 kinds = cpu_by_kind(process.pid)
                 for kind, total in sorted(kinds.items(), key=lambda item: -item[1]):
                     print(f"    {kind}: {(total - kinds_before.get(kind, 0.0)) * 1000 / len(events):.1f} ms per check")
@@ -182,13 +186,20 @@ def run_changedetection(pages: Pages, rounds: tuple[str, ...], workers: int, tim
     return results
 
 
-def table(title: str, rows: dict[str, list[Round]]) -> None:
+def median(runs: list[list[Round]]) -> list[Round]:
+    """Per round, the run with the median checks/s (its own seconds and CPU, not a mix of runs)."""
+    return [sorted(same, key=lambda r: r.per_second)[len(same) // 2] for same in zip(*runs, strict=True)]
+
+
+def table(title: str, runs: dict[str, list[list[Round]]]) -> None:
     print(f"\n{title}\n")
-    print("| system | round | checks | seconds | checks/s | CPU ms per check |")
-    print("|---|---|---:|---:|---:|---:|")
-    for system, rounds in rows.items():
-        for r in rounds:
-            print(f"| {system} | {r.name} | {r.checks} | {r.seconds:.1f} | {r.per_second:.0f} | {r.cpu_ms:.1f} |")
+    print("| system | round | checks | seconds | checks/s | range over runs | CPU ms per check |")
+    print("|---|---|---:|---:|---:|---|---:|")
+    for system, each in runs.items():
+        for r, same in zip(median(each), zip(*each, strict=True), strict=True):
+            spread = f"{min(x.per_second for x in same):.0f}-{max(x.per_second for x in same):.0f}"
+            cells = [system, r.name, r.checks, f"{r.seconds:.1f}", f"{r.per_second:.0f}", spread, f"{r.cpu_ms:.1f}"]
+            print("| " + " | ".join(map(str, cells)) + " |")
 
 
 def main() -> None:
@@ -198,27 +209,31 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=10, help="changedetection.io's fetch workers")
     parser.add_argument("--slow", action="store_true", help="pages answer after 1 s; first check only")
     parser.add_argument("--breakdown", action="store_true", help="CPU per check by process, each round")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each system, alternating; medians shown")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a round may take at most")
     args = parser.parse_args()
 
     rounds = ROUNDS[:1] if args.slow else ROUNDS
     delay = 1.0 if args.slow else 0.0
-    rows: dict[str, list[Round]] = {}
-    if args.only != "pipeline":
-        with Pages(args.pages, delay=delay) as pages:
-            rows["changedetection.io"] = run_changedetection(pages, rounds, args.workers, args.timeout)
-    if args.only != "changedetection":
-        with Pages(args.pages, delay=delay) as pages:
-            rows["pipeline up"] = run_pipeline(pages, rounds, args.timeout, args.breakdown)
+    runs: dict[str, list[list[Round]]] = {}
+    for _ in range(args.runs):  # alternating, so a slower stretch of the machine falls on both
+        if args.only != "pipeline":
+            with Pages(args.pages, delay=delay) as pages:
+                found = run_changedetection(pages, rounds, args.workers, args.timeout)
+            runs.setdefault("changedetection.io", []).append(found)
+        if args.only != "changedetection":
+            with Pages(args.pages, delay=delay) as pages:
+                runs.setdefault("pipeline up", []).append(run_pipeline(pages, rounds, args.timeout, args.breakdown))
 
     kind = f"{args.pages} pages" + (", each answering after 1 s" if args.slow else " of about 6 KB")
-    table(f"{kind}, {os.cpu_count()} cores", rows)
-    if len(rows) == 2:
+    table(f"{kind}, {os.cpu_count()} cores, median of {args.runs} run(s)", runs)
+    if len(runs) == 2:
         print()
-        for ours, theirs in zip(rows["pipeline up"], rows["changedetection.io"], strict=True):
-            print(f"- {ours.name}: pipeline up / changedetection.io = {ours.per_second / theirs.per_second:.1f}x")
-    if "pipeline up" in rows:
-        peak = max(r.peak_rss_mb for r in rows["pipeline up"])
+        ours, theirs = median(runs["pipeline up"]), median(runs["changedetection.io"])
+        for a, b in zip(ours, theirs, strict=True):
+            print(f"- {a.name}: pipeline up / changedetection.io = {a.per_second / b.per_second:.1f}x")
+    if "pipeline up" in runs:
+        peak = max(r.peak_rss_mb for each in runs["pipeline up"] for r in each)
         print(f"- pipeline up, peak memory of all its processes: {peak:.0f} MB")
 
 

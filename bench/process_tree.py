@@ -7,6 +7,7 @@ counted once, on its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -50,10 +51,8 @@ def peak_rss_mb(root: int) -> float:
     """Resident memory of ``root``'s tree now, in MB (shared pages counted in each process)."""
     pages = 0
     for pid in tree(root):
-        try:
+        with contextlib.suppress(OSError, IndexError, ValueError):  # exited meanwhile
             pages += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            pass
     return pages * _PAGE / 1e6
 
 
