@@ -25,7 +25,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TypeVar
@@ -160,19 +160,35 @@ class Fetcher:
     def fetch(self, url: str, *, etag: str | None = None, last_modified: str | None = None) -> FetchResult:
         """GET ``url``; with ``etag``/``last_modified`` a 304 comes back as ``not_modified``.
 
-        Raises ``FetchError`` (``transient`` set for what a later try may fix).
+        Raises ``FetchError`` (``transient`` set for what a later try may fix).  The body is
+        decoded here, in the calling thread: the loop only moves bytes.
         """
+        with self._measured() as measure:
+            received = self.run(lambda session: self._get(session, url, etag, last_modified))
+            return measure(self._result(received))
+
+    async def get(self, url: str) -> FetchResult:
+        """:meth:`fetch` as a coroutine, for work already on this fetcher's loop (:meth:`run`): the renderer's."""
+        with self._measured() as measure:
+            received = await self._with_session(lambda session: self._get(session, url, None, None))
+            return measure(self._result(received))
+
+    @contextlib.contextmanager
+    def _measured(self) -> Iterator[Callable[[FetchResult], FetchResult]]:
+        """The fetch metrics: time (failures too: a timeout is the slowest fetch of all), errors, bytes."""
         started = time.monotonic()
+
+        def measure(result: FetchResult) -> FetchResult:
+            metrics.FETCH_BYTES.inc(len(result.body))
+            return result
+
         try:
-            received = self._run(lambda session: self._get(session, url, etag, last_modified))
-            result = self._result(received)
+            yield measure
         except FetchError as e:
             metrics.FETCH_ERRORS.labels(e.kind).inc()
             raise
-        finally:  # failures too: a timeout is the slowest fetch of all
+        finally:
             metrics.FETCH_SECONDS.observe(time.monotonic() - started)
-        metrics.FETCH_BYTES.inc(len(result.body))
-        return result
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Posted:
         """POST ``body`` to ``url`` under the same deadline, no redirects followed, the answer's body not read.
@@ -180,7 +196,7 @@ class Fetcher:
         Raises ``BlockedAddressError``, ``aiohttp.InvalidURL``, ``aiohttp.ClientError``, ``OSError``
         and ``TimeoutError`` (the deadline passed).
         """
-        return self._run(lambda session: self._post(session, url, body, headers))
+        return self.run(lambda session: self._post(session, url, body, headers))
 
     def close(self) -> None:
         with self._lock:
@@ -191,8 +207,10 @@ class Fetcher:
                 self._session = None
             loop.stop()
 
-    def _run(self, exchange: Callable[[aiohttp.ClientSession], Awaitable[T]]) -> T:
-        """Run ``exchange`` on this fetcher's loop and wait for it (a Dramatiq time limit cancels it)."""
+    def run(self, exchange: Callable[[aiohttp.ClientSession], Awaitable[T]]) -> T:
+        """Run ``exchange`` (given the HTTP session) on this fetcher's loop and wait for it from this thread.
+
+        A Dramatiq time limit or shutdown cancels it."""
         with self._lock:
             if self._loop is None:
                 self._loop = EventLoopThread(logger, interrupt_check_ival=0.5)

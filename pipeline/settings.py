@@ -197,6 +197,21 @@ class LLMSettings(_Section):
         return (prompt_tokens * price_in + completion_tokens * price_out) / 1_000_000
 
 
+class RenderSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_RENDER_")
+
+    chromium: Path | None = Field(
+        None,
+        description="The Chromium the render stage drives (`apt-get install chromium`).",
+        json_schema_extra={"unset": "`chromium` on the PATH"},
+    )
+    pages: int = Field(4, ge=1, le=32, description="Pages one render process keeps and renders at once.")
+    recycle_after: int = Field(
+        500, ge=1, description="Checks after which a render process replaces its browser (its memory only grows)."
+    )
+    timeout: float = Field(30.0, gt=0, le=80, description="Seconds one page may take to load and settle.")
+
+
 class MetricsSettings(_Section):
     model_config = SettingsConfigDict(env_prefix="PIPELINE_METRICS_")
 
@@ -231,6 +246,7 @@ class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=lambda: DatabaseSettings())
     fetch: FetchSettings = Field(default_factory=lambda: FetchSettings())
     llm: LLMSettings = Field(default_factory=lambda: LLMSettings())
+    render: RenderSettings = Field(default_factory=lambda: RenderSettings())
     metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings())
 
     @field_validator("prefix")
@@ -269,7 +285,7 @@ class Settings(_Section):
 
 
 #: The sections, by field name on :class:`Settings`.
-SECTIONS = ("nats", "database", "fetch", "llm", "metrics")
+SECTIONS = ("nats", "database", "fetch", "llm", "render", "metrics")
 
 _current: Settings | None = None
 
@@ -347,6 +363,7 @@ _SECTION_TYPES: tuple[type[BaseSettings], ...] = (
     DatabaseSettings,
     FetchSettings,
     LLMSettings,
+    RenderSettings,
     MetricsSettings,
 )
 

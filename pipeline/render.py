@@ -1,0 +1,255 @@
+"""Pages written by JavaScript: rendered in headless Chromium, every request under the address policy.
+
+One Chromium per worker process (started on the first check, from Debian's
+``chromium`` or ``PIPELINE_RENDER_CHROMIUM``, driven by the ``playwright`` package) with a few long-lived pages,
+each reused across checks and cleared between them, the browser recycled
+after ``recycle_after`` checks; a browser that crashes or hangs is replaced
+and the check raises a transient ``RenderError`` (Dramatiq retries it).
+
+Safety, which routing alone does not give (redirect hops after the first
+request, WebSockets and WebRTC got past Playwright's route handler to a
+refused address when tried): the browser's only way out is a proxy that
+does not exist (``DEAD_PROXY``), so a request reaches the network only when
+the route handler fetches it itself, with the fetcher (the address policy,
+redirects hop by hop, size and time limits); service workers are blocked,
+WebSockets closed, non-proxied UDP (WebRTC) and DNS prefetching off.  Only
+GET and HEAD are fetched: a page's POSTs are refused.  No secret enters the
+browser: the URL it is given has no credentials (they are refused by the
+renderer), and the webhook key lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pipeline.fetcher import Fetcher, FetchError
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page, Playwright, Route, WebSocketRoute
+
+    from pipeline.settings import RenderSettings
+
+logger = logging.getLogger(__name__)
+
+#: Where the browser's traffic would go if the route handler did not serve it: the discard port on
+#: loopback, where nothing listens, so such a request fails instead of reaching anything.
+DEAD_PROXY = "http://127.0.0.1:9"
+#: Chromium's switches: nothing it does on its own (updates, sync, prefetching), no UDP outside the proxy.
+CHROMIUM_ARGS = (
+    "--headless=new",
+    "--no-sandbox",  # containers run it as root; the address policy, not the sandbox, keeps it in
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-sync",
+    "--no-first-run",
+    "--dns-prefetch-disable",
+    "--disable-features=NetworkPrediction,InterestFeedContentSuggestions,MediaRouter",
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--webrtc-ip-handling-policy=disable_non_proxied_udp",
+)
+
+
+class RenderError(Exception):
+    """The page could not be rendered; ``transient``: a later try may (a crashed browser, a timeout)."""
+
+    def __init__(self, reason: str, *, transient: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class Rendered:
+    html: bytes  # the DOM after the wait, serialised, UTF-8
+    screenshot: bytes  # PNG of the viewport
+    status: int  # of the page's own document
+
+
+def chromium_path() -> str | None:
+    """Debian's ``chromium`` on the PATH (``PIPELINE_RENDER_CHROMIUM`` names another), else None."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class Renderer:
+    """Renders pages for one worker process; thread-safe (every call runs on the fetcher's loop).
+
+    ``pages``: checks rendered at once (long-lived pages); ``recycle_after``: checks after which the
+    browser is replaced (Chromium's memory only grows); ``timeout``: seconds a check may take at most.
+    """
+
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        *,
+        executable: str | None = None,
+        pages: int = 4,
+        recycle_after: int = 500,
+        timeout: float = 30.0,
+    ) -> None:
+        self.fetcher = fetcher
+        self.executable = executable or chromium_path()
+        self.pages = pages
+        self.recycle_after = recycle_after
+        self.timeout = timeout
+        self.launches = 0  # browsers started, the first included: more than one means replacements
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+        self._free: asyncio.Queue[Page] | None = None
+        self._rendered = 0
+        self._lock: asyncio.Lock | None = None
+        self._refused: dict[int, FetchError] = {}  # by id(page): why its own document could not be fetched
+
+    @classmethod
+    def configured(cls, fetcher: Fetcher, settings: RenderSettings) -> Renderer:
+        """A renderer as the ``PIPELINE_RENDER_*`` settings describe it."""
+        chromium = str(settings.chromium) if settings.chromium else None
+        return cls(fetcher, executable=chromium, pages=settings.pages, recycle_after=settings.recycle_after,
+                   timeout=settings.timeout)  # fmt: skip
+
+    def render(self, url: str, *, wait_for: str | None = None) -> Rendered:
+        """The page at ``url`` after its scripts ran: until ``wait_for`` (a CSS selector) is in the DOM, or
+        the network has been idle for 500 ms.  Raises ``RenderError``; ``FetchError`` for the page itself."""
+        return self.fetcher.run(lambda _: self._render(url, wait_for))
+
+    def close(self) -> None:
+        self.fetcher.run(lambda _: self._shut())
+
+    async def _render(self, url: str, wait_for: str | None) -> Rendered:
+        if not url.startswith(("http://", "https://")):
+            raise FetchError(f"refusing to render {url.split(':', 1)[0]!r} URLs: only http and https", "bad_url")
+        page = await self._page()
+        reusable = False  # a page that failed is closed and replaced, not handed to the next check
+        try:
+            async with asyncio.timeout(self.timeout):
+                rendered = await self._load(page, url, wait_for)
+            reusable = True
+            return rendered
+        except TimeoutError:
+            raise RenderError(f"the page did not settle within {self.timeout:g}s", transient=True) from None
+        except FetchError:  # the page itself could not be fetched: fetch's own reason and verdict
+            reusable = True
+            raise
+        except RenderError:
+            raise
+        except Exception as e:  # the browser crashed or went away under us
+            raise RenderError(f"the browser failed: {type(e).__name__}: {str(e)[:200]}", transient=True) from None
+        finally:
+            await (self._give_back(page) if reusable else self._discard(page))
+
+    async def _load(self, page: Page, url: str, wait_for: str | None) -> Rendered:
+        try:
+            response = await page.goto(url, wait_until="load")
+        except Exception:
+            failure = self._refused.pop(id(page), None)
+            if failure is not None:  # the route handler could not fetch the page itself: its reason, as fetch's
+                raise failure from None
+            raise
+        if response is None:
+            raise RenderError("the browser gave no response for the page", transient=True)
+        if wait_for:
+            await page.wait_for_selector(wait_for, state="attached")
+        else:
+            await page.wait_for_load_state("networkidle")
+        html = (await page.content()).encode()
+        screenshot = await page.screenshot(type="png")
+        return Rendered(html, screenshot, response.status)
+
+    async def _serve(self, route: Route) -> None:
+        """Every request the page makes: fetched here under the policy, or refused."""
+        request = route.request
+        if request.method not in ("GET", "HEAD"):
+            await route.abort("accessdenied")
+            return
+        try:
+            result = await self.fetcher.get(request.url)
+        except FetchError as e:
+            if request.is_navigation_request() and request.frame == request.frame.page.main_frame:
+                self._refused[id(request.frame.page)] = e
+            await route.abort("blockedbyclient" if e.kind == "blocked" else "failed")
+            return
+        headers = {"content-type": result.content_type} if result.content_type else {}
+        await route.fulfill(status=result.status, headers=headers, body=result.body)
+
+    async def _page(self) -> Page:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._browser is None or not self._browser.is_connected() or self._rendered >= self.recycle_after:
+                await self._launch()
+            self._rendered += 1
+        assert self._free is not None
+        return await self._free.get()
+
+    async def _launch(self) -> None:
+        from playwright.async_api import async_playwright
+
+        await self._shut()
+        if self.executable is None:
+            raise RenderError(
+                "no Chromium here: install Debian's chromium (apt-get install chromium) or set "
+                "PIPELINE_RENDER_CHROMIUM",
+                transient=True,
+            )
+        self._playwright = await async_playwright().start()
+        self._browser = await self._playwright.chromium.launch(
+            executable_path=self.executable, args=list(CHROMIUM_ARGS), proxy={"server": DEAD_PROXY}, headless=True
+        )
+        self.launches += 1
+        self._rendered = 0
+        self._free = asyncio.Queue()
+        for _ in range(self.pages):
+            self._free.put_nowait(await self._new_page())
+
+    async def _new_page(self) -> Page:
+        assert self._browser is not None
+        context = await self._browser.new_context(service_workers="block", accept_downloads=False)
+        await context.route("**/*", self._serve)
+        await context.route_web_socket("**/*", _refuse_websocket)
+        return await context.new_page()
+
+    async def _give_back(self, page: Page) -> None:
+        """Clear what the last site left (cookies, storage) and put the page back for the next check."""
+        try:
+            context = page.context
+            await page.goto("about:blank")
+            await context.clear_cookies()
+            session = await context.new_cdp_session(page)
+            await session.send("Storage.clearDataForOrigin", {"origin": "*", "storageTypes": "all"})
+            await session.detach()
+            self._refused.pop(id(page), None)
+        except Exception:  # a page that cannot be cleared is not reused
+            await self._discard(page)
+            return
+        if self._free is not None:
+            self._free.put_nowait(page)
+
+    async def _discard(self, page: Page | None) -> None:
+        """Close a page that misbehaved and put a fresh one in its place (a new browser if need be)."""
+        if page is not None:
+            with contextlib.suppress(Exception):
+                await page.context.close()
+        if self._browser is not None and self._browser.is_connected() and self._free is not None:
+            with contextlib.suppress(Exception):
+                self._free.put_nowait(await self._new_page())
+                return
+        self._browser = None  # the next check launches a new one
+
+    async def _shut(self) -> None:
+        if self._browser is not None:
+            with contextlib.suppress(Exception):
+                await self._browser.close()
+        if self._playwright is not None:
+            with contextlib.suppress(Exception):
+                await self._playwright.stop()
+        self._browser = self._playwright = None
+
+
+async def _refuse_websocket(socket: WebSocketRoute) -> None:
+    await socket.close(code=1008, reason="WebSockets are refused by the address policy")
