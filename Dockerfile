@@ -7,6 +7,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY actors ./actors
+# Debian's Chromium for the render stage (Playwright drives it; its own browser download is not used).
+RUN apt-get update && apt-get install -y --no-install-recommends chromium && rm -rf /var/lib/apt/lists/*
 RUN pip install . && useradd --create-home --uid 10001 pipeline && install -d -o pipeline /data
 USER pipeline
 # The working directory holds .pipeline/ (state a process may keep, e.g. a generated secret): writable.

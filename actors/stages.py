@@ -1,4 +1,4 @@
-"""The four stage actors: fetch -> scrape -> analyse -> alert, one queue each."""
+"""The stage actors, one queue each: fetch (or render) -> scrape -> analyse -> alert."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob
 from pipeline.llm import LLMRejectedError, LLMUnavailableError
 from pipeline.policy import TIME_LIMIT_SECONDS
 from pipeline.ratelimit import RateLimitedError
+from pipeline.render import RenderError
 from pipeline.rules import RuleError
 from pipeline.runtime import context
 from pipeline.settings import current
@@ -62,6 +63,20 @@ def fetch(job: CheckJob) -> None:
         if not e.transient:
             raise  # one of PERMANENT: dead-lettered now, with the reason
         raise _retry(e.reason, e.after) from None
+
+
+@dramatiq.actor(queue_name="render", actor_name="render", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)
+def render(job: CheckJob) -> None:
+    try:
+        stages.render(_context(), job, _next(scrape))
+    except stages.NotYetError as e:  # politeness, as for fetch
+        render.send_with_options(args=(job,), delay=math.ceil(e.after * 1000))
+    except FetchError as e:
+        if not e.transient:
+            raise
+        raise _retry(e.reason, e.after) from None
+    except RenderError as e:  # a crashed or hung browser: replaced, and the check tried again
+        raise _retry(e.reason, None) from None
 
 
 @dramatiq.actor(queue_name="scrape", actor_name="scrape", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)

@@ -56,10 +56,10 @@ class BodyStore:
         result = await store.get(key)
         return result.data or b""
 
-    def put(self, body: bytes) -> str:
-        """A reference to ``body`` for a message: ``base64:<body>`` up to ``INLINE_MAX`` bytes, else
-        ``sha256:<hex>``, the key it is stored under."""
-        if len(body) <= INLINE_MAX:
+    def put(self, body: bytes, *, inline: bool = True) -> str:
+        """A reference to ``body`` for a message: ``base64:<body>`` up to ``INLINE_MAX`` bytes, else (or
+        with ``inline=False``: what is kept, like a screenshot) ``sha256:<hex>``, the key it is stored under."""
+        if inline and len(body) <= INLINE_MAX:
             return _INLINE + base64.b64encode(body).decode()
         key = "sha256:" + hashlib.sha256(body).hexdigest()
         self.broker.run(self._put(key.replace(":", "_"), body), timeout=60)

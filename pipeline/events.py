@@ -26,6 +26,9 @@ MAX_URL_LENGTH = 2048
 #: Ids are 64-bit signed integers in the database: a larger number is no monitor, and no crash either.
 MonitorId = Annotated[int, Field(strict=True, gt=0, le=2**63 - 1, description="A monitor's id")]
 
+#: How a page is got: a plain GET, or headless Chromium (pipeline.render).
+Fetch = Literal["http", "browser"]
+
 NotifyTarget = Annotated[str, Field(min_length=3, max_length=2048, description="An Apprise URL or https webhook")]
 
 
@@ -74,6 +77,33 @@ class CheckEvent(_WhatMatters):
 
     kind: Literal["check"] = "check"
     url: Annotated[AnyHttpUrl, UrlConstraints(max_length=MAX_URL_LENGTH)] = Field(description="http(s) URL to fetch")
+    fetch: Fetch = Field(
+        "http",
+        description="How the page is got: `http`, a plain GET; `browser`, headless Chromium runs its scripts first"
+        " (the `render` queue)",
+    )
+    wait_for: str | None = Field(
+        None,
+        max_length=512,
+        description="With `browser`: a CSS selector to wait for (unset: until the network is idle)",
+    )
+
+    @field_validator("wait_for")
+    @classmethod
+    def _css(cls, wait_for: str | None) -> str | None:
+        return css_selector(wait_for)
+
+
+def css_selector(text: str | None) -> str | None:
+    """``text`` if it is a CSS selector (cssselect's grammar); ``ValueError`` with the reason if not."""
+    if text is not None:
+        import cssselect
+
+        try:
+            cssselect.parse(text)
+        except cssselect.SelectorError as e:
+            raise ValueError(f"wait_for {text!r} is not a CSS selector: {e}") from None
+    return text
 
 
 class MonitorEvent(_Event):

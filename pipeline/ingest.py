@@ -57,10 +57,15 @@ def job_for(event: Event, ctx: Context) -> tuple[str, dict[str, Any]]:
             "question": monitor.question,
             "notify": list(monitor.notify),
         }
+        if monitor.fetch == "browser":
+            return "render", {**job, "wait_for": monitor.wait_for}
         return "fetch", job
     common = {"selector": event.selector, "rule": event.rule, "question": event.question, "notify": list(event.notify)}
     if isinstance(event, CheckEvent):
         url = str(event.url)
+        if event.fetch == "browser":  # its own history: a rendered page is not the page as fetched
+            source = watched_source(url, event.selector, "render", ctx.webhook_secret.encode())
+            return "render", {"source": source, "url": url, **common, "wait_for": event.wait_for}
         source = watched_source(url, event.selector, "fetch", ctx.webhook_secret.encode())
         return "fetch", {"source": source, "url": url, **common}
     assert isinstance(event, ContentEvent)
@@ -84,9 +89,9 @@ class Ingest(BackgroundService):
 
     def declare(self) -> None:
         """Create the events stream and its consumer; declare the queues events go to."""
-        for queue in ("fetch", "scrape"):
+        for queue in ("fetch", "render", "scrape"):
             self.broker.declare_queue(queue)
-        self.broker.lag({"fetch", "scrape"})  # creates their streams and the dead-letter stream now
+        self.broker.lag({"fetch", "render", "scrape"})  # creates their streams and the dead-letter stream now
         prefix = self.broker.prefix
         js = self.broker.js
         config = StreamConfig(

@@ -4,9 +4,9 @@ Each stage's message is a JSON object (Dramatiq encodes its arguments as
 JSON), typed here as a ``TypedDict``: a stage hands the next one the job it
 received plus what it added, so each type extends the one before::
 
-    CheckJob (what is watched; fetch)     source, url, selector, rule, question, notify, trace
-    ScrapeJob   + body, content_type, etag, last_modified, input_hash
-    AnalyseJob  CheckJob + before_id, after_id    (the body stays behind: it is in the snapshot)
+    CheckJob (what is watched; fetch or render)  source, url, selector, rule, question, notify, trace, wait_for
+    ScrapeJob   + body, content_type, etag, last_modified, input_hash, screenshot
+    AnalyseJob  CheckJob + before_id, after_id, screenshot    (the body stays behind: it is in the snapshot)
     AlertJob    + finding_id, part        (notify holds the one target of this message)
 
 History (snapshots and the validators fetch sends) belongs to *what is
@@ -38,6 +38,7 @@ class CheckJob(TypedDict):
     question: str | None
     notify: list[str]
     trace: NotRequired[str]  # the event's id: every stage derives its message id from it
+    wait_for: NotRequired[str | None]  # render: the CSS selector to wait for (None: network idle)
 
 
 class ScrapeJob(CheckJob):
@@ -49,6 +50,7 @@ class ScrapeJob(CheckJob):
     etag: NotRequired[str | None]
     last_modified: NotRequired[str | None]
     input_hash: NotRequired[str]  # of the selector, content type and body (fetch's, not pushed content's)
+    screenshot: NotRequired[str]  # render: the PNG's key in the object store
 
 
 class AnalyseJob(CheckJob):
@@ -56,6 +58,7 @@ class AnalyseJob(CheckJob):
 
     before_id: int | None
     after_id: int
+    screenshot: NotRequired[str]  # render: the PNG of the page, kept with the snapshot
 
 
 class AlertJob(AnalyseJob):

@@ -33,6 +33,8 @@ class Monitor(SQLModel, table=True):
     rule: str | None = Field(default=None, max_length=1000)
     question: str | None = Field(default=None, max_length=2000)
     notify: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    fetch: str = Field(default="http", max_length=16)  # http, or browser (the render stage)
+    wait_for: str | None = Field(default=None, max_length=512)  # browser: a CSS selector to wait for
     interval_seconds: int = Field(default=3600, ge=30)
     paused: bool = False
     next_check_at: datetime = Field(default_factory=utcnow)
@@ -59,6 +61,8 @@ class Snapshot(SQLModel, table=True):
     #: SHA-256 of what scrape read (selector, content type, body), brought up to date by each check that
     #: found the text unchanged: fetch stops a page whose bytes are the same again (pipeline.stages).
     input_hash: str | None = Field(default=None, max_length=64)
+    #: A rendered page's screenshot (PNG), by its key in the object store (``sha256:<hex>``).
+    screenshot: str | None = Field(default=None, max_length=80)
 
 
 class Check(SQLModel, table=True):

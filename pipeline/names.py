@@ -26,8 +26,9 @@ from dataclasses import dataclass
 DEFAULT_PREFIX = "pipeline"
 CONSUMER_NAME = "workers"
 
-#: The stages, in flow order; each is a Dramatiq queue of the same name.
-STAGES = ("fetch", "scrape", "analyse", "alert")
+#: The stages, in flow order; each is a Dramatiq queue of the same name.  A page is got by ``fetch``
+#: (HTTP) or ``render`` (headless Chromium, for pages written by JavaScript); both hand it to ``scrape``.
+STAGES = ("fetch", "render", "scrape", "analyse", "alert")
 #: The kinds of event producers publish, each on ``<prefix>.events.<kind>``.
 EVENT_KINDS = ("check", "monitor", "content")
 #: The exported gauge of each queue's lag: KEDA's Prometheus trigger and the dashboards query it.

@@ -37,6 +37,10 @@ STAGE_POLICIES = {
     "fetch": StagePolicy(
         processes=1, threads=128, min_replicas=1, max_replicas=20, lag_threshold=200, cpu="250m", memory="256Mi"
     ),
+    # A browser is the costliest thing a worker runs: few pages per process, more memory, fewer replicas.
+    "render": StagePolicy(
+        processes=1, threads=4, min_replicas=0, max_replicas=4, lag_threshold=20, cpu="1", memory="1Gi"
+    ),
     "scrape": StagePolicy(
         processes=2, threads=2, min_replicas=1, max_replicas=10, lag_threshold=100, cpu="1", memory="512Mi"
     ),

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from pipeline.jobs import monitor_source
-from pipeline.models import Alert, Check, Finding, Monitor
+from pipeline.models import Alert, Check, Finding, Monitor, Snapshot
 
 
 def add_monitor(engine: Engine, monitor: Monitor) -> int:
@@ -115,10 +115,11 @@ def monitor_counts(engine: Engine) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class History:
-    """A monitor's latest checks and findings, newest first."""
+    """A monitor's latest checks and findings, newest first, and its latest screenshot's key (rendered pages)."""
 
     checks: Sequence[Check]
     findings: Sequence[Finding]
+    screenshot: str | None = None
 
 
 def monitor_history(engine: Engine, monitor_id: int, checks: int = 8, findings: int = 5) -> History:
@@ -130,7 +131,9 @@ def monitor_history(engine: Engine, monitor_id: int, checks: int = 8, findings: 
         latest_findings = session.exec(
             select(Finding).where(Finding.source == source).order_by(col(Finding.id).desc()).limit(findings)
         ).all()
-    return History(latest_checks, latest_findings)
+        shown = (Snapshot.source == source, col(Snapshot.screenshot).is_not(None))
+        screenshot = session.exec(select(Snapshot.screenshot).where(*shown).order_by(col(Snapshot.id).desc())).first()
+    return History(latest_checks, latest_findings, screenshot)
 
 
 def recent_alerts(engine: Engine, limit: int) -> Sequence[Any]:

@@ -14,6 +14,7 @@ from pipeline.fetcher import Fetcher
 from pipeline.netguard import AddressPolicy
 from pipeline.politeness import Politeness
 from pipeline.ratelimit import KVStore, Limiter
+from pipeline.render import Renderer
 from pipeline.settings import LLMSettings, Settings, current
 from pipeline.stages import Context
 from pipeline.webhooks import new_secret
@@ -68,13 +69,15 @@ def context(broker: JetStreamBroker, settings: Settings | None = None) -> Contex
             settings = settings or current()
             engine = make_engine(settings.database_url())
             migrate(engine)
+            fetcher = Fetcher(AddressPolicy.from_entries(settings.fetch.allow_hosts))
             _context = Context(
                 engine,
                 BodyStore(broker),
-                Fetcher(AddressPolicy.from_entries(settings.fetch.allow_hosts)),
+                fetcher,
                 webhook_secret(settings),
                 Politeness(broker, settings.fetch.domain_interval),
                 llm_analyser(broker, settings.llm),
+                Renderer.configured(fetcher, settings.render),  # its browser starts on the first render
             )
         return _context
 
@@ -84,6 +87,8 @@ def reset() -> None:
     global _context
     with _lock:
         if _context is not None:
+            if _context.renderer is not None:
+                _context.renderer.close()
             _context.fetcher.close()
             _context.engine.dispose()
         _context = None

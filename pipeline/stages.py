@@ -42,6 +42,7 @@ from pipeline.rules import parse_rule
 if TYPE_CHECKING:  # the LLM SDK, Apprise and the content libraries load in the stages that use them
     from pipeline.failures import Delivered
     from pipeline.llm import LLMAnalyser
+    from pipeline.render import Renderer
 
 T = TypeVar("T")
 
@@ -59,6 +60,7 @@ class Context:
     webhook_secret: str
     politeness: Politeness | None = None
     llm: LLMAnalyser | None = None
+    renderer: Renderer | None = None
 
 
 # The statements every check runs, built once: building one per call (its expressions, then its
@@ -145,12 +147,17 @@ class NotYetError(Exception):
         self.after = after
 
 
-def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
-    """GET the URL (conditionally); store the body; hand its key to scrape."""
+def _polite(ctx: Context, job: CheckJob) -> None:
+    """Raise ``NotYetError`` when the job's host had its turn moments ago."""
     if ctx.politeness is not None:
         wait = ctx.politeness.wait_for(urlsplit(job["url"]).hostname or "")
         if wait > 0:
             raise NotYetError(wait)
+
+
+def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
+    """GET the URL (conditionally); store the body; hand its key to scrape."""
+    _polite(ctx, job)
     started = time.monotonic()
     etag, last_modified, last_input = _last_seen(ctx, job["source"])
     try:
@@ -174,6 +181,32 @@ def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
             etag=result.etag,
             last_modified=result.last_modified,
             input_hash=read,
+        )
+    )
+
+
+def render(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
+    """Load the URL in headless Chromium; hand the DOM after the wait (and a screenshot) to scrape.
+
+    Raises ``FetchError`` for the page itself (as fetch does) and ``RenderError`` for the browser.
+    """
+    from pipeline.render import RenderError
+
+    _polite(ctx, job)
+    assert ctx.renderer is not None
+    started = time.monotonic()
+    try:
+        rendered = ctx.renderer.render(job["url"], wait_for=job.get("wait_for"))
+    except (FetchError, RenderError) as e:  # recorded, then retried or dead-lettered
+        _record(ctx, _ended(job, "render", "error", started, e.reason))
+        raise
+    _count("render", "rendered")
+    send_scrape(
+        ScrapeJob(
+            **job,
+            body=ctx.bodies.put(rendered.html),
+            content_type="text/html; charset=utf-8",  # the DOM, serialised by the browser
+            screenshot=ctx.bodies.put(rendered.screenshot, inline=False),
         )
     )
 
@@ -210,11 +243,15 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
         "trace": job.get("trace", ""),
         "before_id": before_id,
         "input_hash": job.get("input_hash"),
+        "screenshot": job.get("screenshot"),
     }
     with ctx.engine.begin() as db:
         after_id = _insert(db, Snapshot, snapshot)
     _count("scrape", "changed")
-    send_analyse(AnalyseJob(**what, before_id=before_id, after_id=after_id))
+    analyse_job = AnalyseJob(**what, before_id=before_id, after_id=after_id)
+    if job.get("screenshot"):
+        analyse_job["screenshot"] = job["screenshot"]
+    send_analyse(analyse_job)
 
 
 def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
@@ -382,6 +419,7 @@ def _deliver(ctx: Context, alert_id: int, finding: Finding, job: AlertJob, targe
             "summary": finding.summary,
             "evidence": finding.evidence,
             "finding_id": finding.id,
+            "screenshot": job.get("screenshot"),  # a rendered page's PNG, by its key in the object store
         },
     }
     if not target.startswith(("http://", "https://")):

@@ -18,6 +18,7 @@ import pytest
 from pipeline import runtime
 from pipeline.broker import JetStreamBroker
 from pipeline.ingest import Ingest
+from pipeline.names import STAGES
 from pipeline.nats_server import NatsServer
 from pipeline.webhooks import new_secret
 from tests.openai_server import OpenAIServer
@@ -45,7 +46,7 @@ def env(nats_server: NatsServer, prefix: str, tmp_path: Path, monkeypatch: pytes
 
 @pytest.fixture
 def pipeline(env: dict[str, str], make_broker, tmp_path: Path) -> Iterator[JetStreamBroker]:
-    """Workers for all four stages (one process) and the ingest (`pipeline scheduler`), as `pipeline up` runs them.
+    """Workers for every stage (one process) and the ingest (`pipeline scheduler`), as `pipeline up` runs them.
 
     Every process writes its metrics to ``tmp_path / "metrics"``, the directory `pipeline up` shares.
     """
@@ -59,7 +60,7 @@ def pipeline(env: dict[str, str], make_broker, tmp_path: Path) -> Iterator[JetSt
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
     broker = make_broker(prefix=env["PIPELINE_PREFIX"])
-    for stage in ("fetch", "scrape", "analyse", "alert"):
+    for stage in STAGES:
         broker.declare_queue(stage)
     Ingest(broker, runtime.context(broker)).declare()  # before anything is published: core NATS keeps nothing
     processes = [

@@ -65,7 +65,7 @@ def use_every_asset(broker: JetStreamBroker) -> None:
     VerdictCache(broker).put("k", Verdict(True, "info", "yes"))
 
 
-EXPECTED_KINDS = {"stream": 6, "kv": 2, "objects": 1}  # 4 stages, dead letters, events; ratelimit, verdicts; bodies
+EXPECTED_KINDS = {"stream": 7, "kv": 2, "objects": 1}  # 5 stages, dead letters, events; ratelimit, verdicts; bodies
 
 
 def assets_after_use() -> list[Asset]:

@@ -104,10 +104,14 @@ def test_the_upgrade_starts_ids_above_any_history(tmp_path: Path) -> None:
 
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     command.upgrade(alembic_config(engine), "0001")
-    with Session(engine) as session:
-        session.add(Monitor(name="a", url="https://a.example"))
-        session.commit()
-    with engine.begin() as connection:  # the columns snapshots had at 0001
+    with engine.begin() as connection:  # the columns the tables had at 0001
+        connection.execute(
+            text(
+                "INSERT INTO monitors (name, url, notify, interval_seconds, paused, next_check_at, created_at)"
+                " VALUES ('a', 'https://a.example', '[]', 3600, 0, :at, :at)"
+            ),
+            {"at": datetime.now(UTC)},
+        )
         connection.execute(
             text("INSERT INTO snapshots (source, content_hash, text, taken_at, trace) VALUES (:s, :h, :t, :at, '')"),
             {"s": "monitor:3", "h": "ab" * 32, "t": "the old page", "at": datetime.now(UTC)},

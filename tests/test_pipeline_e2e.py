@@ -6,13 +6,16 @@ import json
 import urllib.request
 from pathlib import Path
 
+import pytest
 from standardwebhooks.webhooks import Webhook
 
 from pipeline.broker import JetStreamBroker
+from pipeline.render import chromium_path
 from tests.conftest import wait_for
 from tests.live import LLM_KEY, SECRET, publish
 from tests.openai_server import OpenAIServer
 from tests.site import Page, Site
+from tests.test_render import LATE_PRICE
 
 
 def test_a_check_event_ends_as_a_signed_webhook(env, pipeline: JetStreamBroker) -> None:
@@ -34,6 +37,22 @@ def test_a_check_event_ends_as_a_signed_webhook(env, pipeline: JetStreamBroker) 
                                "notify": [hook]})  # fmt: skip
         assert wait_for(lambda: len([r for r in shop.requests if r[0] == "/kettle"]) == 2, 30)
         pipeline.join("alert", timeout=30_000)
+        pipeline.join("analyse", timeout=30_000)
+        assert len(receiver.posts) == 1
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_a_price_written_by_javascript_alerts_through_the_render_stage(env, pipeline: JetStreamBroker) -> None:
+    with Site() as shop, Site() as receiver:
+        shop.routes["/lamp"] = Page(LATE_PRICE, headers={"Content-Type": "text/html"})
+        check = {"url": shop.url("/lamp"), "selector": ".price", "rule": "price < 100", "notify": [receiver.url("/h")]}
+        publish(env, "check", check)  # fetched over HTTP: the price is not there yet, so no alert
+        publish(env, "check", {**check, "fetch": "browser", "wait_for": ".price.loaded"})
+        assert wait_for(lambda: len(receiver.posts) == 1, 90), "no webhook arrived"
+        payload = json.loads(receiver.posts[0][2])
+        assert payload["data"]["summary"] == "price is 42, < 100"
+        assert payload["data"]["screenshot"].startswith("sha256:")  # the page as the browser showed it, kept
+        pipeline.join("fetch", timeout=30_000)
         pipeline.join("analyse", timeout=30_000)
         assert len(receiver.posts) == 1
 

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from pipeline.cli.common import JSON_OPTION, bad_input, connected_broker, echo_json, fail, settings
-from pipeline.cli.monitors import RULE_HELP, SELECTOR_HELP
+from pipeline.cli.monitors import BROWSER_HELP, RULE_HELP, SELECTOR_HELP, WAIT_FOR_HELP
 
 #: C0 and C1 control characters but newline and tab: what a terminal would obey.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -19,6 +19,8 @@ def check(
     selector: str = typer.Option(None, help=SELECTOR_HELP),
     rule: str = typer.Option(None, help=RULE_HELP),
     question: str = typer.Option(None, help="Ask the LLM analyser too (needs PIPELINE_OPENAI_API_KEYS)."),
+    browser: bool = typer.Option(False, "--browser", help=BROWSER_HELP),
+    wait_for: str = typer.Option(None, help=WAIT_FOR_HELP),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fetch a URL now and show what a monitor would watch and what its rule (and the LLM) say; nothing is stored.
@@ -35,14 +37,29 @@ def check(
     from pipeline.rules import RuleError, parse_rule
 
     try:  # the same checks as an event's: a bad selector or rule is bad input (2), not a bad page (1)
-        CheckEvent.model_validate({"url": url, "selector": selector, "rule": rule, "question": question})
+        CheckEvent.model_validate({"url": url, "selector": selector, "rule": rule, "question": question,
+                                   "wait_for": wait_for})  # fmt: skip
     except ValidationError as e:
         bad_input(first_error(e))
+    if wait_for and not browser:
+        bad_input("--wait-for needs --browser: only a browser runs the page's scripts")
     parsed = parse_rule(rule)
     fetcher = Fetcher(AddressPolicy.from_entries(settings().fetch.allow_hosts))
     try:
-        result = fetcher.fetch(url)
-        extracted = extract(result.body, result.content_type, selector)
+        if browser:
+            from pipeline.render import Renderer, RenderError
+
+            renderer = Renderer.configured(fetcher, settings().render)
+            try:
+                rendered = renderer.render(url, wait_for=wait_for)
+            except RenderError as e:
+                fail(str(e))
+            finally:
+                renderer.close()
+            extracted = extract(rendered.html, "text/html; charset=utf-8", selector)
+        else:
+            result = fetcher.fetch(url)
+            extracted = extract(result.body, result.content_type, selector)
     except (FetchError, ExtractError) as e:
         fail(str(e))
     finally:

@@ -13,6 +13,10 @@ SELECTOR_HELP = "The part to watch: CSS (.price), XPath (//p, xpath:...) or JSON
 RULE_HELP = 'When a change matters: changed | "phrase" | /regex/i | price < 100.'
 
 
+BROWSER_HELP = "Load the page in headless Chromium (the render stage), for pages written by JavaScript."
+WAIT_FOR_HELP = "With --browser: a CSS selector to wait for (default: until the network is idle)."
+
+
 @app.command("add")
 def add(
     url: str = typer.Argument(..., help="http(s) URL to watch."),
@@ -22,6 +26,8 @@ def add(
     question: str = typer.Option(None, help="A question for the LLM analyser about each change that passes the rule."),
     every: int = typer.Option(3600, help="Seconds between checks (at least 30)."),
     notify: list[str] = typer.Option([], help="Webhook or Apprise URL to alert (repeatable)."),
+    browser: bool = typer.Option(False, "--browser", help=BROWSER_HELP),
+    wait_for: str = typer.Option(None, help=WAIT_FOR_HELP),
 ) -> None:
     """Watch a URL; prints the new monitor's id."""
     from pydantic import ValidationError
@@ -32,13 +38,16 @@ def add(
 
     try:  # the same checks as an event's: URL, selector and rule syntax, targets
         CheckEvent.model_validate({"url": url, "selector": selector, "rule": rule, "question": question,
-                                   "notify": notify})  # fmt: skip
+                                   "notify": notify, "wait_for": wait_for})  # fmt: skip
     except ValidationError as e:
         bad_input(first_error(e))
     if every < 30:
         bad_input("--every must be at least 30 seconds")
+    if wait_for and not browser:
+        bad_input("--wait-for needs --browser: only a browser runs the page's scripts")
     monitor = Monitor(name=name or redact.display_url(url), url=url, selector=selector, rule=rule, question=question,
-                      interval_seconds=every, notify=list(notify))  # fmt: skip
+                      interval_seconds=every, notify=list(notify), fetch="browser" if browser else "http",
+                      wait_for=wait_for)  # fmt: skip
     typer.echo(queries.add_monitor(engine(), monitor))
 
 
@@ -63,6 +72,7 @@ def show(monitor_id: int = typer.Argument(..., help="The monitor's id."), as_jso
          "summary": f.summary}
         for f in history.findings
     ]  # fmt: skip
+    data["screenshot"] = history.screenshot  # the latest rendered page's PNG, by its key in the object store
     if as_json:
         echo_json({**data, "recent_checks": checks, "recent_findings": findings})
         return
