@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pipeline.names import STAGES
 from tests.conftest import children, wait_for
 
 
@@ -110,7 +111,7 @@ def test_workers_end_when_up_is_killed_with_sigkill(tmp_path: Path, nats_server)
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        assert wait_for(lambda: len(children(up.pid)) == 4, 60), "the four replicas did not start"
+        assert wait_for(lambda: len(children(up.pid)) == len(STAGES), 60), "a replica per stage did not start"
         replicas = [Path(f"/proc/{pid}") for pid in children(up.pid)]
     finally:
         up.kill()  # SIGKILL: no handler runs, nothing is stopped in order
