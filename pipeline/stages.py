@@ -1,4 +1,4 @@
-"""The four stages' work, separate from Dramatiq so each reads top to bottom.
+"""The stages' work, separate from Dramatiq so each reads top to bottom.
 
 A *job* is the message that travels from stage to stage, typed in
 ``pipeline.jobs``: what is watched (``source``, ``url``, ``selector``,

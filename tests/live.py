@@ -1,4 +1,4 @@
-"""A live pipeline for tests: worker processes for all four stages and the ingest, as `pipeline up` runs them.
+"""A live pipeline for tests: worker processes for every stage and the ingest, as `pipeline up` runs them.
 
 The fixtures (``env``, ``pipeline``, ``llm``) are made available to every test module by conftest.py.
 """
