@@ -7,6 +7,7 @@ replica: a ``dramatiq`` command with the Deployment's processes and threads.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import os
@@ -39,6 +40,13 @@ def _die_with(parent: int) -> Callable[[], None] | None:
             os._exit(1)
 
     return die_with_parent
+
+
+#: The one thread that starts every replica.  Linux sends ``PR_SET_PDEATHSIG``'s signal when the *thread*
+#: that forked the child ends, not its process: a replica started from the autoscaler's thread got SIGTERM
+#: when that thread ended at a stop, then the pool's own, which Dramatiq takes as "kill now".  This
+#: thread lives as long as the process (an idle executor thread waits for work until exit).
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-spawner")
 
 
 class WorkerPool:
@@ -79,6 +87,9 @@ class WorkerPool:
         self._stopped = False
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        return _SPAWNER.submit(self._start).result()
+
+    def _start(self) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{self.queue}.log", "ab") as log:
             return subprocess.Popen(

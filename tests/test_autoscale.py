@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -223,3 +224,19 @@ def test_on_one_machine_the_pools_fit_its_budget_in_the_policys_proportions() ->
     assert sum(sizes[q] * policies[q].processes for q in sizes) <= 6
     assert sizes["analyse"] == 1 and sizes["alert"] == 0  # a stage with work gets one; one without, none
     assert sizes["fetch"] >= sizes["scrape"] >= 1
+
+
+def test_a_replica_started_from_a_thread_outlives_that_thread(nats_server: NatsServer, tmp_path: Path) -> None:
+    """The autoscaler starts replicas from its thread, which ends at a stop before the pools do.  Linux's
+    parent-death signal follows the thread that forked, so a replica must not be that thread's child:
+    it would get SIGTERM at the thread's end, then the pool's own, which Dramatiq takes as "kill now"."""
+    env = dict(os.environ, PIPELINE_NATS_URL=nats_server.url)
+    pool = WorkerPool("work", env=env, threads=1, log_dir=tmp_path / "logs", module="tests.workerapp")
+    starter = threading.Thread(target=pool.resize, args=(1,))
+    starter.start()
+    starter.join()
+    try:
+        time.sleep(1.5)  # a signal sent at the thread's end has arrived by now
+        assert pool.size == 1, "the replica died with the thread that started it"
+    finally:
+        pool.stop()
