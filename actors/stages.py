@@ -65,7 +65,9 @@ def fetch(job: CheckJob) -> None:
         raise _retry(e.reason, e.after) from None
 
 
-@dramatiq.actor(queue_name="render", actor_name="render", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)
+@dramatiq.actor(
+    queue_name="render", actor_name="render", max_retries=5, throws=(*PERMANENT, RenderError), time_limit=TIME_LIMIT_MS
+)
 def render(job: CheckJob) -> None:
     try:
         stages.render(_context(), job, _next(scrape))
@@ -76,6 +78,8 @@ def render(job: CheckJob) -> None:
             raise
         raise _retry(e.reason, e.after) from None
     except RenderError as e:  # a crashed or hung browser: replaced, and the check tried again
+        if not e.transient:
+            raise  # a wait_for Chromium refuses: dead-lettered now, with the reason
         raise _retry(e.reason, None) from None
 
 

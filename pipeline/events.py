@@ -12,7 +12,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, ValidationError, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    UrlConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.names import EVENT_KINDS, event_subject
 
@@ -93,6 +102,12 @@ class CheckEvent(_WhatMatters):
     def _css(cls, wait_for: str | None) -> str | None:
         return css_selector(wait_for)
 
+    @model_validator(mode="after")
+    def _wait_for_needs_a_browser(self) -> CheckEvent:
+        if self.wait_for is not None and self.fetch != "browser":
+            raise ValueError('wait_for needs "fetch": "browser": only a browser runs the page\'s scripts')
+        return self
+
 
 def css_selector(text: str | None) -> str | None:
     """``text`` if it is a CSS selector (cssselect's grammar); ``ValueError`` with the reason if not."""
@@ -102,7 +117,7 @@ def css_selector(text: str | None) -> str | None:
         try:
             cssselect.parse(text)
         except cssselect.SelectorError as e:
-            raise ValueError(f"wait_for {text!r} is not a CSS selector: {e}") from None
+            raise ValueError(f"{text!r} is not a CSS selector: {e}") from None
     return text
 
 

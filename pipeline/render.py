@@ -132,7 +132,8 @@ class Renderer:
             reusable = True
             return rendered
         except TimeoutError:
-            raise RenderError(f"the page did not settle within {self.timeout:g}s", transient=True) from None
+            waited = f"{wait_for!r} did not appear" if wait_for else "the page's network did not go idle"
+            raise RenderError(f"{waited} within {self.timeout:g}s", transient=True) from None
         except FetchError:  # the page itself could not be fetched: fetch's own reason and verdict
             reusable = True
             raise
@@ -154,7 +155,14 @@ class Renderer:
         if response is None:
             raise RenderError("the browser gave no response for the page", transient=True)
         if wait_for:
-            await page.wait_for_selector(wait_for, state="attached")
+            try:
+                await page.wait_for_selector(wait_for, state="attached")
+            except Exception as e:
+                if "SyntaxError" in str(e) or "is not a valid selector" in str(e):  # retrying cannot mend it
+                    raise RenderError(
+                        f"wait_for {wait_for!r} is not a selector Chromium accepts", transient=False
+                    ) from None
+                raise
         else:
             await page.wait_for_load_state("networkidle")
         html = (await page.content()).encode()
@@ -198,9 +206,13 @@ class Renderer:
                 transient=True,
             )
         self._playwright = await async_playwright().start()
-        self._browser = await self._playwright.chromium.launch(
-            executable_path=self.executable, args=list(CHROMIUM_ARGS), proxy={"server": DEAD_PROXY}, headless=True
-        )
+        try:
+            self._browser = await self._playwright.chromium.launch(
+                executable_path=self.executable, args=list(CHROMIUM_ARGS), proxy={"server": DEAD_PROXY}, headless=True
+            )
+        except Exception as e:  # not there, not executable, or dies at start: say which, in a line
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise RenderError(f"cannot start Chromium ({self.executable}): {first}", transient=True) from None
         self.launches += 1
         self._rendered = 0
         self._free = asyncio.Queue()

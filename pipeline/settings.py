@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -210,6 +211,13 @@ class RenderSettings(_Section):
         500, ge=1, description="Checks after which a render process replaces its browser (its memory only grows)."
     )
     timeout: float = Field(30.0, gt=0, le=80, description="Seconds one page may take to load and settle.")
+
+    @field_validator("chromium")
+    @classmethod
+    def _executable(cls, path: Path | None) -> Path | None:
+        if path is not None and not (path.is_file() and os.access(path, os.X_OK)):
+            raise ValueError(f"{str(path)!r} is not an executable file")
+        return path
 
 
 class MetricsSettings(_Section):

@@ -52,6 +52,17 @@ def test_monitor_and_content_events_are_parsed() -> None:
         ("pipeline.events.check", b'{"url": "https://e.com", "selector": "$.a[?("}', "selector: invalid JSONPath"),
         ("pipeline.events.content", b'{"source": "s", "content": "x", "rule": "/(/"}', "invalid regular expression"),
         ("pipeline.events.content", b'{"source": "s", "content": "x", "selector": "//["}', "invalid XPath"),
+        ("pipeline.events.check", b'{"url": "https://e.com", "fetch": "chrome"}', "fetch: Input should be 'http'"),
+        (
+            "pipeline.events.check",
+            b'{"url": "https://e.com", "fetch": "browser", "wait_for": ".price[["}',
+            "wait_for: '.price[[' is not a CSS selector",
+        ),
+        (
+            "pipeline.events.check",
+            b'{"url": "https://e.com", "wait_for": ".price"}',
+            'wait_for needs "fetch": "browser"',
+        ),
     ],
 )
 def test_invalid_events_say_why(subject: str, data: bytes, reason: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 from pipeline.content import extract
 from pipeline.fetcher import Fetcher, FetchError
 from pipeline.netguard import AddressPolicy
-from pipeline.render import Renderer, chromium_path
+from pipeline.render import Renderer, RenderError, chromium_path
 from pipeline.settings import RenderSettings
 from tests.site import Page, Site
 
@@ -177,3 +177,10 @@ def test_a_killed_browser_is_replaced(site: Site, renderer: Renderer) -> None:
         except Exception as e:
             assert getattr(e, "transient", False), e
     assert b"42 EUR" in rendered.html and renderer.launches == 2
+
+
+def test_a_wait_for_chromium_refuses_is_a_permanent_error(site: Site, renderer: Renderer) -> None:
+    site.routes["/lamp"] = Page(LATE_PRICE, headers={"Content-Type": "text/html"})
+    with pytest.raises(RenderError, match="not a selector Chromium accepts") as raised:
+        renderer.render(site.url("/lamp"), wait_for=".price:bogus")  # cssselect parses it; Chromium does not
+    assert not raised.value.transient  # dead-lettered with the reason, not retried for hours

@@ -53,7 +53,7 @@ def check(
             try:
                 rendered = renderer.render(url, wait_for=wait_for)
             except RenderError as e:
-                fail(str(e))
+                (fail if e.transient else bad_input)(str(e))
             finally:
                 renderer.close()
             extracted = extract(rendered.html, "text/html; charset=utf-8", selector)
