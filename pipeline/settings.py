@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import pydantic_settings
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_serializer, field_validator
@@ -365,14 +365,10 @@ def _aliases(info: FieldInfo) -> tuple[str, ...]:
     return ()
 
 
+#: The root and its sections' classes, in the order of ``SECTIONS`` (the README table's order).
 _SECTION_TYPES: tuple[type[BaseSettings], ...] = (
     Settings,
-    NATSSettings,
-    DatabaseSettings,
-    FetchSettings,
-    LLMSettings,
-    RenderSettings,
-    MetricsSettings,
+    *(cast(type[BaseSettings], Settings.model_fields[name].annotation) for name in SECTIONS),
 )
 
 
