@@ -226,17 +226,22 @@ def test_on_one_machine_the_pools_fit_its_budget_in_the_policys_proportions() ->
     assert sizes["fetch"] >= sizes["scrape"] >= 1
 
 
-def test_a_replica_started_from_a_thread_outlives_that_thread(nats_server: NatsServer, tmp_path: Path) -> None:
+def test_a_replica_started_from_a_thread_outlives_that_thread(
+    nats_server: NatsServer, prefix: str, record_file: Path, tmp_path: Path, make_broker
+) -> None:
     """The autoscaler starts replicas from its thread, which ends at a stop before the pools do.  Linux's
     parent-death signal follows the thread that forked, so a replica must not be that thread's child:
     it would get SIGTERM at the thread's end, then the pool's own, which Dramatiq takes as "kill now"."""
-    env = dict(os.environ, PIPELINE_NATS_URL=nats_server.url)
+    broker: JetStreamBroker = make_broker()
+    broker.declare_queue("work")
+    env = dict(os.environ, PIPELINE_NATS_URL=nats_server.url, TEST_PREFIX=prefix, TEST_RECORD_FILE=str(record_file))
     pool = WorkerPool("work", env=env, threads=1, log_dir=tmp_path / "logs", module="tests.workerapp")
     starter = threading.Thread(target=pool.resize, args=(1,))
     starter.start()
-    starter.join()
+    starter.join()  # the thread that started the replica has ended
     try:
-        time.sleep(1.5)  # a signal sent at the thread's end has arrived by now
-        assert pool.size == 1, "the replica died with the thread that started it"
+        broker.enqueue(dramatiq.Message(queue_name="work", actor_name="work", args=(1,), kwargs={}, options={}))
+        assert wait_for(lambda: read_records(record_file), 30), "the replica did not outlive the thread that started it"
+        assert pool.size == 1
     finally:
         pool.stop()
