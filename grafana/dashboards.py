@@ -5,7 +5,8 @@ Four dashboards, provisioned from ``grafana/dashboards/`` (see
 
 - **Pipeline overview**: per stage, lag, throughput, latency quantiles,
   errors, retries, dead letters, in-flight messages, workers, check outcomes;
-- **Fetch health**: status codes, errors, bytes, time, politeness, alerts, events;
+- **Fetch health**: status codes, errors, bytes, time, politeness, alerts, events; render time,
+  browser starts and memory;
 - **LLM and rate limits**: calls by outcome, 429s per key, tokens, cost,
   limiter waits and denials, cache hits;
 - **NATS JetStream**: prometheus-nats-exporter's consumer and stream
@@ -157,6 +158,7 @@ def overview() -> dashboard.Dashboard:
 def fetch_health() -> dashboard.Dashboard:
     return (
         board("pipeline-fetch", "Fetch health", "What the fetch stage gets from the sites, and what alert delivers")
+        .with_row(dashboard.Row("Fetch"))
         .with_panel(
             panel(
                 "Responses by status",
@@ -208,6 +210,32 @@ def fetch_health() -> dashboard.Dashboard:
                 "Events ingested per second from NATS subjects, by kind and outcome",
                 "ops",
                 (f"sum by (kind, outcome) (rate(pipeline_events_total[{RATE}]))", "{{kind}} {{outcome}}"),
+            )
+        )
+        .with_row(dashboard.Row("Render (pages written by JavaScript)"))
+        .with_panel(
+            panel(
+                "Render time",
+                "Load, wait, DOM and screenshot of a page in Chromium: p50, p95, p99",
+                "s",
+                *quantiles("pipeline_render_duration_seconds"),
+            )
+        )
+        .with_panel(
+            panel(
+                "Browser starts",
+                "Browsers started per minute, by reason: first, recycled (by count), memory (above"
+                " PIPELINE_RENDER_MEMORY_LIMIT), crashed",
+                "short",
+                (f"sum by (reason) (rate(pipeline_render_browser_launches_total[{RATE}])) * 60", "{{reason}}"),
+            )
+        )
+        .with_panel(
+            panel(
+                "Browser memory",
+                "Proportional set size of the render workers' Chromium processes, all workers together",
+                "bytes",
+                ("sum(pipeline_render_browser_memory_bytes)", "browsers"),
             )
         )
     )

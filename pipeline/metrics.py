@@ -32,6 +32,22 @@ FETCH_SECONDS = Histogram(
     "Time from request to the last byte of a fetch",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
 )
+RENDER_SECONDS = Histogram(
+    "pipeline_render_duration_seconds",
+    "Time to render a page in Chromium: load, wait, DOM and screenshot",
+    buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60),
+)
+BROWSER_LAUNCHES = Counter(
+    "pipeline_render_browser_launches",
+    "Chromium browsers started by render workers, by reason: first, recycled (after a number of checks), memory "
+    "(above the ceiling), crashed (replaced after it died)",
+    ["reason"],
+)
+BROWSER_MEMORY = Gauge(
+    "pipeline_render_browser_memory_bytes",
+    "Memory of the render workers' browsers (proportional set size of Chromium's processes), all live workers",
+    multiprocess_mode="livesum",
+)
 ALERTS = Counter(
     "pipeline_alerts",
     "Alert deliveries by channel (webhook, apprise) and outcome (sent, failed)",

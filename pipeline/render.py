@@ -2,9 +2,11 @@
 
 One Chromium per worker process (started on the first check, from Debian's
 ``chromium`` or ``PIPELINE_RENDER_CHROMIUM``, driven by the ``playwright`` package) with a few long-lived pages,
-each reused across checks and cleared between them, the browser recycled
-after ``recycle_after`` checks; a browser that crashes or hangs is replaced
-and the check raises a transient ``RenderError`` (Dramatiq retries it).
+each reused across checks and cleared between them.  The browser is
+recycled after ``recycle_after`` checks or when its processes use more than
+``memory_limit`` bytes (Chromium's memory only grows), once the checks in
+flight on it have finished; a browser that crashes or hangs is replaced and
+the check raises a transient ``RenderError`` (Dramatiq retries it).
 
 Safety, which routing alone does not give (redirect hops after the first
 request, WebSockets and WebRTC got past Playwright's route handler to a
@@ -23,11 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import psutil
+
 from pipeline.fetcher import Fetcher, FetchError
+from pipeline.metrics import BROWSER_LAUNCHES, BROWSER_MEMORY, RENDER_SECONDS
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page, Playwright, Route, WebSocketRoute
@@ -77,11 +84,32 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def browser_memory(root: int | None = None) -> int:
+    """Bytes the Chromium processes under ``root`` (this process by default) use: the sum of their
+    proportional set sizes (PSS), so the pages their renderers share are counted once, as a container's
+    memory limit counts them; resident sizes where the kernel gives no PSS.  0 when none is running."""
+    try:
+        children = psutil.Process(root or os.getpid()).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for child in children:
+        try:
+            if "chrom" not in child.name():  # Playwright's node driver is not the browser
+                continue
+            memory = child.memory_full_info()
+            total += getattr(memory, "pss", memory.rss)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):  # exited meanwhile
+            continue
+    return total
+
+
 class Renderer:
     """Renders pages for one worker process; thread-safe (every call runs on the fetcher's loop).
 
     ``pages``: checks rendered at once (long-lived pages); ``recycle_after``: checks after which the
-    browser is replaced (Chromium's memory only grows); ``timeout``: seconds a check may take at most.
+    browser is replaced; ``memory_limit``: bytes of the browser's processes above which it is replaced
+    (see :func:`browser_memory`); ``timeout``: seconds a check may take at most.
     """
 
     def __init__(
@@ -91,14 +119,17 @@ class Renderer:
         executable: str | None = None,
         pages: int = 4,
         recycle_after: int = 500,
+        memory_limit: int = 768 * 2**20,
         timeout: float = 30.0,
     ) -> None:
         self.fetcher = fetcher
         self.executable = executable or chromium_path()
         self.pages = pages
         self.recycle_after = recycle_after
+        self.memory_limit = memory_limit
         self.timeout = timeout
         self.launches = 0  # browsers started, the first included: more than one means replacements
+        self.memory = 0  # bytes the browser used after the last check
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
         self._free: asyncio.Queue[Page] | None = None
@@ -111,7 +142,7 @@ class Renderer:
         """A renderer as the ``PIPELINE_RENDER_*`` settings describe it."""
         chromium = str(settings.chromium) if settings.chromium else None
         return cls(fetcher, executable=chromium, pages=settings.pages, recycle_after=settings.recycle_after,
-                   timeout=settings.timeout)  # fmt: skip
+                   memory_limit=settings.memory_limit * 2**20, timeout=settings.timeout)  # fmt: skip
 
     def render(self, url: str, *, wait_for: str | None = None) -> Rendered:
         """The page at ``url`` after its scripts ran: until ``wait_for`` (a CSS selector) is in the DOM, or
@@ -126,9 +157,11 @@ class Renderer:
             raise FetchError(f"refusing to render {url.split(':', 1)[0]!r} URLs: only http and https", "bad_url")
         page = await self._page()
         reusable = False  # a page that failed is closed and replaced, not handed to the next check
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
                 rendered = await self._load(page, url, wait_for)
+            RENDER_SECONDS.observe(time.perf_counter() - started)
             reusable = True
             return rendered
         except TimeoutError:
@@ -188,16 +221,42 @@ class Renderer:
     async def _page(self) -> Page:
         if self._lock is None:
             self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._browser is None or not self._browser.is_connected() or self._rendered >= self.recycle_after:
-                await self._launch()
+        async with self._lock:  # one check at a time decides on a new browser; the others wait for it
+            reason = self._replace_because()
+            if reason in ("recycled", "memory"):
+                await self._drain()
+            if reason is not None:
+                await self._launch(reason)
             self._rendered += 1
         assert self._free is not None
         return await self._free.get()
 
-    async def _launch(self) -> None:
+    def _replace_because(self) -> str | None:
+        """Why the browser must be (re)started before the next check, or None."""
+        if self._browser is None:
+            return "first" if self.launches == 0 else "crashed"
+        if not self._browser.is_connected():
+            return "crashed"
+        if self._rendered >= self.recycle_after:
+            return "recycled"
+        if self.memory > self.memory_limit:
+            return "memory"
+        return None
+
+    async def _drain(self) -> None:
+        """Wait until the checks in flight have given their pages back, so a recycle cuts none short."""
+        assert self._free is not None
+        with contextlib.suppress(TimeoutError):  # a page lost with a crash never comes back: go on
+            async with asyncio.timeout(self.timeout + 5):
+                for _ in range(self.pages):
+                    await self._free.get()
+
+    async def _launch(self, reason: str) -> None:
         from playwright.async_api import async_playwright
 
+        if reason == "memory":
+            logger.info("the browser uses %d MiB, above the %d MiB ceiling: replacing it", self.memory >> 20,
+                        self.memory_limit >> 20)  # fmt: skip
         await self._shut()
         if self.executable is None:
             raise RenderError(
@@ -214,7 +273,9 @@ class Renderer:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise RenderError(f"cannot start Chromium ({self.executable}): {first}", transient=True) from None
         self.launches += 1
+        BROWSER_LAUNCHES.labels(reason).inc()
         self._rendered = 0
+        self.memory = 0
         self._free = asyncio.Queue()
         for _ in range(self.pages):
             self._free.put_nowait(await self._new_page())
@@ -239,6 +300,8 @@ class Renderer:
         except Exception:  # a page that cannot be cleared is not reused
             await self._discard(page)
             return
+        self.memory = await asyncio.to_thread(browser_memory)  # reading /proc: off the loop
+        BROWSER_MEMORY.set(self.memory)
         if self._free is not None:
             self._free.put_nowait(page)
 
@@ -261,6 +324,7 @@ class Renderer:
             with contextlib.suppress(Exception):
                 await self._playwright.stop()
         self._browser = self._playwright = None
+        BROWSER_MEMORY.set(0)
 
 
 async def _refuse_websocket(socket: WebSocketRoute) -> None:

@@ -210,6 +210,11 @@ class RenderSettings(_Section):
     recycle_after: int = Field(
         500, ge=1, description="Checks after which a render process replaces its browser (its memory only grows)."
     )
+    memory_limit: int = Field(
+        768,
+        ge=64,
+        description="MiB of memory (PSS of Chromium's processes) above which a render process replaces its browser.",
+    )
     timeout: float = Field(30.0, gt=0, le=80, description="Seconds one page may take to load and settle.")
 
     @field_validator("chromium")

@@ -27,14 +27,17 @@ from pipeline.broker import JetStreamBroker
 from pipeline.deadletters import list_dead
 from pipeline.names import STAGES
 from pipeline.nats_server import free_port
+from pipeline.render import chromium_path
 from tests.conftest import ROOT, load_script, wait_for
 from tests.live import publish
 from tests.openai_server import OpenAIServer
 from tests.site import Page, Site
+from tests.test_render import LATE_PRICE
 
 PROMETHEUS = shutil.which("prometheus")
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 RULES = ROOT / "compose" / "prometheus" / "alerts.yml"
+CHROMIUM = chromium_path()  # without it the render panels cannot show data: they are evaluated, not required
 
 needs_prometheus = pytest.mark.skipif(
     PROMETHEUS is None, reason="prometheus not installed (Debian: apt-get install prometheus; .ci/run installs it)"
@@ -98,7 +101,8 @@ def prometheus(metrics_port: int, tmp_path: Path) -> Iterator[Prometheus]:
 
 
 def load(env: dict[str, str], llm: OpenAIServer, shop: Site, inbox: Site) -> None:
-    """Traffic that touches every panel: alerts by rule and by LLM, a 429, a 404, a 503 retried, a bad event."""
+    """Traffic that touches every panel: alerts by rule and by LLM, a 429, a 404, a 503 retried, a bad event,
+    a page rendered in Chromium."""
     shop.routes["/kettle"] = Page(b"<p class='price'>Price: 95 EUR</p>")
     shop.routes["/stock"] = Page(b"<p class='stock'>Kettle: back in stock</p>")
     shop.routes["/gone"] = Page(b"gone", 404)
@@ -117,6 +121,9 @@ def load(env: dict[str, str], llm: OpenAIServer, shop: Site, inbox: Site) -> Non
     publish(env, "check", {"url": shop.url("/gone")})
     publish(env, "check", {"url": shop.url("/busy")})
     publish(env, "check", b"not json")
+    if CHROMIUM:
+        shop.routes["/lamp"] = Page(LATE_PRICE, headers={"Content-Type": "text/html"})
+        publish(env, "check", {"url": shop.url("/lamp"), "fetch": "browser", "wait_for": ".price.loaded"})
 
 
 @needs_prometheus
@@ -131,6 +138,8 @@ def test_every_panel_shows_data_and_every_rule_evaluates(
     # Every counter must have been scraped twice since it moved, for rate() to see it.
     time.sleep(3)
     assert wait_for(lambda: prometheus.query('pipeline_alerts_total{outcome="sent"}'), 30)
+    if CHROMIUM:
+        assert wait_for(lambda: prometheus.query("pipeline_render_duration_seconds_count > 0"), 60)
     time.sleep(2)
 
     empty = []
@@ -143,6 +152,8 @@ def test_every_panel_shows_data_and_every_rule_evaluates(
                 series = prometheus.query(target["expr"])
                 if path.name == "jetstream.json":
                     continue  # evaluated, but fed by prometheus-nats-exporter: see the module's docstring
+                if not CHROMIUM and "pipeline_render_" in target["expr"]:
+                    continue  # evaluated, but no page could be rendered here
                 checked += 1
                 if not series:
                     empty.append(f"{path.stem}: {panel['title']}: {target['legendFormat']}")
@@ -161,6 +172,9 @@ def test_every_panel_shows_data_and_every_rule_evaluates(
     assert total("dramatiq_message_retries_total") >= 2
     assert total('pipeline_alerts_total{outcome="sent"}') == 2
     assert total('pipeline_events_total{outcome="invalid"}') == 1
+    if CHROMIUM:
+        assert total('pipeline_render_browser_launches_total{reason="first"}') == 1
+        assert total("pipeline_render_browser_memory_bytes") > 20e6  # a live browser, measured
     dead = [(letter.queue, letter.reason) for letter in list_dead(pipeline)]
     assert total('pipeline_dead_letters{queue="fetch"}') == 1, dead  # the 404
 

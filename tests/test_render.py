@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from pipeline.content import extract
 from pipeline.fetcher import Fetcher, FetchError
 from pipeline.netguard import AddressPolicy
-from pipeline.render import Renderer, RenderError, chromium_path
+from pipeline.render import Renderer, RenderError, browser_memory, chromium_path
 from pipeline.settings import RenderSettings
+from tests.conftest import wait_for
 from tests.site import Page, Site
 
 pytestmark = pytest.mark.skipif(
@@ -184,3 +186,53 @@ def test_a_wait_for_chromium_refuses_is_a_permanent_error(site: Site, renderer: 
     with pytest.raises(RenderError, match="not a selector Chromium accepts") as raised:
         renderer.render(site.url("/lamp"), wait_for=".price:bogus")  # cssselect parses it; Chromium does not
     assert not raised.value.transient  # dead-lettered with the reason, not retried for hours
+
+
+def launched(reason: str) -> float:
+    return REGISTRY.get_sample_value("pipeline_render_browser_launches_total", {"reason": reason}) or 0.0
+
+
+def test_a_browser_above_its_memory_ceiling_is_replaced(site: Site) -> None:
+    site.routes["/lamp"] = Page(LATE_PRICE, headers={"Content-Type": "text/html"})
+    fetcher = Fetcher(AddressPolicy.from_entries(["127.0.0.1"]), timeout=5)
+    renderer = Renderer(fetcher, pages=1, memory_limit=100 * 2**20, timeout=15)
+    try:
+        before = launched("memory")
+        renderer.render(site.url("/lamp"), wait_for=".price.loaded")
+        assert renderer.memory > 20 * 2**20 and browser_memory() > 20 * 2**20  # measured: a real browser, tens of MB
+        renderer.memory_limit = renderer.memory - 1  # the ceiling falls below what it uses now
+        renderer.render(site.url("/lamp"), wait_for=".price.loaded")
+        assert renderer.launches == 2 and launched("memory") == before + 1
+        renderer.memory_limit = 2**40
+        renderer.render(site.url("/lamp"), wait_for=".price.loaded")
+        assert renderer.launches == 2  # under the ceiling, kept
+    finally:
+        renderer.close()
+        fetcher.close()
+    assert browser_memory() == 0  # closed: nothing of it is left running
+
+
+def test_a_recycle_waits_for_the_checks_in_flight(site: Site) -> None:
+    slow = LATE_PRICE.replace(b"300);", b"1500);")  # the price after 1.5 s: still rendering when the next one comes
+    site.routes["/slow"] = Page(slow, headers={"Content-Type": "text/html"})
+    fetcher = Fetcher(AddressPolicy.from_entries(["127.0.0.1"]), timeout=5)
+    renderer = Renderer(fetcher, pages=2, recycle_after=1, timeout=15)
+    results: list[bytes | Exception] = []
+
+    def check() -> None:
+        try:
+            results.append(renderer.render(site.url("/slow"), wait_for=".price.loaded").html)
+        except Exception as e:
+            results.append(e)
+
+    try:
+        first = threading.Thread(target=check)
+        first.start()
+        assert wait_for(lambda: len(site.requests) >= 1, 10)  # the first is on its page
+        check()  # the second needs a new browser (recycle_after=1) while the first still renders
+        first.join(20)
+        assert [b"42 EUR" in r if isinstance(r, bytes) else r for r in results] == [True, True]
+        assert renderer.launches == 2
+    finally:
+        renderer.close()
+        fetcher.close()
