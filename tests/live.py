@@ -50,32 +50,38 @@ def pipeline(env: dict[str, str], make_broker, tmp_path: Path) -> Iterator[JetSt
 
     Every process writes its metrics to ``tmp_path / "metrics"``, the directory `pipeline up` shares.
     """
-    log = open(tmp_path / "workers.log", "w")  # noqa: SIM115
+    broker = declared(make_broker(prefix=env["PIPELINE_PREFIX"]))
+    processes = [spawn(env, tmp_path, "-m", "dramatiq", "actors", "--processes", "1", "--threads", "4"),
+                 spawn(env, tmp_path, "-m", "pipeline.cli", "scheduler", "--port", "0")]  # fmt: skip
+    yield broker
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(30)
+
+
+def declared(broker: JetStreamBroker) -> JetStreamBroker:
+    """``broker`` with every stage's queue and the ingest's stream made, as `pipeline up` makes them first."""
+    for stage in STAGES:
+        broker.declare_queue(stage)
+    Ingest(broker, runtime.context(broker)).declare()  # before anything is published: core NATS keeps nothing
+    return broker
+
+
+def spawn(env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.Popen:
+    """``python args`` in a session (process group) of its own, logging to ``tmp_path / "workers.log"``,
+    writing metrics to ``tmp_path / "metrics"``."""
     metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
+    metrics_dir.mkdir(exist_ok=True)
     process_env = {
         **os.environ,
         **env,
         "dramatiq_prom_db": str(metrics_dir),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
-    broker = make_broker(prefix=env["PIPELINE_PREFIX"])
-    for stage in STAGES:
-        broker.declare_queue(stage)
-    Ingest(broker, runtime.context(broker)).declare()  # before anything is published: core NATS keeps nothing
-    processes = [
-        subprocess.Popen(command, cwd=ROOT, env=process_env, stdout=log, stderr=log, start_new_session=True)
-        for command in (
-            [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", "4"],
-            [sys.executable, "-m", "pipeline.cli", "scheduler", "--port", "0"],
-        )
-    ]
-    yield broker
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.wait(30)
-    log.close()
+    with open(tmp_path / "workers.log", "a") as log:
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=process_env, stdout=log, stderr=log,
+                                start_new_session=True)  # fmt: skip
 
 
 def publish(env: dict[str, str], kind: str, event: dict | bytes) -> None:

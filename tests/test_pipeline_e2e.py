@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from pipeline.broker import JetStreamBroker
 from pipeline.render import chromium_path
 from tests.conftest import wait_for
-from tests.live import LLM_KEY, SECRET, publish
+from tests.live import LLM_KEY, SECRET, declared, publish, spawn
 from tests.openai_server import OpenAIServer
 from tests.site import Page, Site
-from tests.test_render import LATE_PRICE
+from tests.test_render import LATE_PRICE, browsers_under
 
 
 def test_a_check_event_ends_as_a_signed_webhook(env, pipeline: JetStreamBroker) -> None:
@@ -55,6 +58,49 @@ def test_a_price_written_by_javascript_alerts_through_the_render_stage(env, pipe
         pipeline.join("fetch", timeout=30_000)
         pipeline.join("analyse", timeout=30_000)
         assert len(receiver.posts) == 1
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_a_render_worker_killed_mid_check_loses_nothing(env, make_broker, tmp_path: Path) -> None:
+    declared(make_broker(prefix=env["PIPELINE_PREFIX"]))
+    rest = [spawn(env, tmp_path, "-m", "dramatiq", "actors", "--queues", "fetch", "scrape", "analyse", "alert"),
+            spawn(env, tmp_path, "-m", "pipeline.cli", "scheduler", "--port", "0")]  # fmt: skip
+    render = spawn(env, tmp_path, "-m", "dramatiq", "actors", "--queues", "render", "--processes", "1")
+    slow = LATE_PRICE.replace(b"300);", b"5000);")  # the price after 5 s: the worker dies while it waits
+    try:
+        with Site() as shop, Site() as receiver:
+            shop.routes["/lamp"] = Page(slow, headers={"Content-Type": "text/html"})
+            publish(
+                env,
+                "check",
+                {
+                    "url": shop.url("/lamp"),
+                    "selector": ".price",
+                    "rule": "price < 100",
+                    "fetch": "browser",
+                    "wait_for": ".price.loaded",
+                    "notify": [receiver.url("/h")],
+                },
+            )
+            assert wait_for(lambda: len(shop.requests) == 1, 60), "the render did not start"
+            browsers = browsers_under(render.pid)
+            assert browsers, "no browser under the render worker"
+            os.killpg(render.pid, signal.SIGKILL)  # no shutdown: its check is unacked, mid-render
+            render.wait()
+            # Chromium runs in a process group of its own: it must go with its driver, not linger.
+            assert wait_for(lambda: not any(psutil.pid_exists(pid) for pid in browsers), 15), "the browser outlived it"
+            assert receiver.posts == []
+
+            render = spawn(env, tmp_path, "-m", "dramatiq", "actors", "--queues", "render", "--processes", "1")
+            assert wait_for(lambda: len(receiver.posts) == 1, 120), "the check was lost with its worker"
+            payload = json.loads(receiver.posts[0][2])
+            assert payload["data"]["summary"] == "price is 42, < 100"
+            assert len(shop.requests) == 2  # rendered again from the start, once
+    finally:
+        for process in [*rest, render]:
+            process.terminate()
+        for process in [*rest, render]:
+            process.wait(30)
 
 
 def test_invalid_events_are_dead_lettered_with_the_reason(env, pipeline: JetStreamBroker) -> None:
