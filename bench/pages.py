@@ -9,12 +9,14 @@ tool fetches the same bytes from the same server in the same run::
         check(pages.urls)
 
 ``/p/{n}`` (n = 0..count-1) is about 6 KB of ordinary HTML (head, nav, paragraphs, a list, a footer)
-with the price in ``<span class="price">Price: {price} EUR</span>``; the price depends on ``n`` and
+with the price in ``{price_html}``; the price depends on ``n`` and
 ``round`` only: 100 EUR or more in round 0, below 100 after, and different for every page whenever
 ``round`` changes (so a rule ``price < 100`` fires on the first recheck, not on the first check).  ``delay``
 makes every GET answer late (the "slow sites" bench: 1000 pages each answering after 1 s), so the
-server keeps a thread per connection and a listen backlog of 2048 to hold 1000 at once.  POST
-``/inbox`` answers 204 and counts.  No ETag or Last-Modified: a conditional GET cannot shortcut a check.
+server keeps a thread per connection and a listen backlog of 2048 to hold 1000 at once.  ``scripted``
+pages (the render bench) show ``loading...`` where the price goes, and a script fills it in 100 ms after
+load, as shops that render on the client do; their stylesheet and script are served from ``/static/``
+(about 4 and 20 KB).  POST ``/inbox`` answers 204 and counts.  No ETag or Last-Modified: a conditional GET cannot shortcut a check.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ _PAGE = """<!DOCTYPE html>
 <h1 class="product-title">{name}</h1>
 <p class="sku">Item number {sku}</p>
 <div class="buy-box">
-<span class="price">Price: {price} EUR</span>
+{price_html}
 <p class="stock">In stock, ships within 2 working days</p>
 <button class="add-to-basket" type="button">Add to basket</button>
 </div>
@@ -131,9 +133,27 @@ is in the parcel, and the refund reaches your account within five working days o
 </ul>
 <p>&copy; Example Shop. All prices include VAT.</p>
 </footer>
-</body>
+{script}</body>
 </html>
 """
+
+# A client-rendered page's price: its script fills it in after load (and marks it, for ``wait_for``).
+_SCRIPTED_PRICE = '<span class="price" data-price="{price}">loading...</span>'
+_SCRIPT = """<script src="/static/shop.js"></script>
+<script>window.addEventListener("load", () => setTimeout(() => {
+  const p = document.querySelector(".price");
+  p.textContent = "Price: " + p.dataset.price + " EUR"; p.classList.add("loaded");
+}, 100));</script>
+"""
+# What a shop's bundle does besides: some code to parse and run, nothing fetched.
+_STATIC = {
+    "/static/shop.css": ("text/css", ("".join(f".c{i} {{ margin: {i % 9}px; color: #{i:06x}; }}\n" for i in range(120)))),
+    "/static/shop.js": (
+        "text/javascript",
+        "".join(f"function f{i}(a) {{ return [a, {i}].map(x => x * 2).join('-'); }}\n" for i in range(400))
+        + "window.shop = { ready: true };\n",
+    ),
+}
 
 
 class _Server(ThreadingHTTPServer):
@@ -150,6 +170,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         pages = self.server.pages
         path = self.path.split("?", 1)[0]
+        if path in _STATIC:
+            content_type, text = _STATIC[path]
+            self._answer(200, text.encode(), content_type)
+            return
         n = path[3:] if path.startswith("/p/") else ""
         if not (n.isdigit() and int(n) < pages.count):
             self._answer(404, b"")
@@ -169,10 +193,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(204, b"")
         pages._count_post()
 
-    def _answer(self, status: int, body: bytes) -> None:
+    def _answer(self, status: int, body: bytes, content_type: str = "text/html; charset=utf-8") -> None:
         self.send_response(status)
         if status != 204:
-            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -184,9 +208,10 @@ class _Handler(BaseHTTPRequestHandler):
 class Pages:
     """``count`` product pages on 127.0.0.1 (a free port), served from a background thread while in ``with``."""
 
-    def __init__(self, count: int = 1000, *, delay: float = 0.0) -> None:
+    def __init__(self, count: int = 1000, *, delay: float = 0.0, scripted: bool = False) -> None:
         self.count = count
         self.delay = delay
+        self.scripted = scripted
         self.round = 0  # the caller moves every price by changing this between rounds
         self._lock = threading.Lock()
         self._gets = 0
@@ -223,9 +248,13 @@ class Pages:
 
     def page(self, n: int) -> bytes:
         name = f"Workshop Tool {n}"
+        price = self.price(n)
+        price_html = (_SCRIPTED_PRICE if self.scripted else '<span class="price">Price: {price} EUR</span>').format(
+            price=price
+        )
         return _PAGE.format(
-            n=n, name=name, sku=f"WT-{n:06d}", price=self.price(n), weight=400 + n % 600,
-            filler=_FILLER, review=_REVIEW, r1=n + 1, r2=n + 2, r3=n + 3,
+            n=n, name=name, sku=f"WT-{n:06d}", price_html=price_html, weight=400 + n % 600,
+            filler=_FILLER, review=_REVIEW, r1=n + 1, r2=n + 2, r3=n + 3, script=_SCRIPT if self.scripted else "",
         ).encode()  # fmt: skip
 
     def _count_get(self) -> None:
