@@ -16,7 +16,8 @@ makes every GET answer late (the "slow sites" bench: 1000 pages each answering a
 server keeps a thread per connection and a listen backlog of 2048 to hold 1000 at once.  ``scripted``
 pages (the render bench) show ``loading...`` where the price goes, and a script fills it in 100 ms after
 load, as shops that render on the client do; their stylesheet and script are served from ``/static/``
-(about 4 and 20 KB).  POST ``/inbox`` answers 204 and counts.  No ETag or Last-Modified: a conditional GET cannot shortcut a check.
+(about 4 and 20 KB).  POST ``/inbox`` answers 204 and counts.  No ETag or Last-Modified: a conditional
+GET cannot shortcut a check.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ _SCRIPT = """<script src="/static/shop.js"></script>
 """
 # What a shop's bundle does besides: some code to parse and run, nothing fetched.
 _STATIC = {
-    "/static/shop.css": ("text/css", ("".join(f".c{i} {{ margin: {i % 9}px; color: #{i:06x}; }}\n" for i in range(120)))),
+    "/static/shop.css": ("text/css", "".join(f".c{i} {{ margin: {i % 9}px; color: #{i:06x}; }}\n" for i in range(120))),
     "/static/shop.js": (
         "text/javascript",
         "".join(f"function f{i}(a) {{ return [a, {i}].map(x => x * 2).join('-'); }}\n" for i in range(400))

@@ -10,7 +10,9 @@ browser; its clock and CPU run from the first check, the browser's start include
 CPU is every process of this one (Python, Playwright's driver, Chromium and its renderers); memory is
 the peak, sampled every 0.2 s, of the resident set of the same tree (shared pages counted in each
 process, so an upper bound) and of Chromium's proportional set size, which the memory ceiling
-(``PIPELINE_RENDER_MEMORY_LIMIT``) is compared with.
+(``PIPELINE_RENDER_MEMORY_LIMIT``) is compared with.  The render stage runs with its defaults: a
+browser above the ceiling (1024 MiB) or after 500 checks is replaced, and the browsers column counts
+the starts.
 
 The reference line renders the same pages as a plain Playwright script would: a new browser context
 per page, no route handler, no policy (``--no-reference`` skips it).  It shows what the long-lived
@@ -53,11 +55,13 @@ class Result:
     rss_mb: float
     pss_mb: float
     failed: int
+    browsers: int = 1  # started, the first included: more means the stage replaced its browser
 
     def row(self) -> str:
+        per_second, cpu_ms = self.pages / self.seconds, self.cpu / self.pages * 1000
         return (
-            f"| {self.name} | {self.concurrency} | {self.pages / self.seconds:.1f} | {self.cpu / self.pages * 1000:.0f} "
-            f"| {self.rss_mb:.0f} | {self.pss_mb:.0f} | {self.failed} |"
+            f"| {self.name} | {self.concurrency} | {per_second:.1f} | {cpu_ms:.0f} "
+            f"| {self.rss_mb:.0f} | {self.pss_mb:.0f} | {self.browsers} | {self.failed} |"
         )
 
 
@@ -109,11 +113,13 @@ def measure(name: str, concurrency: int, urls: list[str], render: Callable[[str]
 
 def pipeline_renderer(concurrency: int, urls: list[str]) -> Result:
     fetcher = Fetcher(AddressPolicy.from_entries(["127.0.0.1"]), timeout=10)
-    renderer = Renderer(fetcher, pages=concurrency, recycle_after=10_000, memory_limit=2**40, timeout=30)
+    renderer = Renderer(fetcher, pages=concurrency)  # the stage's defaults: its memory ceiling and recycling on
     try:
-        return measure(
+        result = measure(
             "render stage", concurrency, urls, lambda url: renderer.render(url, wait_for=".price.loaded").html
         )
+        result.browsers = renderer.launches
+        return result
     finally:
         renderer.close()
         fetcher.close()
@@ -174,8 +180,8 @@ def main() -> None:
                 print(results[-1].row(), file=sys.stderr)
 
     print("| renderer | pages at once | pages/s | CPU ms per page | peak RSS MB (tree) | peak Chromium PSS MB "
-          "| failed |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| browsers started | failed |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for result in results:
         print(result.row())
 

@@ -39,7 +39,7 @@ STAGE_POLICIES = {
     ),
     # A browser is the costliest thing a worker runs: few pages per process, more memory, fewer replicas.
     "render": StagePolicy(
-        processes=1, threads=4, min_replicas=0, max_replicas=4, lag_threshold=20, cpu="1", memory="1Gi"
+        processes=1, threads=4, min_replicas=0, max_replicas=4, lag_threshold=20, cpu="1", memory="2Gi"
     ),
     "scrape": StagePolicy(
         processes=2, threads=2, min_replicas=1, max_replicas=10, lag_threshold=100, cpu="1", memory="512Mi"

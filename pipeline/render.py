@@ -65,6 +65,12 @@ CHROMIUM_ARGS = (
 
 #: Seconds between readings of the browser's memory (each costs about 30 ms of CPU: /proc's smaps).
 MEASURE_EVERY = 2.0
+#: Checks a page serves before it is closed and a new one takes its place.  Chromium keeps a page's
+#: renderer process across navigations, and that process grows by 2-3 MB with every page it shows
+#: (measured here with plain Playwright too, with or without the back-forward cache); a new page
+#: (its own context, so its own renderer) every 25 checks bounds it at about 120 MB, for the cost of
+#: one new context (tens of ms) per 25 checks.
+PAGE_CHECKS = 25
 
 
 class RenderError(Exception):
@@ -123,7 +129,7 @@ class Renderer:
         executable: str | None = None,
         pages: int = 4,
         recycle_after: int = 500,
-        memory_limit: int = 768 * 2**20,
+        memory_limit: int = 1024 * 2**20,
         timeout: float = 30.0,
     ) -> None:
         self.fetcher = fetcher
@@ -141,6 +147,7 @@ class Renderer:
         self._lock: asyncio.Lock | None = None
         self._refused: dict[int, FetchError] = {}  # by id(page): why its own document could not be fetched
         self._sessions: dict[int, CDPSession] = {}  # by id(page): its DevTools session, to clear storage
+        self._checks: dict[int, int] = {}  # by id(page): checks it has served (see PAGE_CHECKS)
         self._measured = 0.0  # when the browser's memory was last read (monotonic seconds)
 
     @classmethod
@@ -296,7 +303,13 @@ class Renderer:
         return page
 
     async def _give_back(self, page: Page) -> None:
-        """Clear what the last site left (cookies, storage) and put the page back for the next check."""
+        """Clear what the last site left (cookies, storage) and put the page back for the next check; after
+        ``PAGE_CHECKS`` checks, a new page instead."""
+        self._checks[id(page)] = self._checks.get(id(page), 0) + 1
+        if self._checks[id(page)] >= PAGE_CHECKS:
+            await self._discard(page)
+            await self._measure()
+            return
         try:
             await page.goto("about:blank")  # the last site's scripts and timers stop here
             await page.context.clear_cookies()
@@ -318,9 +331,10 @@ class Renderer:
             BROWSER_MEMORY.set(self.memory)
 
     async def _discard(self, page: Page | None) -> None:
-        """Close a page that misbehaved and put a fresh one in its place (a new browser if need be)."""
+        """Close a page (worn, or it misbehaved) and put a fresh one in its place (a new browser if need be)."""
         if page is not None:
             self._sessions.pop(id(page), None)
+            self._checks.pop(id(page), None)
             self._refused.pop(id(page), None)
             with contextlib.suppress(Exception):
                 await page.context.close()
@@ -339,6 +353,7 @@ class Renderer:
                 await self._playwright.stop()
         self._browser = self._playwright = None
         self._sessions.clear()
+        self._checks.clear()
         self._refused.clear()
         self._measured = 0.0
         BROWSER_MEMORY.set(0)

@@ -78,6 +78,7 @@ def context(broker: JetStreamBroker, settings: Settings | None = None) -> Contex
                 Politeness(broker, settings.fetch.domain_interval),
                 llm_analyser(broker, settings.llm),
                 Renderer.configured(fetcher, settings.render),  # its browser starts on the first render
+                BodyStore.screenshots(broker),
             )
         return _context
 

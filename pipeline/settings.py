@@ -208,10 +208,10 @@ class RenderSettings(_Section):
     )
     pages: int = Field(4, ge=1, le=32, description="Pages one render process keeps and renders at once.")
     recycle_after: int = Field(
-        500, ge=1, description="Checks after which a render process replaces its browser (its memory only grows)."
+        500, ge=1, description="Checks after which a render process replaces its browser, whatever its memory."
     )
     memory_limit: int = Field(
-        768,
+        1024,
         ge=64,
         description="MiB of memory (PSS of Chromium's processes) above which a render process replaces its browser.",
     )

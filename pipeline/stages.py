@@ -61,6 +61,7 @@ class Context:
     politeness: Politeness | None = None
     llm: LLMAnalyser | None = None
     renderer: Renderer | None = None
+    screenshots: BodyStore | None = None  # rendered pages' PNGs, kept longer than bodies
 
 
 # The statements every check runs, built once: building one per call (its expressions, then its
@@ -193,7 +194,7 @@ def render(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
     from pipeline.render import RenderError
 
     _polite(ctx, job)
-    assert ctx.renderer is not None
+    assert ctx.renderer is not None and ctx.screenshots is not None
     started = time.monotonic()
     try:
         rendered = ctx.renderer.render(job["url"], wait_for=job.get("wait_for"))
@@ -206,7 +207,7 @@ def render(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
             **job,
             body=ctx.bodies.put(rendered.html),
             content_type="text/html; charset=utf-8",  # the DOM, serialised by the browser
-            screenshot=ctx.bodies.put(rendered.screenshot, inline=False),
+            screenshot=ctx.screenshots.put(rendered.screenshot, inline=False),
         )
     )
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 from standardwebhooks.webhooks import Webhook
+from typer.testing import CliRunner
 
 from pipeline.broker import JetStreamBroker
+from pipeline.cli import app
 from pipeline.render import chromium_path
 from tests.conftest import wait_for
 from tests.live import LLM_KEY, SECRET, declared, publish, spawn
@@ -45,7 +47,9 @@ def test_a_check_event_ends_as_a_signed_webhook(env, pipeline: JetStreamBroker) 
 
 
 @pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
-def test_a_price_written_by_javascript_alerts_through_the_render_stage(env, pipeline: JetStreamBroker) -> None:
+def test_a_price_written_by_javascript_alerts_through_the_render_stage(
+    env, pipeline: JetStreamBroker, tmp_path: Path
+) -> None:
     with Site() as shop, Site() as receiver:
         shop.routes["/lamp"] = Page(LATE_PRICE, headers={"Content-Type": "text/html"})
         check = {"url": shop.url("/lamp"), "selector": ".price", "rule": "price < 100", "notify": [receiver.url("/h")]}
@@ -54,7 +58,12 @@ def test_a_price_written_by_javascript_alerts_through_the_render_stage(env, pipe
         assert wait_for(lambda: len(receiver.posts) == 1, 90), "no webhook arrived"
         payload = json.loads(receiver.posts[0][2])
         assert payload["data"]["summary"] == "price is 42, < 100"
-        assert payload["data"]["screenshot"].startswith("sha256:")  # the page as the browser showed it, kept
+        key = payload["data"]["screenshot"]  # the page as the browser showed it, kept: fetched by its key
+        saved = CliRunner().invoke(app, ["screenshot", key, "--output", str(tmp_path / "lamp.png")])
+        assert saved.exit_code == 0, saved.output
+        assert (tmp_path / "lamp.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        gone = CliRunner().invoke(app, ["screenshot", "sha256:" + "0" * 64])
+        assert gone.exit_code == 1 and "no screenshot sha256:000" in gone.output
         pipeline.join("fetch", timeout=30_000)
         pipeline.join("analyse", timeout=30_000)
         assert len(receiver.posts) == 1

@@ -6,6 +6,7 @@ Every kind of request a page can make is aimed at a receiver on 127.0.0.2, which
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,9 +15,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from prometheus_client import REGISTRY
 
+from pipeline import render
 from pipeline.content import extract
 from pipeline.fetcher import Fetcher, FetchError
 from pipeline.netguard import AddressPolicy
@@ -233,6 +236,35 @@ def test_a_recycle_waits_for_the_checks_in_flight(site: Site) -> None:
         first.join(20)
         assert [b"42 EUR" in r if isinstance(r, bytes) else r for r in results] == [True, True]
         assert renderer.launches == 2
+    finally:
+        renderer.close()
+        fetcher.close()
+
+
+def renderers_under(pid: int) -> set[int]:
+    """Chromium's renderer processes (one or more per page) under ``pid``."""
+    found = set()
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "--type=renderer" in child.cmdline():
+                found.add(child.pid)
+    return found
+
+
+def test_a_worn_page_is_replaced_and_its_renderer_process_ends(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render, "PAGE_CHECKS", 3)  # each renderer process grows with every page it shows
+    site.routes["/lamp"] = Page(LATE_PRICE, headers={"Content-Type": "text/html"})
+    fetcher = Fetcher(AddressPolicy.from_entries(["127.0.0.1"]), timeout=5)
+    renderer = Renderer(fetcher, pages=1, timeout=15)
+    try:
+        renderer.render(site.url("/lamp"), wait_for=".price.loaded")
+        first = renderers_under(os.getpid())
+        assert first
+        for _ in range(2):  # the page's third check: then it is closed and a new one takes its place
+            renderer.render(site.url("/lamp"), wait_for=".price.loaded")
+        assert wait_for(lambda: not first & renderers_under(os.getpid()), 10), "the worn page's renderer lives on"
+        rendered = renderer.render(site.url("/lamp"), wait_for=".price.loaded")
+        assert b"42 EUR" in rendered.html and renderer.launches == 1  # a new page, not a new browser
     finally:
         renderer.close()
         fetcher.close()

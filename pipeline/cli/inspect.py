@@ -1,14 +1,17 @@
-"""``pipeline status``, ``lag`` and ``alerts``: what a running pipeline is doing, and what it has said."""
+"""``pipeline status``, ``lag``, ``alerts``, ``screenshot``: what a running pipeline is doing, and what it said."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import typer
 
 from pipeline import redact
-from pipeline.cli.common import JSON_OPTION, connected_broker, echo_json, engine, settings, table
+from pipeline.cli.common import JSON_OPTION, CommandError, connected_broker, echo_json, engine, settings, table
 
 
 def status(as_json: bool = JSON_OPTION) -> None:
@@ -86,3 +89,30 @@ def alerts(limit: int = typer.Option(20, min=1, help="How many, newest first."),
         table(["AT", "STATUS", "SOURCE", "SUMMARY", "TARGET"], ([*row.values()] for row in rows))
         if not rows:
             typer.echo("no alerts yet", err=True)
+
+
+def screenshot(
+    key: str = typer.Argument(..., help="Its key, as an alert (data.screenshot) or `monitor show` names it."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Where to write the PNG; `-` for stdout."),
+) -> None:
+    """Save a rendered page's screenshot (PNG), kept a week after the check that took it."""
+    from pipeline.bodies import SCREENSHOT_TTL, BodyStore
+
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", key):
+        raise CommandError(f"{key!r} is not a screenshot key (sha256:<64 hex digits>)", 2)
+    broker = connected_broker()
+    try:
+        png = BodyStore.screenshots(broker).get(key)
+    except KeyError:
+        kept = f"{SCREENSHOT_TTL / 86400:g} days"
+        raise CommandError(f"no screenshot {key}: never taken here, or older than {kept}", 1) from None
+    except ValueError as e:
+        raise CommandError(str(e), 1) from None
+    finally:
+        broker.close()
+    if output is not None and str(output) == "-":
+        sys.stdout.buffer.write(png)
+        return
+    path = output or Path(f"screenshot-{key[7:19]}.png")
+    path.write_bytes(png)
+    typer.echo(f"wrote {path} ({len(png):,} bytes)")
