@@ -121,9 +121,13 @@ def test_an_attempt_cut_short_by_a_crash_is_recorded_as_unknown(env, pipeline: J
 
         pipeline.enqueue(dramatiq.Message(queue_name="alert", actor_name="alert", args=(job,), kwargs={}, options={}))
         assert wait_for(lambda: len(receiver.posts) == 1, 30)
-        session.expire_all()
-        history = [(d.attempt, d.ok, d.error) for d in session.exec(select(Delivery).order_by(Delivery.attempt))]
-    assert history == [(1, False, stages.UNKNOWN_OUTCOME), (2, True, "")]
+
+        def history() -> list[tuple[int, bool, str]]:  # the POST arrives before the stage records it
+            session.expire_all()
+            return [(d.attempt, d.ok, d.error) for d in session.exec(select(Delivery).order_by(Delivery.attempt))]
+
+        wait_for(lambda: len(history()) >= 2, 30)
+    assert history() == [(1, False, stages.UNKNOWN_OUTCOME), (2, True, "")]
     assert stages.CLAIM_LEASE.total_seconds() <= 30
 
 
