@@ -11,6 +11,7 @@ work lives in :mod:`pipeline.stages`; metrics: :mod:`pipeline.observability`.
 import os
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 from dramatiq.middleware.prometheus import DB_PATH
 
 # Our metrics go where Dramatiq's go (``dramatiq_prom_db``), in every worker process:
@@ -26,6 +27,7 @@ redact.install()  # Dramatiq logs failed messages with their arguments: no URL s
 settings = current()
 broker = JetStreamBroker(settings.nats.url, prefix=settings.prefix)
 broker.add_middleware(WorkerMetrics())
+broker.add_middleware(CurrentMessage())  # a message put back to wait (actors.stages._later) keeps its retries
 dramatiq.set_broker(broker)
 
 from actors import stages  # noqa: E402, F401 - declares the stage actors on the broker

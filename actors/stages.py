@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
 from pipeline import stages
 from pipeline.content import ExtractError
@@ -44,6 +45,20 @@ def _next(actor: dramatiq.Actor) -> stages.Send:
     return send
 
 
+def _later(actor: dramatiq.Actor, job: CheckJob | AnalyseJob, seconds: float) -> None:
+    """Put the message being processed back, due in ``seconds``, without using up a retry.
+
+    The same message goes back (its id, its retry count): a new one sent instead would start its
+    retries over, and a check that fails every time on a busy host would never reach the dead letters.
+    """
+    message = CurrentMessage.get_current_message()
+    delay = math.ceil(seconds * 1000)
+    if message is None:  # called outside a worker (a test calling the actor directly)
+        actor.send_with_options(args=(job,), delay=delay)
+    else:
+        actor.broker.enqueue(message.copy(), delay=delay)
+
+
 def _retry(reason: str, after: float | None) -> dramatiq.Retry:
     """A Dramatiq retry after the server's delay, or with the actor's backoff when it gave none."""
     return dramatiq.Retry(reason, delay=None if after is None else math.ceil(after * 1000))
@@ -58,7 +73,7 @@ def fetch(job: CheckJob) -> None:
     try:
         stages.fetch(_context(), job, _next(scrape))
     except stages.NotYetError as e:  # politeness: come back later, without using up a retry
-        fetch.send_with_options(args=(job,), delay=math.ceil(e.after * 1000))
+        _later(fetch, job, e.after)
     except FetchError as e:
         if not e.transient:
             raise  # one of PERMANENT: dead-lettered now, with the reason
@@ -72,7 +87,7 @@ def render(job: CheckJob) -> None:
     try:
         stages.render(_context(), job, _next(scrape))
     except stages.NotYetError as e:  # politeness, as for fetch
-        render.send_with_options(args=(job,), delay=math.ceil(e.after * 1000))
+        _later(render, job, e.after)
     except FetchError as e:
         if not e.transient:
             raise
@@ -101,7 +116,7 @@ def analyse(job: AnalyseJob) -> None:
     try:
         stages.analyse(_context(), job, _next(alert))
     except RateLimitedError as e:  # the shared LLM quota is busy: wait in the queue, not in a thread
-        analyse.send_with_options(args=(job,), delay=math.ceil(e.wait * 1000))
+        _later(analyse, job, e.wait)
     except LLMUnavailableError as e:  # 429s, 5xx: a retry, after the delay the server asked for, else backoff
         raise _retry(str(e), e.after) from None
 

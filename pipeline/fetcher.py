@@ -41,7 +41,7 @@ from pipeline.failures import is_transient_status, parse_retry_after
 from pipeline.netguard import AddressPolicy, BlockedAddressError
 from pipeline.redact import redact_url
 
-USER_AGENT = "nats-ai-pipeline/0.1 (+https://github.com/; monitoring)"
+USER_AGENT = "nats-ai-pipeline/0.1 (website monitoring)"
 #: Connections one process keeps open at most (its threads bound the requests in flight first).
 MAX_CONNECTIONS = 1000
 

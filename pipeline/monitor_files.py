@@ -2,7 +2,8 @@
 
 Each format carries the fields of ``pipeline monitor add``: ``url`` (required),
 ``name``, ``selector``, ``rule``, ``question``, ``every`` (seconds, at least
-30) and ``notify`` (targets: a list in JSON, whitespace-separated in CSV).
+30), ``notify`` (targets: a list in JSON, whitespace-separated in CSV), ``fetch``
+(``http`` or ``browser``) and ``wait_for`` (with ``browser``: a CSS selector).
 
 - **CSV** (RFC 4180, read by Python's ``csv``): a header row naming the columns,
   in any order; unknown columns are an error of the file, not of each row.
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 from pipeline import redact
 from pipeline.events import CheckEvent, first_error
 
-FIELDS = ("url", "name", "selector", "rule", "question", "every", "notify")
+FIELDS = ("url", "name", "selector", "rule", "question", "every", "notify", "fetch", "wait_for")
 Format = Literal["csv", "jsonl", "urls"]
 
 #: The shortest interval a monitor may have, as ``monitor add`` enforces.
@@ -51,6 +52,8 @@ class Row:
     question: str | None
     interval_seconds: int
     notify: list[str]
+    fetch: str = "http"
+    wait_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,12 @@ def _checked(line: int, fields: dict[str, Any]) -> Row | BadRow:
     try:  # the same checks as an event's and `monitor add`'s: URL, selector and rule syntax, targets
         event = CheckEvent.model_validate(
             {"url": fields.get("url"), "selector": fields.get("selector"), "rule": fields.get("rule"),
-             "question": fields.get("question"), "notify": notify}
+             "question": fields.get("question"), "notify": notify, "fetch": fields.get("fetch") or "http",
+             "wait_for": fields.get("wait_for")}
         )  # fmt: skip
     except ValidationError as e:
         return BadRow(line, first_error(e))
     url = str(fields["url"]).strip()  # as given, as `monitor add` stores it
     name = str(fields.get("name") or redact.display_url(url))[:200]
-    return Row(line, url, name, event.selector, event.rule, event.question, every, list(event.notify))
+    return Row(line, url, name, event.selector, event.rule, event.question, every, list(event.notify), event.fetch,
+               event.wait_for)  # fmt: skip

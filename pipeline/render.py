@@ -178,7 +178,8 @@ class Renderer:
             reusable = True
             return rendered
         except TimeoutError:
-            waited = f"{wait_for!r} did not appear" if wait_for else "the page's network did not go idle"
+            self._raise_if_refused(page)  # it went somewhere refused, and what was waited for never came
+            waited = f"{wait_for!r} did not appear" if wait_for else "the page did not finish loading and go quiet"
             raise RenderError(f"{waited} within {self.timeout:g}s", transient=True) from None
         except FetchError:  # the page itself could not be fetched: fetch's own reason and verdict
             reusable = True
@@ -211,20 +212,33 @@ class Renderer:
                 raise
         else:
             await page.wait_for_load_state("networkidle")
+        self._raise_if_refused(page)  # a script or <meta refresh> sent it where the policy refuses
         html = (await page.content()).encode()
         screenshot = await page.screenshot(type="png")
         return Rendered(html, screenshot, response.status)
 
+    def _raise_if_refused(self, page: Page) -> None:
+        """Raise the reason the page's own document was refused, if it was: Chromium would show its error
+        page instead, and that page must never be read as the watched one."""
+        failure = self._refused.pop(id(page), None)
+        if failure is not None:
+            raise failure
+
     async def _serve(self, route: Route) -> None:
         """Every request the page makes: fetched here under the policy, or refused."""
         request = route.request
+        document = request.is_navigation_request() and request.frame == request.frame.page.main_frame
         if request.method not in ("GET", "HEAD"):
+            if document:  # a form the page submits: the document would become whatever the POST answers
+                self._refused[id(request.frame.page)] = FetchError(
+                    f"the page submits a form ({request.method}): only GET and HEAD are fetched", "blocked"
+                )
             await route.abort("accessdenied")
             return
         try:
             result = await self.fetcher.get(request.url)
         except FetchError as e:
-            if request.is_navigation_request() and request.frame == request.frame.page.main_frame:
+            if document:
                 self._refused[id(request.frame.page)] = e
             await route.abort("blockedbyclient" if e.kind == "blocked" else "failed")
             return

@@ -391,3 +391,44 @@ def test_monitor_import_refuses_a_file_it_cannot_read_and_stores_nothing(tmp_pat
     code, out = run("monitor", "import", str(tmp_path / "missing.csv"))
     assert code == 2 and "cannot read" in out
     assert json.loads(runner.invoke(app, ["monitor", "list", "--json"]).stdout) == []
+
+
+def test_browser_checks_take_wait_for_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out = run("monitor", "add", "https://shop.example/lamp", "--selector", ".price", "--browser",
+                    "--wait-for", ".price.loaded")  # fmt: skip
+    assert (code, out.strip()) == (0, "1")
+    code, out = run("monitor", "show", "1", "--json")
+    shown = json.loads(out)
+    assert (shown["fetch"], shown["wait_for"]) == ("browser", ".price.loaded")
+    code, out = run("monitor", "add", "https://shop.example/lamp", "--wait-for", ".price.loaded")
+    assert code == 2 and "--wait-for needs --browser" in out
+    code, out = run("check", "https://shop.example/lamp", "--wait-for", ".price.loaded")
+    assert code == 2 and "--wait-for needs --browser" in out
+    (tmp_path / "lamps.jsonl").write_text(
+        '{"url": "https://shop.example/a", "fetch": "browser", "wait_for": ".price"}\n'
+        '{"url": "https://shop.example/b", "wait_for": ".price"}\n'
+    )
+    code, out = run("monitor", "import", str(tmp_path / "lamps.jsonl"))
+    assert code == 2 and "line 2: " in out and "wait_for needs" in out
+    imported = json.loads(run("monitor", "show", "2", "--json")[1])
+    assert (imported["fetch"], imported["wait_for"]) == ("browser", ".price")
+
+
+@pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="Debian's chromium is not installed")
+def test_check_renders_a_page_written_by_javascript(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.site import Page, Site
+    from tests.test_render import LATE_PRICE
+
+    monkeypatch.setenv("PIPELINE_FETCH_ALLOW_HOSTS", "127.0.0.1")
+    with Site() as site:
+        site.routes["/lamp"] = Page(LATE_PRICE, headers={"Content-Type": "text/html"})
+        code, out = run("check", site.url("/lamp"), "--selector", ".price", "--rule", "price < 100", "--browser",
+                        "--wait-for", ".price.loaded", "--json")  # fmt: skip
+        assert code == 0, out
+        assert (json.loads(out)["text"], json.loads(out)["status"]) == ("Price: 42 EUR", 200)
+        assert "loading..." in run("check", site.url("/lamp"), "--selector", ".price")[1]  # HTTP: no script ran
+
+
+def test_screenshot_refuses_bad_keys_and_paths_with_one_line(tmp_path: Path) -> None:
+    code, out = run("screenshot", "sha256:" + "a" * 5000)
+    assert code == 2 and "is not a screenshot key" in out and len(out) < 300

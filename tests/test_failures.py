@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from pipeline.broker import JetStreamBroker
 from pipeline.cli import app
 from pipeline.db import make_engine
+from pipeline.deadletters import list_dead
 from pipeline.models import Alert, Delivery
 from pipeline.names import events_stream
 from tests.conftest import children, wait_for
@@ -32,6 +33,28 @@ def no_politeness(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[
     env["PIPELINE_FETCH_DOMAIN_INTERVAL"] = "0"
     monkeypatch.setenv("PIPELINE_FETCH_DOMAIN_INTERVAL", "0")
     return env
+
+
+@pytest.fixture
+def busy_host(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Two seconds between fetches from one host (set before the workers start): every retry after a
+    one-second Retry-After finds the host busy and is put back to wait."""
+    env["PIPELINE_FETCH_DOMAIN_INTERVAL"] = "2"
+    monkeypatch.setenv("PIPELINE_FETCH_DOMAIN_INTERVAL", "2")
+    return env
+
+
+def test_waiting_for_a_busy_host_does_not_start_the_retries_over(busy_host, pipeline: JetStreamBroker) -> None:
+    """A page that always answers 503 on a host politeness holds back: its retries run out (1 + 5 tries)
+    and it is dead-lettered with the reason, instead of being retried for ever."""
+    with Site() as shop:
+        shop.routes["/down"] = lambda _handler: Page(b"maintenance", 503, {"Retry-After": "1"})
+        publish(busy_host, "check", {"url": shop.url("/down")})
+        assert wait_for(lambda: any(d.queue == "fetch" for d in list_dead(pipeline)), 90), shop.requests
+        [dead] = [d for d in list_dead(pipeline) if d.queue == "fetch"]
+        assert "503" in dead.reason
+        time.sleep(4)  # a message started over would be fetched again by now
+        assert [path for path, _ in shop.requests].count("/down") == 6
 
 
 def test_a_page_that_answers_502_once_is_retried_and_alerts(env, pipeline: JetStreamBroker) -> None:

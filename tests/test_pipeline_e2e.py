@@ -62,6 +62,8 @@ def test_a_price_written_by_javascript_alerts_through_the_render_stage(
         saved = CliRunner().invoke(app, ["screenshot", key, "--output", str(tmp_path / "lamp.png")])
         assert saved.exit_code == 0, saved.output
         assert (tmp_path / "lamp.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        into_a_directory = CliRunner().invoke(app, ["screenshot", key, "-o", str(tmp_path)])
+        assert into_a_directory.exit_code == 2 and "cannot write" in into_a_directory.output
         gone = CliRunner().invoke(app, ["screenshot", "sha256:" + "0" * 64])
         assert gone.exit_code == 1 and "no screenshot sha256:000" in gone.output
         pipeline.join("fetch", timeout=30_000)

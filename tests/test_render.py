@@ -170,6 +170,30 @@ def test_a_page_that_redirects_to_a_refused_address_is_refused(
     assert receiver.seen == []
 
 
+@pytest.mark.parametrize(
+    "how",
+    [
+        "<script>location.href = '{target}';</script>",
+        "<meta http-equiv='refresh' content='0; url={target}'>",
+        "<script>setTimeout(() => {{ location.href = '{target}'; }}, 200);</script>",
+        "<form method='post' action='{allowed}'></form><script>document.forms[0].submit();</script>",
+    ],
+    ids=["script", "meta-refresh", "script-after-load", "form-post"],
+)
+def test_a_page_that_sends_itself_somewhere_refused_fails_with_the_reason(
+    site: Site, renderer: Renderer, receiver: Receiver, how: str
+) -> None:
+    """Chromium shows its own error page when a navigation is refused: that page must never be read as
+    the watched one (it would be a change, and an alert)."""
+    target = f"http://127.0.0.2:{receiver.port}/landing"
+    body = f"<html><body><p class='price'>42</p>{how.format(target=target, allowed=site.url('/form'))}</body></html>"
+    site.routes["/away"] = Page(body.encode(), headers={"Content-Type": "text/html"})
+    with pytest.raises(FetchError, match=r"non-public address 127\.0\.0\.2|submits a form \(POST\)"):
+        renderer.render(site.url("/away"))
+    assert receiver.seen == []
+    assert "/form" not in [path for path, _ in site.requests]
+
+
 def test_a_killed_browser_is_replaced(site: Site, renderer: Renderer) -> None:
     site.routes["/lamp"] = Page(LATE_PRICE, headers={"Content-Type": "text/html"})
     renderer.render(site.url("/lamp"), wait_for=".price.loaded")

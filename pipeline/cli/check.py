@@ -36,13 +36,13 @@ def check(
     from pipeline.netguard import AddressPolicy
     from pipeline.rules import RuleError, parse_rule
 
-    try:  # the same checks as an event's: a bad selector or rule is bad input (2), not a bad page (1)
-        CheckEvent.model_validate({"url": url, "selector": selector, "rule": rule, "question": question,
-                                   "wait_for": wait_for})  # fmt: skip
-    except ValidationError as e:
-        bad_input(first_error(e))
     if wait_for and not browser:
         bad_input("--wait-for needs --browser: only a browser runs the page's scripts")
+    try:  # the same checks as an event's: a bad selector or rule is bad input (2), not a bad page (1)
+        CheckEvent.model_validate({"url": url, "selector": selector, "rule": rule, "question": question,
+                                   "fetch": "browser" if browser else "http", "wait_for": wait_for})  # fmt: skip
+    except ValidationError as e:
+        bad_input(first_error(e))
     parsed = parse_rule(rule)
     fetcher = Fetcher(AddressPolicy.from_entries(settings().fetch.allow_hosts))
     try:
@@ -56,10 +56,10 @@ def check(
                 (fail if e.transient else bad_input)(str(e))
             finally:
                 renderer.close()
-            extracted = extract(rendered.html, "text/html; charset=utf-8", selector)
+            extracted, status = extract(rendered.html, "text/html; charset=utf-8", selector), rendered.status
         else:
             result = fetcher.fetch(url)
-            extracted = extract(result.body, result.content_type, selector)
+            extracted, status = extract(result.body, result.content_type, selector), result.status
     except (FetchError, ExtractError) as e:
         fail(str(e))
     finally:
@@ -75,7 +75,7 @@ def check(
     if as_json:
         echo_json({"text": text, "kind": extracted.kind.value, "encoding": extracted.encoding, "note": extracted.note,
                    "relevant": verdict.relevant, "summary": verdict.summary, "evidence": list(verdict.evidence),
-                   "status": result.status})  # fmt: skip
+                   "status": status})  # fmt: skip
     else:
         shown = text[:2000] + ("\n…" if len(text) > 2000 else "")
         typer.echo(_CONTROL.sub("\ufffd", shown))  # a page's escape sequences never reach the terminal

@@ -93,13 +93,19 @@ def alerts(limit: int = typer.Option(20, min=1, help="How many, newest first."),
 
 def screenshot(
     key: str = typer.Argument(..., help="Its key, as an alert (data.screenshot) or `monitor show` names it."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Where to write the PNG; `-` for stdout."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Where to write the PNG; `-` for stdout [default: ./screenshot-<key's first 12>.png].",
+    ),
 ) -> None:
     """Save a rendered page's screenshot (PNG), kept a week after the check that took it."""
     from pipeline.bodies import SCREENSHOT_TTL, BodyStore
 
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", key):
-        raise CommandError(f"{key!r} is not a screenshot key (sha256:<64 hex digits>)", 2)
+        shown = key if len(key) <= 80 else key[:77] + "..."
+        raise CommandError(f"{shown!r} is not a screenshot key (sha256:<64 hex digits>)", 2)
     broker = connected_broker()
     try:
         png = BodyStore.screenshots(broker).get(key)
@@ -114,5 +120,8 @@ def screenshot(
         sys.stdout.buffer.write(png)
         return
     path = output or Path(f"screenshot-{key[7:19]}.png")
-    path.write_bytes(png)
+    try:
+        path.write_bytes(png)
+    except OSError as e:  # a directory, a missing parent, no permission: the user's to mend
+        raise CommandError(f"cannot write {path}: {e.strerror}", 2) from None
     typer.echo(f"wrote {path} ({len(png):,} bytes)")

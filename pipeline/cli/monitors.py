@@ -36,18 +36,18 @@ def add(
     from pipeline.events import CheckEvent, first_error
     from pipeline.models import Monitor
 
+    if wait_for and not browser:
+        bad_input("--wait-for needs --browser: only a browser runs the page's scripts")
+    fetch = "browser" if browser else "http"
     try:  # the same checks as an event's: URL, selector and rule syntax, targets
         CheckEvent.model_validate({"url": url, "selector": selector, "rule": rule, "question": question,
-                                   "notify": notify, "wait_for": wait_for})  # fmt: skip
+                                   "notify": notify, "fetch": fetch, "wait_for": wait_for})  # fmt: skip
     except ValidationError as e:
         bad_input(first_error(e))
     if every < 30:
         bad_input("--every must be at least 30 seconds")
-    if wait_for and not browser:
-        bad_input("--wait-for needs --browser: only a browser runs the page's scripts")
     monitor = Monitor(name=name or redact.display_url(url), url=url, selector=selector, rule=rule, question=question,
-                      interval_seconds=every, notify=list(notify), fetch="browser" if browser else "http",
-                      wait_for=wait_for)  # fmt: skip
+                      interval_seconds=every, notify=list(notify), fetch=fetch, wait_for=wait_for)  # fmt: skip
     typer.echo(queries.add_monitor(engine(), monitor))
 
 
@@ -177,7 +177,7 @@ def import_(
             (rows if isinstance(row, Row) else bad).append(row)  # type: ignore[arg-type]
     except MonitorFileError as e:
         bad_input(f"{file}: {e}")
-    columns = ("url", "name", "selector", "rule", "question", "interval_seconds", "notify")
+    columns = ("url", "name", "selector", "rule", "question", "interval_seconds", "notify", "fetch", "wait_for")
     count, first, last = queries.add_monitors(engine(), ({c: getattr(r, c) for c in columns} for r in rows))
     seconds = time.monotonic() - started
     if as_json:
