@@ -33,7 +33,7 @@ import nats.errors
 import nats.js.errors
 from dramatiq.broker import Broker, Consumer
 from dramatiq.common import current_millis, dq_name, q_name
-from dramatiq.errors import ConnectionClosed, QueueJoinTimeout, QueueNotFound
+from dramatiq.errors import ConnectionClosed, QueueJoinTimeout, QueueNotFound, Retry
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 from nats.aio.client import Client as NatsClient
@@ -94,8 +94,12 @@ TRUNCATED_DEAD_LETTER_BYTES = 64 * 1024
 
 
 def describe_exception(exc: BaseException | None) -> str:
+    """A dead letter's reason: the exception's type and message; for a transient failure whose retries ran
+    out (raised as ``dramatiq.Retry``): its message."""
     if exc is None:
         return "failed (no exception recorded)"
+    if isinstance(exc, Retry):
+        return f"retries ran out: {exc}"[:1000]
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
