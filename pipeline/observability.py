@@ -55,3 +55,27 @@ def forget_dead_processes(directory: str | Path) -> None:
             multiprocess.mark_process_dead(int(pid), str(directory))
         except PermissionError:  # alive, another user's
             pass
+
+
+def stage_results(directory: str | Path) -> dict[str, tuple[float, float]]:
+    """Per stage, what its live and past worker processes counted in ``pipeline_checks_total``:
+    (results of every outcome, of which errors), since each process started.
+
+    Every stage counts each message it finishes (a check handed on counts as much as one that
+    ends), unlike the ``checks`` table, which holds a check's end only.  A process marked dead
+    (:func:`forget_dead_processes`) keeps its counters: totals never go down while ``up`` runs.
+    """
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, str(directory))
+    results: dict[str, tuple[float, float]] = {}
+    for family in registry.collect():
+        if family.name != "pipeline_checks":
+            continue
+        for sample in family.samples:
+            if sample.name == "pipeline_checks_total":
+                stage, outcome = sample.labels["stage"], sample.labels["outcome"]
+                total, errors = results.get(stage, (0.0, 0.0))
+                results[stage] = (total + sample.value, errors + (sample.value if outcome == "error" else 0.0))
+    return results

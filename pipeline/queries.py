@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, update
@@ -141,21 +141,3 @@ def recent_alerts(engine: Engine, limit: int) -> Sequence[Any]:
     with Session(engine) as session:
         query = select(Alert, Finding).join(Finding).order_by(col(Alert.created_at).desc()).limit(limit)
         return session.exec(query).all()
-
-
-def recent_checks(engine: Engine, seconds: float) -> tuple[dict[str, int], dict[str, int]]:
-    """Per stage: checks finished, and how many of them failed, in the last ``seconds``."""
-    since = datetime.now(UTC) - timedelta(seconds=seconds)
-    with Session(engine) as session:
-        rows = session.exec(
-            select(Check.stage, Check.outcome, func.count())
-            .where(col(Check.started_at) >= since)
-            .group_by(col(Check.stage), col(Check.outcome))
-        ).all()
-    done: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    for stage, outcome, count in rows:
-        done[stage] = done.get(stage, 0) + count
-        if outcome == "error":
-            errors[stage] = errors.get(stage, 0) + count
-    return done, errors

@@ -47,6 +47,7 @@ class Supervisor:
     def __init__(self, settings: Settings, metrics_dir: str) -> None:
         self.settings = settings
         self.metrics_dir = metrics_dir
+        self._results: dict[str, tuple[float, float]] = {}  # stage_results at the last status()
         self.home = settings.home
         self.broker: Any = None
         self.pools: dict[str, Any] = {}
@@ -157,21 +158,25 @@ class Supervisor:
         scheduler.start()
         self._stack.callback(scheduler.stop)
 
-    def status(self, engine: Any, seconds: float) -> list[StageStatus]:
-        """Each pool's stage, in flow order: lag, checks done and failed in the last ``seconds``, replicas."""
-        from pipeline import queries
-        from pipeline.observability import forget_dead_processes
+    def status(self) -> list[StageStatus]:
+        """Each pool's stage, in flow order: lag, messages done and failed since the last call, replicas."""
+        from pipeline.observability import forget_dead_processes, stage_results
 
         forget_dead_processes(self.metrics_dir)
+        results = stage_results(self.metrics_dir) if self.metrics_dir else {}
+        before, self._results = self._results, results
         try:
             lag: dict[str, int | None] = dict(self.broker.lag(set(self.pools)))
             self.outage.ok()
         except Exception as e:  # a server restart or a leader election: say so, and carry on
             self.outage.failed(e)
             lag = {}
-        done, errors = queries.recent_checks(engine, seconds)
+
+        def since(queue: str, which: int) -> int:
+            return max(0, round(results.get(queue, (0.0, 0.0))[which] - before.get(queue, (0.0, 0.0))[which]))
+
         return [
-            StageStatus(q, lag.get(q), done.get(q, 0), errors.get(q, 0), pool.size, pool.draining)
+            StageStatus(q, lag.get(q), since(q, 0), since(q, 1), pool.size, pool.draining)
             for q, pool in self.pools.items()
         ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +46,10 @@ def test_up_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
         # The alert pool's minimum is 0: the autoscaler started it when the first alert was due.
         assert 'pipeline_worker_processes{queue="alert"} 1.0' in metrics
         assert 'pipeline_worker_processes{queue="scrape"} 2.0' in metrics  # one replica: 2 processes
+        # The status lines count what every stage did, not only where checks ended (at alert, here).
+        for stage in ("fetch", "scrape", "analyse", "alert"):
+            done = re.compile(rf"{stage}: lag \d+ done [1-9]")
+            assert wait_for(lambda done=done: any(done.search(line) for line in lines), 20), f"{stage} never showed"
     finally:
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C does
         assert up.wait(60) == 0

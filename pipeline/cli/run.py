@@ -63,7 +63,7 @@ def up(
         with view:
 
             def show_status() -> None:
-                view.update(supervisor.status(database, interval), supervisor.outage.describe())
+                view.update(supervisor.status(), supervisor.outage.describe())
 
             show_status()
             wait_until_stopped(show_status, every=interval, duration=duration)
