@@ -371,8 +371,8 @@ def test_monitor_import_takes_csv_json_lines_and_url_lists_and_reports_bad_rows_
     result = runner.invoke(app, ["monitor", "import", str(tmp_path / "more.jsonl"), "--rule", "changed", "--json"])
     report = json.loads(result.stdout)
     assert result.exit_code == 2 and report["imported"] == 1 and report["first_id"] == 3
-    assert report["bad_rows"] == [{"line": 3, "error": "unknown field 'colour' (fields: url, name, selector, rule, "
-                                   "question, every, notify)"}, {"line": 4, "error": "not a JSON object"}]  # fmt: skip
+    unknown = "unknown field 'colour' (fields: url, name, selector, rule, question, every, notify, fetch, wait_for)"
+    assert report["bad_rows"] == [{"line": 3, "error": unknown}, {"line": 4, "error": "not a JSON object"}]
 
     (tmp_path / "urls.txt").write_text("# watched\nhttps://f.example/1\n\nhttps://f.example/2\n")
     code, out = run("monitor", "import", str(tmp_path / "urls.txt"), "--every", "300", "--selector", "h1")
