@@ -213,6 +213,9 @@ class Renderer:
         else:
             await page.wait_for_load_state("networkidle")
         self._raise_if_refused(page)  # a script or <meta refresh> sent it where the policy refuses
+        if not page.url.startswith(("http://", "https://")):  # a script sent it to about:blank, say
+            raise RenderError(f"the page navigated itself to {page.url[:60]!r}, away from the watched page",
+                              transient=False)  # fmt: skip
         html = (await page.content()).encode()
         screenshot = await page.screenshot(type="png")
         return Rendered(html, screenshot, response.status)
@@ -227,7 +230,11 @@ class Renderer:
     async def _serve(self, route: Route) -> None:
         """Every request the page makes: fetched here under the policy, or refused."""
         request = route.request
-        document = request.is_navigation_request() and request.frame == request.frame.page.main_frame
+        try:
+            document = request.is_navigation_request() and request.frame == request.frame.page.main_frame
+        except Exception:  # a popup's first request: its frame does not exist yet, and a popup is never watched
+            await route.abort("blockedbyclient")
+            return
         if request.method not in ("GET", "HEAD"):
             if document:  # a form the page submits: the document would become whatever the POST answers
                 self._refused[id(request.frame.page)] = FetchError(
@@ -313,6 +320,7 @@ class Renderer:
         await context.route("**/*", self._serve)
         await context.route_web_socket("**/*", _refuse_websocket)
         page = await context.new_page()
+        page.on("popup", _close)  # window.open, target=_blank: not the watched page, and memory
         self._sessions[id(page)] = await context.new_cdp_session(page)  # kept: a session per check costs more
         return page
 
@@ -371,6 +379,11 @@ class Renderer:
         self._refused.clear()
         self._measured = 0.0
         BROWSER_MEMORY.set(0)
+
+
+async def _close(popup: Page) -> None:
+    with contextlib.suppress(Exception):
+        await popup.close()
 
 
 async def _refuse_websocket(socket: WebSocketRoute) -> None:

@@ -194,6 +194,27 @@ def test_a_page_that_sends_itself_somewhere_refused_fails_with_the_reason(
     assert "/form" not in [path for path, _ in site.requests]
 
 
+def test_a_page_that_leaves_for_about_blank_is_not_read_as_the_page(site: Site, renderer: Renderer) -> None:
+    site.routes["/blank"] = Page(b"<p class='price'>42</p><script>location.href = 'about:blank';</script>",
+                                 headers={"Content-Type": "text/html"})  # fmt: skip
+    with pytest.raises(RenderError, match="navigated itself to 'about:blank'") as raised:
+        renderer.render(site.url("/blank"))
+    assert not raised.value.transient
+
+
+def test_popups_are_closed_and_the_page_is_read(site: Site, renderer: Renderer, receiver: Receiver) -> None:
+    site.routes["/ad"] = Page(b"<p>an advert</p>", headers={"Content-Type": "text/html"})
+    opener = (f"<script>window.open('{site.url('/ad')}'); window.open('http://127.0.0.2:{receiver.port}/pop');"
+              "</script><a id='a' target='_blank' href='/ad'>ad</a><script>document.getElementById('a').click();"
+              "</script>")  # fmt: skip
+    site.routes["/shop"] = Page((LATE_PRICE.decode() + opener).encode(), headers={"Content-Type": "text/html"})
+    for _ in range(2):  # as often as a page's adverts open them, whatever the timing
+        rendered = renderer.render(site.url("/shop"), wait_for=".price.loaded")
+        assert b"42 EUR" in rendered.html
+    assert receiver.seen == []
+    assert renderer.launches == 1
+
+
 def test_a_killed_browser_is_replaced(site: Site, renderer: Renderer) -> None:
     site.routes["/lamp"] = Page(LATE_PRICE, headers={"Content-Type": "text/html"})
     renderer.render(site.url("/lamp"), wait_for=".price.loaded")
