@@ -54,7 +54,7 @@ def test_up_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C does
         assert up.wait(60) == 0
     reader.join(5)
-    assert any("Stopping" in line for line in lines)
+    assert any("Stopping" in line for line in lines) and "Stopped" in lines[-1]
     # The demo kept to itself: a plain `pipeline` in the same directory sees none of its monitors or alerts.
     assert (tmp_path / ".pipeline" / "demo" / "pipeline.db").exists()
     plain = {**env, "PIPELINE_METRICS_PORT": "0"}

@@ -68,6 +68,7 @@ def up(
             show_status()
             wait_until_stopped(show_status, every=interval, duration=duration)
         typer.echo("Stopping: workers finish or return their messages...")
+    typer.echo("Stopped: every worker has ended.")  # the supervisor's exit waited for each
 
 
 def autoscale(
