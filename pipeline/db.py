@@ -8,11 +8,16 @@ start-up, so a fresh machine needs no separate step.
 from __future__ import annotations
 
 import fcntl
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import create_engine
 
@@ -20,6 +25,40 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class _SQLiteWriters:
+    """The turn to write to one SQLite database: a lock among this process's threads, then a
+    lock file (``<database>.write-lock``, ``flock``) among processes, whose waiters the kernel
+    wakes the moment it is free.  The file is opened anew in each process: a descriptor
+    inherited across ``fork`` shares its lock with the parent."""
+
+    def __init__(self, database: str | None) -> None:
+        self.path = f"{database}.write-lock" if database and database != ":memory:" else None
+        self.threads = threading.Lock()
+        self._file: tuple[int, int] | None = None  # (pid, descriptor)
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        with self.threads:
+            if self.path is None:
+                yield
+                return
+            descriptor = self._descriptor()
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
+
+    def _descriptor(self) -> int:
+        assert self.path is not None
+        if self._file is None or self._file[0] != os.getpid():
+            self._file = (os.getpid(), os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        return self._file[1]
+
+
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, _SQLiteWriters] = weakref.WeakKeyDictionary()
 
 
 def make_engine(url: str) -> Engine:
@@ -30,7 +69,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # A pool as large as a busy worker's threads: each connection made anew costs a connect and its pragmas.
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=32, max_overflow=96
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=160, max_overflow=96
         )
 
         @event.listens_for(engine, "connect")
@@ -41,8 +80,29 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
+        _SQLITE_WRITERS[engine] = _SQLiteWriters(engine.url.database)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()`` for a transaction that writes: committed on leaving, rolled back on an error.
+
+    SQLite takes one writer at a time, and a connection that finds the write lock taken
+    sleeps in SQLite's busy handler (1, 2, 5 ... 100 ms between tries), not until the lock
+    is free: a fetch worker's 128 threads each committing its check's row spent more time
+    asleep there than working (420 unchanged checks per second, 670 with half the rows).
+    So SQLite writers wait for their turn here (:class:`_SQLiteWriters`), woken as soon as
+    it comes.  PostgreSQL's row locks need no such help.
+    """
+    writers = _SQLITE_WRITERS.get(engine)
+    if writers is None:
+        with engine.begin() as connection:
+            yield connection
+        return
+    with writers.turn(), engine.begin() as connection:
+        yield connection
 
 
 #: The newest migration's revision: a database already there needs no Alembic at all (a test holds this

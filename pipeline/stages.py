@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -32,7 +33,9 @@ from sqlmodel import SQLModel, col, select
 
 from pipeline import metrics, webhooks
 from pipeline.bodies import BodyStore
+from pipeline.db import transaction
 from pipeline.fetcher import Fetcher, FetchError
+from pipeline.groupcommit import GroupCommit
 from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob, watched
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
 from pipeline.politeness import Politeness
@@ -62,6 +65,11 @@ class Context:
     llm: LLMAnalyser | None = None
     renderer: Renderer | None = None
     screenshots: BodyStore | None = None  # rendered pages' PNGs, kept longer than bodies
+
+    @cached_property
+    def check_rows(self) -> GroupCommit:
+        """Where a check's row goes when nothing else is written with it: many threads' rows per commit."""
+        return GroupCommit(self.engine, Check)
 
 
 # The statements every check runs, built once: building one per call (its expressions, then its
@@ -122,8 +130,7 @@ def _insert(db: Connection, table: type[SQLModel], values: dict[str, Any]) -> in
 
 
 def _record(ctx: Context, row: dict[str, Any]) -> None:
-    with ctx.engine.begin() as db:
-        db.execute(insert(Check), row)
+    ctx.check_rows.insert(row)
 
 
 def _last_seen(ctx: Context, source: str) -> tuple[str | None, str | None, str | None]:
@@ -228,7 +235,7 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
         send_analyse(AnalyseJob(**what, before_id=last.before_id, after_id=last.id))
         return
     if last is not None and last.content_hash == digest:
-        with ctx.engine.begin() as db:
+        with transaction(ctx.engine) as db:
             db.execute(insert(Check), _ended(job, "scrape", "unchanged", started))
             if job.get("input_hash") and job.get("input_hash") != last.input_hash:  # next time, fetch knows these bytes
                 db.execute(SEEN_AGAIN, {"snapshot_id": last.id, "new_hash": job["input_hash"]})
@@ -246,7 +253,7 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
         "input_hash": job.get("input_hash"),
         "screenshot": job.get("screenshot"),
     }
-    with ctx.engine.begin() as db:
+    with transaction(ctx.engine) as db:
         after_id = _insert(db, Snapshot, snapshot)
     _count("scrape", "changed")
     analyse_job = AnalyseJob(**what, before_id=before_id, after_id=after_id)
@@ -289,7 +296,7 @@ def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
         "created_at": utcnow(),
     }
     try:
-        with ctx.engine.begin() as db:
+        with transaction(ctx.engine) as db:
             finding_id = _insert(db, Finding, finding)
             if not (verdict.relevant and job.get("notify")):  # the check ends here: its row goes in with the finding
                 db.execute(insert(Check), _ended(job, "analyse", outcome, started, verdict.summary))
@@ -356,7 +363,7 @@ def alert(ctx: Context, job: AlertJob) -> None:
     deliveries.append(
         {"attempt": attempts + 1, "ok": outcome.ok, "status_code": outcome.status, "error": outcome.error}
     )
-    with ctx.engine.begin() as db:
+    with transaction(ctx.engine) as db:
         db.execute(insert(Delivery), [{**d, "alert_id": alert_id, "at": utcnow()} for d in deliveries])
         status = "sent" if outcome.ok else "failed"
         db.execute(SETTLED, {"alert_id": alert_id, "new_status": status})
@@ -383,7 +390,7 @@ def _claim(engine: Engine, finding_id: int, target: str) -> tuple[int, Claim]:
     target_hash = _target_hash(target)
     row = {"finding_id": finding_id, "target": redact_url(target), "target_hash": target_hash, "created_at": now}
     try:
-        with engine.begin() as db:
+        with transaction(engine) as db:
             alert_id = _insert(db, Alert, {**row, "status": "sending", "claimed_at": now})
         return alert_id, "new"
     except IntegrityError:  # the row exists: this is a retry or a redelivery
@@ -392,7 +399,7 @@ def _claim(engine: Engine, finding_id: int, target: str) -> tuple[int, Claim]:
         col(Alert.status).in_(("pending", "failed")),
         and_(col(Alert.status) == "sending", col(Alert.claimed_at) < now - CLAIM_LEASE),
     )
-    with engine.begin() as db:
+    with transaction(engine) as db:
         same = (Alert.finding_id == finding_id, Alert.target_hash == target_hash)
         alert_id, status = db.execute(select(Alert.id, Alert.status).where(*same)).one()
         if status == "sent":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -134,3 +137,88 @@ def test_the_known_head_is_alembics_head(db_engine: Engine) -> None:
 
     assert ScriptDirectory.from_config(alembic_config(db_engine)).get_current_head() == HEAD_REVISION
     assert _revision(db_engine) == HEAD_REVISION  # what migrate() left
+
+
+def test_rows_from_many_threads_are_committed_together(db_engine: Engine) -> None:
+    from sqlalchemy import event
+
+    from pipeline.groupcommit import GroupCommit
+    from pipeline.models import Check, utcnow
+
+    commits = []
+    event.listen(db_engine, "commit", lambda connection: commits.append(1))
+    rows = GroupCommit(db_engine, Check)
+    barrier = threading.Barrier(32)
+
+    def insert(n: int) -> None:
+        barrier.wait()  # every thread at once: the writer's turn finds others queued behind it
+        for i in range(10):
+            rows.insert({"source": f"s{n}-{i}", "stage": "fetch", "outcome": "unchanged", "detail": "",
+                         "message_id": "", "started_at": utcnow(), "seconds": 0.0})  # fmt: skip
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(insert, range(32)))
+    with db_engine.connect() as connection:
+        sources = {source for (source,) in connection.execute(text("SELECT source FROM checks"))}
+    assert sources == {f"s{n}-{i}" for n in range(32) for i in range(10)}  # each returned after its row was in
+    assert len(commits) < 320, "every row had a commit of its own"
+
+
+def test_a_row_at_fault_fails_alone(db_engine: Engine) -> None:
+    from pipeline.groupcommit import GroupCommit
+    from pipeline.models import Check, utcnow
+
+    rows = GroupCommit(db_engine, Check)
+    good = {"source": "good", "stage": "fetch", "outcome": "unchanged", "detail": "", "message_id": "",
+            "started_at": utcnow(), "seconds": 0.0}  # fmt: skip
+    rows._waiting.append(({**good, "source": "also good"}, Future()))  # queued behind the bad row's turn
+    with pytest.raises(IntegrityError):
+        rows.insert({**good, "stage": None})  # NOT NULL
+    rows.insert(good)
+    with db_engine.connect() as connection:
+        sources = sorted(source for (source,) in connection.execute(text("SELECT source FROM checks")))
+    assert sources == ["also good", "good"]
+
+
+def test_sqlite_writers_in_other_processes_wait_for_the_turn(tmp_path: Path) -> None:
+    """One process's write transaction holds the database's lock file; another's turn comes after."""
+    import fcntl
+    import multiprocessing
+
+    from pipeline.db import transaction
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'turns.db'}")
+    migrate(engine)
+    inside, leave = multiprocessing.Event(), multiprocessing.Event()
+
+    def writer() -> None:  # forked: the engine (and any lock file descriptor) came from the parent
+        with transaction(engine) as db:
+            db.execute(text("INSERT INTO checks (source, stage, outcome, detail, message_id, started_at, seconds)"
+                            " VALUES ('child', 'fetch', 'unchanged', '', '', '2026-01-01', 0)"))  # fmt: skip
+            inside.set()
+            leave.wait(30)
+
+    with transaction(engine):  # the parent opens its lock file first: a fork must not share it
+        pass
+    child = multiprocessing.get_context("fork").Process(target=writer)
+    child.start()
+    try:
+        assert inside.wait(30)
+        with open(tmp_path / "turns.db.write-lock") as lock, pytest.raises(BlockingIOError):
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        seen: list[str | None] = []
+
+        def our_turn() -> None:  # would come at once, inside the child's transaction, were the lock shared
+            with transaction(engine) as db:
+                seen.append(db.execute(text("SELECT source FROM checks")).scalar())
+
+        ours = threading.Thread(target=our_turn)
+        ours.start()
+        time.sleep(0.3)  # time for a shared lock to let our turn in early
+        leave.set()
+        ours.join(30)
+        assert seen == ["child"], "our turn came while the child's transaction was open"
+    finally:
+        leave.set()
+        child.join(30)
+    engine.dispose()

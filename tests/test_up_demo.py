@@ -38,14 +38,24 @@ def test_up_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
         assert alerts, "no alert within a minute:\n" + "".join(lines)
         assert "(signature ok)" in alerts[0]
         # Every process of `up` on one /metrics: the workers' (alerts sent) and up's own (events ingested).
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            metrics = response.read().decode()
-        assert 'pipeline_alerts_total{channel="webhook",outcome="sent"}' in metrics
-        assert 'pipeline_events_total{kind="monitor",outcome="accepted"}' in metrics
-        assert 'pipeline_queue_lag{queue="fetch"}' in metrics
-        # The alert pool's minimum is 0: the autoscaler started it when the first alert was due.
-        assert 'pipeline_worker_processes{queue="alert"} 1.0' in metrics
-        assert 'pipeline_worker_processes{queue="scrape"} 2.0' in metrics  # one replica: 2 processes
+        # The alert pool's minimum is 0: the autoscaler started it when the first alert was due; its gauge
+        # comes with the autoscaler's next reading, so the page is read until it holds everything.
+        expected = [
+            'pipeline_alerts_total{channel="webhook",outcome="sent"}',
+            'pipeline_events_total{kind="monitor",outcome="accepted"}',
+            'pipeline_queue_lag{queue="fetch"}',
+            'pipeline_worker_processes{queue="alert"} 1.0',
+            'pipeline_worker_processes{queue="scrape"} 2.0',  # one replica: 2 processes
+        ]
+        metrics = ""
+
+        def metrics_hold_everything() -> bool:
+            nonlocal metrics
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                metrics = response.read().decode()
+            return all(name in metrics for name in expected)
+
+        assert wait_for(metrics_hold_everything, 30, interval=0.5), [name for name in expected if name not in metrics]
         # The status lines count what every stage did, not only where checks ended (at alert, here).
         for stage in ("fetch", "scrape", "analyse", "alert"):
             done = re.compile(rf"{stage}: lag \d+ done [1-9]")
