@@ -163,7 +163,7 @@ def run_pipeline(pages: Pages, rounds: tuple[str, ...], timeout: float, breakdow
             if breakdown:
                 log = (home / "up.log").read_text(errors="replace").splitlines()
                 for line in [line for line in log if "replicas" in line][-8:]:
-                    print(f"    {line.strip()[:150]}")
+                    print(f"    {line.strip()[:330]}")
                 kinds = cpu_by_kind(process.pid)
                 for kind, total in sorted(kinds.items(), key=lambda item: -item[1]):
                     print(f"    {kind}: {(total - kinds_before.get(kind, 0.0)) * 1000 / len(events):.1f} ms per check")

@@ -13,13 +13,14 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import event, text
+from sqlalchemy import Insert, event, insert, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import create_engine
+from sqlmodel import SQLModel, create_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -83,6 +84,12 @@ def make_engine(url: str) -> Engine:
         _SQLITE_WRITERS[engine] = _SQLiteWriters(engine.url.database)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+@cache
+def inserting(table: type[SQLModel]) -> Insert:
+    """The INSERT statement of ``table``, built once: building it, then its cache key, cost more than running it."""
+    return insert(table)
 
 
 @contextmanager

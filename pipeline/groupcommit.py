@@ -1,7 +1,7 @@
 """Group commit: rows that many threads insert into one table, written together in one transaction.
 
 A fetch worker ends most checks with one row in ``checks`` (unchanged, not
-modified, an error) and runs 128 threads; a commit each cost more than the
+modified, an error) from dozens of threads; a commit each cost more than the
 rest of the check.  Here a thread adds its row and waits for the writer's
 turn; whoever has the turn writes every row waiting, its own and those of the
 threads queued behind it, in one transaction.  A thread returns only once its
@@ -16,11 +16,10 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-from pipeline.db import transaction
+from pipeline.db import inserting, transaction
 
 
 class GroupCommit:
@@ -28,7 +27,7 @@ class GroupCommit:
 
     def __init__(self, engine: Engine, table: type[SQLModel]) -> None:
         self.engine = engine
-        self.statement = insert(table)
+        self.statement = inserting(table)
         self._waiting: list[tuple[dict[str, Any], Future[None]]] = []
         self._waiting_lock = threading.Lock()
         self._turn = threading.Lock()  # the writer's turn: one transaction at a time

@@ -40,7 +40,7 @@ from pipeline.redact import display_url
 
 if TYPE_CHECKING:
     from pipeline.fetcher import Fetcher
-    from pipeline.models import Finding
+    from pipeline.models import Reported
 
 
 #: Apprise schemes that post to whatever host the URL names: checked strictly.
@@ -140,7 +140,7 @@ def _check_host(scheme: str, target: apprise.plugins.NotifyBase, policy: Address
         # otherwise the "host" is a service token; the service's own endpoint is public
 
 
-def send(url: str, finding: Finding, job: AlertJob, fetcher: Fetcher) -> Delivered:
+def send(url: str, finding: Reported, job: AlertJob, fetcher: Fetcher) -> Delivered:
     """Deliver one alert to an Apprise URL, within ``fetcher.timeout`` and ``fetcher.policy``."""
     shown = display_url(job["url"]) if job.get("url") else job["source"]
     title = f"[{finding.severity}] {shown}"

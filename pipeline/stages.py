@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import sqlalchemy
-from sqlalchemy import and_, bindparam, func, insert, or_, update
+from sqlalchemy import and_, bindparam, func, or_, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, col, select
 
 from pipeline import metrics, webhooks
 from pipeline.bodies import BodyStore
-from pipeline.db import transaction
+from pipeline.db import inserting, transaction
 from pipeline.fetcher import Fetcher, FetchError
 from pipeline.groupcommit import GroupCommit
 from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob, watched
-from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
+from pipeline.models import Alert, Check, Delivery, Finding, Reported, Snapshot, utcnow
 from pipeline.politeness import Politeness
 from pipeline.redact import display_url, redact_url
 from pipeline.rules import parse_rule
@@ -91,7 +91,9 @@ LATEST = (  # five columns: past what sqlmodel's select types
 TEXTS = select(Snapshot.id, Snapshot.content_hash, Snapshot.text).where(
     col(Snapshot.id).in_(bindparam("ids", expanding=True))
 )
-FINDING = select(Finding).where(col(Finding.id) == bindparam("finding_id"))
+FINDING = select(Finding.id, Finding.severity, Finding.summary, Finding.evidence).where(
+    col(Finding.id) == bindparam("finding_id")
+)
 SEEN_AGAIN = (
     update(Snapshot).where(col(Snapshot.id) == bindparam("snapshot_id")).values(input_hash=bindparam("new_hash"))
 )
@@ -124,7 +126,7 @@ def _ended(job: CheckJob, stage: str, outcome: str, started: float, detail: str 
 
 def _insert(db: Connection, table: type[SQLModel], values: dict[str, Any]) -> int:
     """Insert one row into ``table``; its new id."""
-    key = db.execute(insert(table), values).inserted_primary_key
+    key = db.execute(inserting(table), values).inserted_primary_key
     assert key is not None
     return int(key[0])
 
@@ -236,7 +238,7 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
         return
     if last is not None and last.content_hash == digest:
         with transaction(ctx.engine) as db:
-            db.execute(insert(Check), _ended(job, "scrape", "unchanged", started))
+            db.execute(inserting(Check), _ended(job, "scrape", "unchanged", started))
             if job.get("input_hash") and job.get("input_hash") != last.input_hash:  # next time, fetch knows these bytes
                 db.execute(SEEN_AGAIN, {"snapshot_id": last.id, "new_hash": job["input_hash"]})
         return
@@ -299,7 +301,7 @@ def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
         with transaction(ctx.engine) as db:
             finding_id = _insert(db, Finding, finding)
             if not (verdict.relevant and job.get("notify")):  # the check ends here: its row goes in with the finding
-                db.execute(insert(Check), _ended(job, "analyse", outcome, started, verdict.summary))
+                db.execute(inserting(Check), _ended(job, "analyse", outcome, started, verdict.summary))
             else:
                 _count("analyse", outcome)
         relevant = verdict.relevant
@@ -340,8 +342,7 @@ def alert(ctx: Context, job: AlertJob) -> None:
     with ctx.engine.connect() as db:
         row = db.execute(FINDING, {"finding_id": job["finding_id"]}).first()
     assert row is not None, f"finding {job['finding_id']} is gone"
-    finding = Finding(**row._mapping)
-    assert finding.id is not None
+    finding = Reported(*row)
     alert_id, claim = _claim(ctx.engine, finding.id, target)
     if claim == "sent":
         return  # redelivered message: never a second alert
@@ -364,10 +365,10 @@ def alert(ctx: Context, job: AlertJob) -> None:
         {"attempt": attempts + 1, "ok": outcome.ok, "status_code": outcome.status, "error": outcome.error}
     )
     with transaction(ctx.engine) as db:
-        db.execute(insert(Delivery), [{**d, "alert_id": alert_id, "at": utcnow()} for d in deliveries])
+        db.execute(inserting(Delivery), [{**d, "alert_id": alert_id, "at": utcnow()} for d in deliveries])
         status = "sent" if outcome.ok else "failed"
         db.execute(SETTLED, {"alert_id": alert_id, "new_status": status})
-        db.execute(insert(Check), _ended(job, "alert", "sent" if outcome.ok else "error", started, failure))
+        db.execute(inserting(Check), _ended(job, "alert", "sent" if outcome.ok else "error", started, failure))
     if not outcome.ok:
         raise DeliveryError(failure, transient=outcome.transient, after=outcome.after)
 
@@ -416,7 +417,7 @@ def _target_hash(target: str) -> str:
     return hashlib.sha256(target.encode()).hexdigest()
 
 
-def _deliver(ctx: Context, alert_id: int, finding: Finding, job: AlertJob, target: str) -> Delivered:
+def _deliver(ctx: Context, alert_id: int, finding: Reported, job: AlertJob, target: str) -> Delivered:
     payload = {
         "type": "pipeline.alert",
         "timestamp": utcnow().isoformat(),

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import notify, webhooks
 from pipeline.fetcher import Fetcher
-from pipeline.models import Finding
+from pipeline.models import Reported
 from pipeline.netguard import AddressPolicy
 from tests.site import trickling_server
 
@@ -78,8 +78,7 @@ def fetcher() -> Iterator[Fetcher]:
     fetcher.close()
 
 
-FINDING = Finding(id=7, snapshot_id=1, source="monitor:1", content_hash="ab" * 32, analyser="rules", relevant=True,
-                  severity="warning", summary="price is 89 (was 120), < 100", evidence=["89"])  # fmt: skip
+FINDING = Reported(id=7, severity="warning", summary="price is 89 (was 120), < 100", evidence=["89"])
 JOB = {"source": "monitor:1", "url": "https://user:pw@shop.example/kettle?key=k3y"}
 
 
