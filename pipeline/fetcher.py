@@ -37,6 +37,7 @@ from dramatiq.asyncio import EventLoopThread
 from yarl import URL
 
 from pipeline import codings, metrics
+from pipeline.broker.loop import new_event_loop
 from pipeline.failures import is_transient_status, parse_retry_after
 from pipeline.netguard import AddressPolicy, BlockedAddressError
 from pipeline.redact import redact_url
@@ -214,6 +215,8 @@ class Fetcher:
         with self._lock:
             if self._loop is None:
                 self._loop = EventLoopThread(logger, interrupt_check_ival=0.5)
+                self._loop.loop.close()
+                self._loop.loop = new_event_loop()  # uvloop, as the broker's: aiohttp's parsing and I/O cost half
                 self._loop.daemon = True
                 self._loop.start(timeout=5.0)
             loop = self._loop
