@@ -23,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,16 @@ def embedded_url(home: str | os.PathLike[str]) -> str:
         return server.url
 
 
+def _meta_cluster(server: NatsServer) -> dict[str, Any]:
+    """What ``server``'s monitoring endpoint says of the JetStream meta group ({} when it cannot say)."""
+    with (
+        contextlib.suppress(OSError, ValueError),
+        urllib.request.urlopen(f"{server.monitor_url}/jsz", timeout=1) as response,
+    ):
+        return json.load(response).get("meta_cluster") or {}
+    return {}
+
+
 class NatsCluster:
     """``size`` ``nats-server`` processes clustered on loopback, JetStream on (tests, benchmarks).
 
@@ -242,22 +253,19 @@ class NatsCluster:
         return self
 
     def wait_for_meta_leader(self, timeout: float = 30.0) -> None:
-        """Until every running member sees one JetStream meta leader (streams can be created)."""
+        """Until every running member sees one JetStream meta leader and that leader counts every running
+        member current: streams can be created, their replicas placed on any member."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            leaders = set()
-            for server in self.servers:
-                if server.process is None or server.process.poll() is not None:
-                    continue
-                with (
-                    contextlib.suppress(OSError, ValueError),
-                    urllib.request.urlopen(f"{server.monitor_url}/jsz", timeout=1) as response,
-                ):
-                    leaders.add((json.load(response).get("meta_cluster") or {}).get("leader"))
-            if len(leaders) == 1 and None not in leaders:
-                return
+            running = {f"n{i}": s for i, s in enumerate(self.servers) if s.process and s.process.poll() is None}
+            metas = [meta for meta in map(_meta_cluster, running.values()) if meta]
+            leaders = {meta.get("leader") for meta in metas}
+            if len(metas) == len(running) and len(leaders) == 1 and None not in leaders:
+                current = leaders | {p["name"] for m in metas for p in m.get("replicas") or [] if p.get("current")}
+                if set(running) <= current:
+                    return
             time.sleep(0.1)
-        raise NatsServerError(f"no JetStream meta leader in the cluster after {timeout}s")
+        raise NatsServerError(f"no JetStream meta leader with every member current after {timeout}s")
 
     def stop(self) -> None:
         for server in self.servers:

@@ -90,6 +90,32 @@ def test_one_setting_gives_every_asset_three_replicas(on_cluster: None, monkeypa
     assert {a["leader"] for a in shown} <= {"n0", "n1", "n2"}
 
 
+def test_declaring_waits_while_too_few_servers_are_up_for_the_replicas() -> None:
+    """ "No suitable peers for placement" (a server restarting, a cluster still forming) is waited out;
+    any other refusal is raised at once."""
+    from pipeline.broker.assets import NO_SUITABLE_PEERS, patiently
+
+    answers: list[BaseException | str] = [
+        nats.js.errors.BadRequestError(code=400, err_code=NO_SUITABLE_PEERS, description="no suitable peers"),
+        nats.js.errors.BadRequestError(code=400, err_code=NO_SUITABLE_PEERS, description="no suitable peers"),
+        "created",
+    ]
+
+    async def declare() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    assert asyncio.run(patiently(declare, timeout=10)) == "created" and not answers
+
+    async def refused() -> str:
+        raise nats.js.errors.BadRequestError(code=400, err_code=10052, description="invalid config")
+
+    with pytest.raises(nats.js.errors.BadRequestError):
+        asyncio.run(patiently(refused, timeout=10))
+
+
 def test_raising_the_setting_updates_the_existing_assets(on_cluster: None, monkeypatch: pytest.MonkeyPatch) -> None:
     assert {a.replicas for a in assets_after_use()} == {1}  # PIPELINE_NATS_REPLICAS unset
     runtime.reset()

@@ -34,6 +34,9 @@ SETTLE_SECONDS = 15.0
 
 #: JetStream's error code for "stream name already in use with a different configuration".
 STREAM_NAME_IN_USE = 10058
+#: JetStream's error code for "no suitable peers for placement": too few servers up for the replicas asked
+#: for, as while a cluster is forming or a server restarts.
+NO_SUITABLE_PEERS = 10005
 
 
 async def add_or_update_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -57,8 +60,9 @@ async def add_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig
 
 
 async def patiently(call: Callable[[], Awaitable[T]], timeout: float = SETTLE_SECONDS) -> T:
-    """Run a JetStream API call again while it times out or finds nobody to answer (a busy meta leader,
-    an election), for up to ``timeout`` seconds; what it says otherwise is raised at once."""
+    """Run a JetStream API call again while it times out, finds nobody to answer (a busy meta leader,
+    an election) or too few servers for its replicas (one restarting), for up to ``timeout`` seconds;
+    what it says otherwise is raised at once."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
@@ -66,7 +70,10 @@ async def patiently(call: Callable[[], Awaitable[T]], timeout: float = SETTLE_SE
         except (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
             if asyncio.get_running_loop().time() > deadline:
                 raise
-            await asyncio.sleep(0.25)
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code != NO_SUITABLE_PEERS or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.25)
 
 
 async def key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
