@@ -31,13 +31,19 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 class _SQLiteWriters:
     """The turn to write to one SQLite database: a lock among this process's threads, then a
     lock file (``<database>.write-lock``, ``flock``) among processes, whose waiters the kernel
-    wakes the moment it is free.  The file is opened anew in each process: a descriptor
-    inherited across ``fork`` shares its lock with the parent."""
+    wakes the moment it is free.  Both are made anew in a forked child: a descriptor inherited
+    across ``fork`` shares its lock with the parent, and a thread lock may be copied taken."""
 
     def __init__(self, database: str | None) -> None:
         self.path = f"{database}.write-lock" if database and database != ":memory:" else None
         self.threads = threading.Lock()
-        self._file: tuple[int, int] | None = None  # (pid, descriptor)
+        self._descriptor: int | None = None
+
+    def forked(self) -> None:
+        self.threads = threading.Lock()
+        if self._descriptor is not None:  # closing a copy leaves the parent's lock alone (flock(2))
+            os.close(self._descriptor)
+            self._descriptor = None
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -45,21 +51,25 @@ class _SQLiteWriters:
             if self.path is None:
                 yield
                 return
-            descriptor = self._descriptor()
+            if self._descriptor is None:
+                self._descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            descriptor = self._descriptor
             fcntl.flock(descriptor, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(descriptor, fcntl.LOCK_UN)
 
-    def _descriptor(self) -> int:
-        assert self.path is not None
-        if self._file is None or self._file[0] != os.getpid():
-            self._file = (os.getpid(), os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        return self._file[1]
-
 
 _SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, _SQLiteWriters] = weakref.WeakKeyDictionary()
+
+
+def _forked() -> None:
+    for writers in list(_SQLITE_WRITERS.values()):
+        writers.forked()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def make_engine(url: str) -> Engine:
