@@ -7,7 +7,7 @@ received plus what it added, so each type extends the one before::
     CheckJob (what is watched; fetch or render)  source, url, selector, rule, question, notify, trace, wait_for
     ScrapeJob   + body, content_type, etag, last_modified, input_hash, screenshot
     AnalyseJob  CheckJob + before_id, after_id, screenshot    (the body stays behind: it is in the snapshot)
-    AlertJob    + finding_id, part        (notify holds the one target of this message)
+    AlertJob    + finding_id, part, finding (notify holds the one target of this message)
 
 History (snapshots and the validators fetch sends) belongs to *what is
 watched*, never to a bare URL: a monitor's own row (``monitor:<id>``; ids are
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import NotRequired, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 from urllib.parse import urldefrag
 
 from url_normalize import url_normalize
@@ -61,11 +61,20 @@ class AnalyseJob(CheckJob):
     screenshot: NotRequired[str]  # render: the PNG of the page, kept with the snapshot
 
 
+class Told(TypedDict):
+    """What an alert tells of its finding, as analyse stored it."""
+
+    severity: str
+    summary: str
+    evidence: list[Any]
+
+
 class AlertJob(AnalyseJob):
     """The ``alert`` stage's message: one finding for one target (``notify`` holds exactly one)."""
 
     finding_id: int
     part: str  # tells this target's message apart from the other targets' of the same check
+    finding: NotRequired[Told]  # absent (a redelivered analyse, an older message): alert reads it back
 
 
 def watched(job: CheckJob) -> CheckJob:

@@ -36,7 +36,7 @@ from pipeline.bodies import BodyStore
 from pipeline.db import inserting, transaction
 from pipeline.fetcher import Fetcher, FetchError
 from pipeline.groupcommit import GroupCommit
-from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob, watched
+from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob, Told, watched
 from pipeline.models import Alert, Check, Delivery, Finding, Reported, Snapshot, utcnow
 from pipeline.politeness import Politeness
 from pipeline.redact import display_url, redact_url
@@ -305,15 +305,19 @@ def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
             else:
                 _count("analyse", outcome)
         relevant = verdict.relevant
+        told: Told | None = {"severity": verdict.severity, "summary": verdict.summary, "evidence": finding["evidence"]}
     except IntegrityError:  # redelivered: the finding (and the check's row, if it ended here) exist
         same_change = (Finding.snapshot_id == after.id, Finding.analyser == analyser)
         with ctx.engine.connect() as db:
             finding_id, relevant = db.execute(select(Finding.id, Finding.relevant).where(*same_change)).one()
+        told = None  # the stored verdict may differ from this one (an LLM's): alert reads it
     if relevant:
         # One message per target: a receiver that hangs or fails delays and retries only its own alert.
         for target in job.get("notify", []):
             message = AlertJob(**job, finding_id=finding_id, part=_target_hash(target)[:12])
             message["notify"] = [target]
+            if told is not None:  # what was just stored: alert need not read it back
+                message["finding"] = told
             send_alert(message)
 
 
@@ -339,10 +343,7 @@ def alert(ctx: Context, job: AlertJob) -> None:
     """
     started = time.monotonic()
     [target] = job["notify"]
-    with ctx.engine.connect() as db:
-        row = db.execute(FINDING, {"finding_id": job["finding_id"]}).first()
-    assert row is not None, f"finding {job['finding_id']} is gone"
-    finding = Reported(*row)
+    finding = _reported(ctx, job)
     alert_id, claim = _claim(ctx.engine, finding.id, target)
     if claim == "sent":
         return  # redelivered message: never a second alert
@@ -371,6 +372,17 @@ def alert(ctx: Context, job: AlertJob) -> None:
         db.execute(inserting(Check), _ended(job, "alert", "sent" if outcome.ok else "error", started, failure))
     if not outcome.ok:
         raise DeliveryError(failure, transient=outcome.transient, after=outcome.after)
+
+
+def _reported(ctx: Context, job: AlertJob) -> Reported:
+    """What the alert tells of its finding: carried in the message by analyse, else read back."""
+    told = job.get("finding")
+    if told is not None:
+        return Reported(job["finding_id"], told["severity"], told["summary"], told["evidence"])
+    with ctx.engine.connect() as db:
+        row = db.execute(FINDING, {"finding_id": job["finding_id"]}).first()
+    assert row is not None, f"finding {job['finding_id']} is gone"
+    return Reported(*row)
 
 
 #: How long a worker may hold an alert for sending before another may take it over: a live worker

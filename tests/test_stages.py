@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +14,7 @@ from pipeline.broker import JetStreamBroker
 from pipeline.events import CheckEvent, ContentEvent
 from pipeline.fetcher import Fetcher
 from pipeline.ingest import job_for
-from pipeline.models import Check, Delivery, Snapshot
+from pipeline.models import Alert, Check, Delivery, Finding, Snapshot
 from pipeline.netguard import AddressPolicy
 from pipeline.stages import Context
 from pipeline.webhooks import new_secret
@@ -117,6 +118,36 @@ def test_a_redelivered_message_sends_no_second_alert(ctx: Context, site: Site) -
     assert len(site.posts) == 1
     with Session(ctx.engine) as session:
         assert len(session.exec(select(Delivery)).all()) == 1
+
+
+def test_the_alert_tells_what_analyse_stored_without_reading_it_back(ctx: Context, site: Site) -> None:
+    from sqlalchemy import event
+
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    read_findings: list[str] = []
+
+    def watch(connection, cursor, statement: str, *args) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM findings" in statement:
+            read_findings.append(statement)
+
+    event.listen(ctx.engine, "before_cursor_execute", watch)
+    handed = run_through(ctx, job(site, rule="price < 100"))
+    event.remove(ctx.engine, "before_cursor_execute", watch)
+    assert not read_findings, "the alert stage read back the finding analyse had just handed it"
+    alert_job = dict(handed[2][1])
+    with Session(ctx.engine) as session:
+        [stored] = session.exec(select(Finding)).all()
+    assert alert_job["finding"] == {"severity": stored.severity, "summary": stored.summary, "evidence": stored.evidence}
+    [(_, _, sent)] = site.posts
+    assert json.loads(sent)["data"]["summary"] == stored.summary
+
+    # A message without it (a redelivered analyse, an older message) reads the finding back.
+    with Session(ctx.engine) as session:
+        session.get(Alert, 1).status = "failed"  # so the delivery runs again
+        session.commit()
+    del alert_job["finding"]
+    stages.alert(ctx, alert_job)
+    assert json.loads(site.posts[-1][2])["data"]["summary"] == stored.summary and len(site.posts) == 2
 
 
 def test_a_failed_delivery_is_recorded_and_retried(ctx: Context, site: Site) -> None:
