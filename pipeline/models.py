@@ -9,7 +9,7 @@ redelivered message cannot write a second finding or a second alert.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -99,15 +99,6 @@ class Finding(SQLModel, table=True):
     summary: str = Field(max_length=2000)
     evidence: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, index=True)
-
-
-class Reported(NamedTuple):
-    """What an alert tells of its finding: four of its columns, read without building a ``Finding``."""
-
-    id: int
-    severity: str
-    summary: str
-    evidence: list[Any]
 
 
 class Alert(SQLModel, table=True):

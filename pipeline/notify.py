@@ -34,13 +34,12 @@ import requests
 import urllib3.util.connection
 
 from pipeline.failures import Delivered, is_transient_status, parse_retry_after
-from pipeline.jobs import AlertJob
+from pipeline.jobs import AlertJob, Told
 from pipeline.netguard import AddressPolicy, BlockedAddressError
 from pipeline.redact import display_url
 
 if TYPE_CHECKING:
     from pipeline.fetcher import Fetcher
-    from pipeline.models import Reported
 
 
 #: Apprise schemes that post to whatever host the URL names: checked strictly.
@@ -140,11 +139,11 @@ def _check_host(scheme: str, target: apprise.plugins.NotifyBase, policy: Address
         # otherwise the "host" is a service token; the service's own endpoint is public
 
 
-def send(url: str, finding: Reported, job: AlertJob, fetcher: Fetcher) -> Delivered:
+def send(url: str, finding: Told, job: AlertJob, fetcher: Fetcher) -> Delivered:
     """Deliver one alert to an Apprise URL, within ``fetcher.timeout`` and ``fetcher.policy``."""
     shown = display_url(job["url"]) if job.get("url") else job["source"]
-    title = f"[{finding.severity}] {shown}"
-    body = finding.summary + ("\n" + "\n".join(map(str, finding.evidence)) if finding.evidence else "")
+    title = f"[{finding['severity']}] {shown}"
+    body = finding["summary"] + ("\n" + "\n".join(map(str, finding["evidence"])) if finding["evidence"] else "")
     scheme = url.split("://", 1)[0].lower()
     target = apprise.Apprise.instantiate(url, suppress_exceptions=True)
     if target is None:
@@ -153,7 +152,7 @@ def send(url: str, finding: Reported, job: AlertJob, fetcher: Fetcher) -> Delive
         _check_host(scheme, target, fetcher.policy)
     except BlockedAddressError as e:
         return Delivered(False, error=str(e), transient=False)
-    kind = apprise.NotifyType.INFO if finding.severity == "info" else apprise.NotifyType.WARNING
+    kind = apprise.NotifyType.INFO if finding["severity"] == "info" else apprise.NotifyType.WARNING
     with _guarded(fetcher.policy, fetcher.timeout) as delivery:
         try:
             ok = bool(target.notify(body=body, title=title, notify_type=kind))

@@ -37,7 +37,7 @@ from pipeline.db import inserting, transaction
 from pipeline.fetcher import Fetcher, FetchError
 from pipeline.groupcommit import GroupCommit
 from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob, Told, watched
-from pipeline.models import Alert, Check, Delivery, Finding, Reported, Snapshot, utcnow
+from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
 from pipeline.politeness import Politeness
 from pipeline.redact import display_url, redact_url
 from pipeline.rules import parse_rule
@@ -91,9 +91,7 @@ LATEST = (  # five columns: past what sqlmodel's select types
 TEXTS = select(Snapshot.id, Snapshot.content_hash, Snapshot.text).where(
     col(Snapshot.id).in_(bindparam("ids", expanding=True))
 )
-FINDING = select(Finding.id, Finding.severity, Finding.summary, Finding.evidence).where(
-    col(Finding.id) == bindparam("finding_id")
-)
+FINDING = select(Finding.severity, Finding.summary, Finding.evidence).where(col(Finding.id) == bindparam("finding_id"))
 SEEN_AGAIN = (
     update(Snapshot).where(col(Snapshot.id) == bindparam("snapshot_id")).values(input_hash=bindparam("new_hash"))
 )
@@ -305,7 +303,11 @@ def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
             else:
                 _count("analyse", outcome)
         relevant = verdict.relevant
-        told: Told | None = {"severity": verdict.severity, "summary": verdict.summary, "evidence": finding["evidence"]}
+        told: Told | None = {
+            "severity": finding["severity"],
+            "summary": finding["summary"],
+            "evidence": finding["evidence"],
+        }
     except IntegrityError:  # redelivered: the finding (and the check's row, if it ended here) exist
         same_change = (Finding.snapshot_id == after.id, Finding.analyser == analyser)
         with ctx.engine.connect() as db:
@@ -343,8 +345,8 @@ def alert(ctx: Context, job: AlertJob) -> None:
     """
     started = time.monotonic()
     [target] = job["notify"]
-    finding = _reported(ctx, job)
-    alert_id, claim = _claim(ctx.engine, finding.id, target)
+    finding = _told(ctx, job)
+    alert_id, claim = _claim(ctx.engine, job["finding_id"], target)
     if claim == "sent":
         return  # redelivered message: never a second alert
     if claim == "busy":
@@ -374,15 +376,15 @@ def alert(ctx: Context, job: AlertJob) -> None:
         raise DeliveryError(failure, transient=outcome.transient, after=outcome.after)
 
 
-def _reported(ctx: Context, job: AlertJob) -> Reported:
+def _told(ctx: Context, job: AlertJob) -> Told:
     """What the alert tells of its finding: carried in the message by analyse, else read back."""
     told = job.get("finding")
     if told is not None:
-        return Reported(job["finding_id"], told["severity"], told["summary"], told["evidence"])
+        return told
     with ctx.engine.connect() as db:
         row = db.execute(FINDING, {"finding_id": job["finding_id"]}).first()
     assert row is not None, f"finding {job['finding_id']} is gone"
-    return Reported(*row)
+    return {"severity": row.severity, "summary": row.summary, "evidence": row.evidence}
 
 
 #: How long a worker may hold an alert for sending before another may take it over: a live worker
@@ -429,17 +431,17 @@ def _target_hash(target: str) -> str:
     return hashlib.sha256(target.encode()).hexdigest()
 
 
-def _deliver(ctx: Context, alert_id: int, finding: Reported, job: AlertJob, target: str) -> Delivered:
+def _deliver(ctx: Context, alert_id: int, finding: Told, job: AlertJob, target: str) -> Delivered:
     payload = {
         "type": "pipeline.alert",
         "timestamp": utcnow().isoformat(),
         "data": {
             "source": job["source"],
             "url": display_url(job["url"]) if job.get("url") else None,
-            "severity": finding.severity,
-            "summary": finding.summary,
-            "evidence": finding.evidence,
-            "finding_id": finding.id,
+            "severity": finding["severity"],
+            "summary": finding["summary"],
+            "evidence": finding["evidence"],
+            "finding_id": job["finding_id"],
             "screenshot": job.get("screenshot"),  # a rendered page's PNG, by its key in the object store
         },
     }

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import notify, webhooks
 from pipeline.fetcher import Fetcher
-from pipeline.models import Reported
+from pipeline.jobs import Told
 from pipeline.netguard import AddressPolicy
 from tests.site import trickling_server
 
@@ -78,7 +78,7 @@ def fetcher() -> Iterator[Fetcher]:
     fetcher.close()
 
 
-FINDING = Reported(id=7, severity="warning", summary="price is 89 (was 120), < 100", evidence=["89"])
+FINDING: Told = {"severity": "warning", "summary": "price is 89 (was 120), < 100", "evidence": ["89"]}
 JOB = {"source": "monitor:1", "url": "https://user:pw@shop.example/kettle?key=k3y"}
 
 
