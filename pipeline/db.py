@@ -78,9 +78,10 @@ def make_engine(url: str) -> Engine:
         if url.startswith(plain):  # SQLAlchemy would look for psycopg2; psycopg 3 is what we install
             url = "postgresql+psycopg://" + url.removeprefix(plain)
     if url.startswith("sqlite"):
-        # A pool as large as a busy worker's threads: each connection made anew costs a connect and its pragmas.
+        # A pool as large as a busy worker's threads (a fetch process's 64): each connection made anew costs a
+        # connect and its pragmas.
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=160, max_overflow=96
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=64, max_overflow=96
         )
 
         @event.listens_for(engine, "connect")
