@@ -104,8 +104,18 @@ class WorkerPool:
             )  # fmt: skip
 
     def _reap(self) -> None:
-        self._replicas = [p for p in self._replicas if p.poll() is None]
-        self._draining = [p for p in self._draining if p.poll() is None]
+        """Drop the replicas whose main process has ended, and end what it left behind.
+
+        A ``dramatiq`` main process ends after its worker processes, unless it was killed: then they
+        run on, orphaned, beside the replica that replaces it and past the pool's stop.  They are in
+        its process group (its session), so they are killed with it; their messages are redelivered,
+        as a crashed worker's are.  After a normal exit the group is empty.
+        """
+        for ended in [p for p in (*self._replicas, *self._draining) if p.poll() is not None]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(ended.pid, signal.SIGKILL)
+        self._replicas = [p for p in self._replicas if p.returncode is None]
+        self._draining = [p for p in self._draining if p.returncode is None]
 
     @property
     def size(self) -> int:

@@ -100,6 +100,34 @@ def test_scaling_down_under_load_loses_nothing_and_runs_nothing_twice(
     assert len({pid for _, pid in records[after_drop:]}) == 1, "a dropped replica went on working"
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for whoever adopted it to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_killed_replicas_worker_processes_end_with_it(
+    nats_server: NatsServer, prefix: str, record_file: Path, tmp_path: Path
+) -> None:
+    """kill -9 of a replica's main ``dramatiq`` process leaves no orphaned worker process consuming beside
+    the replica that replaces it (found by a new-user trial: they outlived even the pool's stop)."""
+    env = dict(os.environ, PIPELINE_NATS_URL=nats_server.url, TEST_PREFIX=prefix, TEST_RECORD_FILE=str(record_file))
+    pool = WorkerPool("work", env=env, processes=2, threads=1, log_dir=tmp_path / "logs", module="tests.workerapp")
+    pool.resize(1)
+    try:
+        [main] = pool._replicas
+        assert wait_for(lambda: len(children(main.pid)) == 2, 30), "the replica's two worker processes never started"
+        workers = children(main.pid)
+        os.kill(main.pid, signal.SIGKILL)
+        main.wait(10)
+        assert pool.size == 0  # noticed, and what it left is ended
+        assert wait_for(lambda: not [w for w in workers if _alive(w)], 10), "its worker processes live on, orphaned"
+    finally:
+        pool.stop()
+
+
 def test_pipeline_autoscale_runs_each_pools_minimum_and_stops_them_on_sigterm(
     nats_server: NatsServer, prefix: str, tmp_path: Path
 ) -> None:
