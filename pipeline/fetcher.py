@@ -239,7 +239,7 @@ class Fetcher:
     def _check_literal(self, url: URL) -> None:
         """aiohttp connects to a literal address without resolving it: such a host is checked here."""
         if url.host and is_ip_address(url.host):
-            self.policy.resolve(url.host, url.port or 0)
+            self.policy.check_literal(url.host)
 
     async def _post(self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> Posted:
         async with asyncio.timeout(self.timeout):

@@ -9,6 +9,7 @@ decimal ``2130706433``, ``[::ffff:127.0.0.1]``, rebinding) do not get round it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -78,6 +79,19 @@ class AddressPolicy:
             return True
         return is_public(ip)
 
+    def check_literal(self, host: str) -> None:
+        """``resolve`` for a host that is a literal IP address, without asking the resolver (it would
+        only echo the address back); raises ``BlockedAddressError`` as ``resolve`` does."""
+        try:
+            allowed = _literal_allowed(self, host)
+        except ValueError:  # not one after all (the caller's test is looser): the resolver decides
+            self.resolve(host, 0)
+            return
+        if not allowed:
+            raise BlockedAddressError(
+                f"refusing to connect to non-public address {host} (allow it with PIPELINE_FETCH_ALLOW_HOSTS)"
+            )
+
     def resolve(self, host: str, port: int) -> list[str]:
         """The addresses of ``host`` that may be connected to; ``BlockedAddressError`` if none may."""
         try:
@@ -94,3 +108,9 @@ class AddressPolicy:
                 )
             addresses.append(str(ip))
         return addresses
+
+
+@functools.lru_cache(maxsize=1024)
+def _literal_allowed(policy: AddressPolicy, host: str) -> bool:
+    """Whether ``policy`` allows the literal address ``host``; ``ValueError`` if it is none."""
+    return policy.allows(host, ipaddress.ip_address(host.strip("[]").split("%", 1)[0]))

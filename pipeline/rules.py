@@ -20,6 +20,7 @@ instead of holding a worker.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable
@@ -115,7 +116,10 @@ class Threshold:
 Rule = AnyChange | Pattern | Threshold
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_rule(text: str | None) -> Rule:
+    """The rule ``text`` says (a frozen value, so one parse serves every event with the same text);
+    raises ``RuleError`` with the reason and examples."""
     text = (text or "").strip()
     if text in ("", "changed"):
         return AnyChange()
