@@ -362,20 +362,46 @@ class JetStreamBroker(Broker):
         data = message.encode()
         batch: Batch | None = getattr(self._batch, "current", None)
         if batch is not None:
-            outbox, publisher = self.connection.batch_outbox, self.connection.publisher
-            assert outbox is not None and publisher is not None
-            while len(outbox.jobs) > OUTBOX_HIGH_WATER:
-                time.sleep(0.001)  # let the loop catch up: memory stays bounded
-            pending = Pending(message, subject, data, headers, batch)
-            batch.items.append(pending)
-            outbox.put(partial(publisher.publish, pending))
+            self._publish_later(Pending(message, subject, data, headers, batch))
         else:
-            try:
-                self.run(self._publish(subject, data, headers))
-            except nats.js.errors.APIError as e:
-                raise ConnectionClosed(e) from None
+            self._publish_now(Pending(message, subject, data, headers, Batch(answered_thread=threading.Event())))
         self.emit_after("enqueue", message, delay)
         return message
+
+    def _publish_later(self, pending: Pending) -> None:
+        """Hand a publish to the loop through the outbox; its PubAck is counted in its batch."""
+        self.connection.connect()
+        outbox, publisher = self.connection.batch_outbox, self.connection.publisher
+        assert outbox is not None and publisher is not None
+        while len(outbox.jobs) > OUTBOX_HIGH_WATER:
+            time.sleep(0.001)  # let the loop catch up: memory stays bounded
+        pending.batch.items.append(pending)
+        outbox.put(partial(publisher.publish, pending))
+
+    def _publish_now(self, pending: Pending) -> None:
+        """Publish one message and wait on this thread for its PubAck.
+
+        The usual case takes the batch path (the outbox, one subscription for
+        every PubAck) and waits on a thread event: a task, a reply future and a
+        wake-up of the loop per message cost a worker as much as the rest of
+        sending.  A PubAck that does not come in time, or says the message was
+        not stored, falls back to ``_publish``, which retries through
+        disconnects and raises what the server said.
+        """
+        assert pending.batch.answered_thread is not None
+        self._publish_later(pending)
+        if pending.batch.answered_thread.wait(min(5.0, self.publish_timeout)) and pending.stored:
+            return
+
+        async def again() -> None:
+            assert self.connection.publisher is not None
+            self.connection.publisher.abandon(pending.batch)
+            await self._publish(pending.subject, pending.data, pending.headers)
+
+        try:
+            self.run(again())
+        except nats.js.errors.APIError as e:
+            raise ConnectionClosed(e) from None
 
     def _prepare(self, names: QueueNames, message: Message, delay: int | None) -> tuple[str, dict[str, str], Message]:
         """Choose the subject and headers for a message, and the message as stored."""

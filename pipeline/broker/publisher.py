@@ -10,6 +10,7 @@ exactly which messages were stored.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -40,11 +41,15 @@ class Batch:
     items: list[Pending] = field(default_factory=list)
     unanswered: int = 0
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set with ``answered``, for a worker thread that waits for one publish without a task on the loop.
+    answered_thread: threading.Event | None = None
 
     def answer(self) -> None:
         self.unanswered -= 1
         if self.unanswered == 0:
             self.answered.set()
+            if self.answered_thread is not None:
+                self.answered_thread.set()
 
 
 class Publisher:
