@@ -67,9 +67,9 @@ class Context:
     screenshots: BodyStore | None = None  # rendered pages' PNGs, kept longer than bodies
 
     @cached_property
-    def check_rows(self) -> GroupCommit:
-        """Where a check's row goes when nothing else is written with it: many threads' rows per commit."""
-        return GroupCommit(self.engine, Check)
+    def writes(self) -> GroupCommit:
+        """Where the stages write: many threads' rows and statements per commit (``pipeline.groupcommit``)."""
+        return GroupCommit(self.engine)
 
 
 # The statements every check runs, built once: building one per call (its expressions, then its
@@ -130,7 +130,7 @@ def _insert(db: Connection, table: type[SQLModel], values: dict[str, Any]) -> in
 
 
 def _record(ctx: Context, row: dict[str, Any]) -> None:
-    ctx.check_rows.insert(row)
+    ctx.writes.insert(Check, row)
 
 
 def _last_seen(ctx: Context, source: str) -> tuple[str | None, str | None, str | None]:
@@ -235,10 +235,15 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
         send_analyse(AnalyseJob(**what, before_id=last.before_id, after_id=last.id))
         return
     if last is not None and last.content_hash == digest:
-        with transaction(ctx.engine) as db:
-            db.execute(inserting(Check), _ended(job, "scrape", "unchanged", started))
-            if job.get("input_hash") and job.get("input_hash") != last.input_hash:  # next time, fetch knows these bytes
-                db.execute(SEEN_AGAIN, {"snapshot_id": last.id, "new_hash": job["input_hash"]})
+        check = _ended(job, "scrape", "unchanged", started)
+        seen = {"snapshot_id": last.id, "new_hash": job.get("input_hash")}
+
+        def unchanged(db: Connection) -> None:
+            db.execute(inserting(Check), check)
+            if seen["new_hash"] and seen["new_hash"] != last.input_hash:  # next time, fetch knows these bytes
+                db.execute(SEEN_AGAIN, seen)
+
+        ctx.writes.run(unchanged)
         return
     before_id = last.id if last else None
     snapshot = {
@@ -253,8 +258,7 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
         "input_hash": job.get("input_hash"),
         "screenshot": job.get("screenshot"),
     }
-    with transaction(ctx.engine) as db:
-        after_id = _insert(db, Snapshot, snapshot)
+    after_id = ctx.writes.run(lambda db: _insert(db, Snapshot, snapshot))
     _count("scrape", "changed")
     analyse_job = AnalyseJob(**what, before_id=before_id, after_id=after_id)
     if job.get("screenshot"):
@@ -295,13 +299,19 @@ def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
         "evidence": list(verdict.evidence),
         "created_at": utcnow(),
     }
+    ends_here = not (verdict.relevant and job.get("notify"))
+    check = _ended(job, "analyse", outcome, started, verdict.summary) if ends_here else None
+
+    def store(db: Connection) -> int:
+        finding_id = _insert(db, Finding, finding)
+        if check is not None:  # the check ends here: its row goes in with the finding
+            db.execute(inserting(Check), check)
+        return finding_id
+
     try:
-        with transaction(ctx.engine) as db:
-            finding_id = _insert(db, Finding, finding)
-            if not (verdict.relevant and job.get("notify")):  # the check ends here: its row goes in with the finding
-                db.execute(inserting(Check), _ended(job, "analyse", outcome, started, verdict.summary))
-            else:
-                _count("analyse", outcome)
+        finding_id = ctx.writes.run(store)
+        if check is None:
+            _count("analyse", outcome)
         relevant = verdict.relevant
         told: Told | None = {
             "severity": finding["severity"],
@@ -346,7 +356,7 @@ def alert(ctx: Context, job: AlertJob) -> None:
     started = time.monotonic()
     [target] = job["notify"]
     finding = _told(ctx, job)
-    alert_id, claim = _claim(ctx.engine, job["finding_id"], target)
+    alert_id, claim = _claim(ctx, job["finding_id"], target)
     if claim == "sent":
         return  # redelivered message: never a second alert
     if claim == "busy":
@@ -367,11 +377,16 @@ def alert(ctx: Context, job: AlertJob) -> None:
     deliveries.append(
         {"attempt": attempts + 1, "ok": outcome.ok, "status_code": outcome.status, "error": outcome.error}
     )
-    with transaction(ctx.engine) as db:
-        db.execute(inserting(Delivery), [{**d, "alert_id": alert_id, "at": utcnow()} for d in deliveries])
-        status = "sent" if outcome.ok else "failed"
-        db.execute(SETTLED, {"alert_id": alert_id, "new_status": status})
-        db.execute(inserting(Check), _ended(job, "alert", "sent" if outcome.ok else "error", started, failure))
+    records = [{**d, "alert_id": alert_id, "at": utcnow()} for d in deliveries]
+    settled = {"alert_id": alert_id, "new_status": "sent" if outcome.ok else "failed"}
+    check = _ended(job, "alert", "sent" if outcome.ok else "error", started, failure)
+
+    def settle(db: Connection) -> None:
+        db.execute(inserting(Delivery), records)
+        db.execute(SETTLED, settled)
+        db.execute(inserting(Check), check)
+
+    ctx.writes.run(settle)
     if not outcome.ok:
         raise DeliveryError(failure, transient=outcome.transient, after=outcome.after)
 
@@ -394,7 +409,7 @@ CLAIM_LEASE = timedelta(seconds=30)
 Claim = Literal["new", "retry", "taken over", "sent", "busy"]
 
 
-def _claim(engine: Engine, finding_id: int, target: str) -> tuple[int, Claim]:
+def _claim(ctx: Context, finding_id: int, target: str) -> tuple[int, Claim]:
     """Take the alert of ``finding_id`` to ``target`` for sending, atomically: of two workers, exactly one wins.
 
     The first delivery inserts the row already taken (one commit); a later one takes the row
@@ -405,16 +420,14 @@ def _claim(engine: Engine, finding_id: int, target: str) -> tuple[int, Claim]:
     target_hash = _target_hash(target)
     row = {"finding_id": finding_id, "target": redact_url(target), "target_hash": target_hash, "created_at": now}
     try:
-        with transaction(engine) as db:
-            alert_id = _insert(db, Alert, {**row, "status": "sending", "claimed_at": now})
-        return alert_id, "new"
+        return ctx.writes.run(lambda db: _insert(db, Alert, {**row, "status": "sending", "claimed_at": now})), "new"
     except IntegrityError:  # the row exists: this is a retry or a redelivery
         pass
     claimable = or_(
         col(Alert.status).in_(("pending", "failed")),
         and_(col(Alert.status) == "sending", col(Alert.claimed_at) < now - CLAIM_LEASE),
     )
-    with transaction(engine) as db:
+    with transaction(ctx.engine) as db:
         same = (Alert.finding_id == finding_id, Alert.target_hash == target_hash)
         alert_id, status = db.execute(select(Alert.id, Alert.status).where(*same)).one()
         if status == "sent":

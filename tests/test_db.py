@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -147,14 +148,14 @@ def test_rows_from_many_threads_are_committed_together(db_engine: Engine) -> Non
 
     commits = []
     event.listen(db_engine, "commit", lambda connection: commits.append(1))
-    rows = GroupCommit(db_engine, Check)
+    rows = GroupCommit(db_engine)
     barrier = threading.Barrier(32)
 
     def insert(n: int) -> None:
         barrier.wait()  # every thread at once: the writer's turn finds others queued behind it
         for i in range(10):
-            rows.insert({"source": f"s{n}-{i}", "stage": "fetch", "outcome": "unchanged", "detail": "",
-                         "message_id": "", "started_at": utcnow(), "seconds": 0.0})  # fmt: skip
+            rows.insert(Check, {"source": f"s{n}-{i}", "stage": "fetch", "outcome": "unchanged", "detail": "",
+                                "message_id": "", "started_at": utcnow(), "seconds": 0.0})  # fmt: skip
 
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(insert, range(32)))
@@ -165,19 +166,59 @@ def test_rows_from_many_threads_are_committed_together(db_engine: Engine) -> Non
 
 
 def test_a_row_at_fault_fails_alone(db_engine: Engine) -> None:
-    from pipeline.groupcommit import GroupCommit
+    from pipeline.groupcommit import GroupCommit, _Row
     from pipeline.models import Check, utcnow
 
-    rows = GroupCommit(db_engine, Check)
+    rows = GroupCommit(db_engine)
     good = {"source": "good", "stage": "fetch", "outcome": "unchanged", "detail": "", "message_id": "",
             "started_at": utcnow(), "seconds": 0.0}  # fmt: skip
-    rows._waiting.append(({**good, "source": "also good"}, Future()))  # queued behind the bad row's turn
+    rows._waiting.append((_Row(Check, {**good, "source": "also good"}), Future()))  # queued behind the bad row
     with pytest.raises(IntegrityError):
-        rows.insert({**good, "stage": None})  # NOT NULL
-    rows.insert(good)
+        rows.insert(Check, {**good, "stage": None})  # NOT NULL
+    rows.insert(Check, good)
     with db_engine.connect() as connection:
         sources = sorted(source for (source,) in connection.execute(text("SELECT source FROM checks")))
     assert sources == ["also good", "good"]
+
+
+def test_units_of_work_from_many_threads_share_commits_and_get_their_own_results(db_engine: Engine) -> None:
+    """Each thread gets its own new row's id back; a unit that fails fails alone, with its own error."""
+    from sqlalchemy import event, insert
+
+    from pipeline.groupcommit import GroupCommit
+    from pipeline.models import utcnow
+
+    commits = []
+    event.listen(db_engine, "commit", lambda connection: commits.append(1))
+    writes = GroupCommit(db_engine)
+    barrier = threading.Barrier(16)
+
+    def snapshot(source: str, content_hash: str | None) -> Callable[[Connection], int]:
+        row = {"source": source, "content_hash": content_hash, "text": "", "taken_at": utcnow()}
+
+        def unit(db: Connection) -> int:
+            key = db.execute(insert(Snapshot), row).inserted_primary_key  # no content_hash: NOT NULL fails
+            assert key is not None
+            return int(key[0])
+
+        return unit
+
+    def take(n: int) -> tuple[int, int]:
+        barrier.wait()  # every thread at once: the writer's turn finds others queued behind it
+        return n, writes.run(snapshot(f"s{n}", "x"))
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = dict(pool.map(take, range(16)))
+    assert len(commits) < 16, "every unit had a commit of its own"
+
+    writes._waiting.append((snapshot("queued", "x"), Future()))  # queued behind the bad unit's turn
+    with pytest.raises(IntegrityError):
+        writes.run(snapshot("bad", None))
+    queued = writes.run(snapshot("after", "x"))
+    with db_engine.connect() as connection:
+        stored = dict(connection.execute(text("SELECT id, source FROM snapshots")).all())
+    assert {ids[n]: f"s{n}" for n in ids} == {i: s for i, s in stored.items() if s.startswith("s")}
+    assert stored[queued] == "after" and "queued" in stored.values() and "bad" not in stored.values()
 
 
 def test_sqlite_writers_in_other_processes_wait_for_the_turn(tmp_path: Path) -> None:
