@@ -29,8 +29,8 @@ def test_add_list_pause_resume_remove() -> None:
     assert code == 0 and out.strip() == "1"
     code, out = run("monitor", "show", "1")
     assert code == 0 and "url: https://example.com/kettle" in out and "recent checks:" in out
-    assert run("monitor", "show", "2")[0] == 1
-    assert run("monitor", "pause", "1")[0] == 0
+    assert run("monitor", "show", "2")[0] == 2  # no such monitor: bad input
+    assert run("monitor", "pause", "1") == (0, "paused monitor 1\n")
     code, out = run("monitor", "list", "--json")
     [row] = json.loads(out)
     assert (row["url"], row["rule"], row["question"], row["every"], row["paused"]) == (
@@ -40,9 +40,9 @@ def test_add_list_pause_resume_remove() -> None:
         600,
         True,
     )
-    assert run("monitor", "resume", "1")[0] == 0
+    assert run("monitor", "resume", "1") == (0, "resumed monitor 1\n")
     assert json.loads(run("monitor", "list", "--json")[1])[0]["paused"] is False
-    assert run("monitor", "rm", "1")[0] == 0
+    assert run("monitor", "rm", "1") == (0, "removed monitor 1\n")
     assert json.loads(run("monitor", "list", "--json")[1]) == []
 
 
@@ -75,9 +75,10 @@ def test_autoscaling_without_a_policy_is_refused(args: list[str], message: str) 
     assert message in " ".join(out.split())
 
 
-def test_unknown_monitor_exits_1() -> None:
-    code, out = run("monitor", "pause", "99")
-    assert code == 1 and "no monitor 99" in out
+@pytest.mark.parametrize("command", ["show", "pause", "resume", "rm"])
+def test_an_unknown_monitor_is_bad_input(command: str) -> None:
+    code, out = run("monitor", command, "99")
+    assert code == 2 and out.strip() == "error: no monitor 99"
 
 
 def test_status_and_dlq_on_a_live_server(nats_server, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from pipeline import redact
-from pipeline.cli.common import JSON_OPTION, bad_input, echo_json, engine, fail, read_bytes, table
+from pipeline.cli.common import JSON_OPTION, bad_input, echo_json, engine, read_bytes, table
 
 app = typer.Typer(help="Add, list, pause, resume and remove monitors.", no_args_is_help=True)
 
@@ -58,7 +58,7 @@ def show(monitor_id: int = typer.Argument(..., help="The monitor's id."), as_jso
 
     monitor = queries.get_monitor(engine(), monitor_id)
     if monitor is None:
-        fail(f"no monitor {monitor_id}")
+        bad_input(f"no monitor {monitor_id}")
     history = queries.monitor_history(engine(), monitor_id)
     data = monitor.model_dump(mode="json")
     data["url"] = redact.display_url(data["url"]) if data.get("url") else None
@@ -124,7 +124,8 @@ def pause(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> No
     from pipeline import queries
 
     if not queries.set_paused(engine(), monitor_id, True):
-        fail(f"no monitor {monitor_id}")
+        bad_input(f"no monitor {monitor_id}")
+    typer.echo(f"paused monitor {monitor_id}")
 
 
 @app.command("resume")
@@ -133,7 +134,8 @@ def resume(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> N
     from pipeline import queries
 
     if not queries.set_paused(engine(), monitor_id, False):
-        fail(f"no monitor {monitor_id}")
+        bad_input(f"no monitor {monitor_id}")
+    typer.echo(f"resumed monitor {monitor_id}")
 
 
 @app.command("rm")
@@ -142,7 +144,8 @@ def remove(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> N
     from pipeline import queries
 
     if not queries.remove_monitor(engine(), monitor_id):
-        fail(f"no monitor {monitor_id}")
+        bad_input(f"no monitor {monitor_id}")
+    typer.echo(f"removed monitor {monitor_id}")
 
 
 @app.command("import")
