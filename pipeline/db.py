@@ -94,7 +94,11 @@ def make_engine(url: str) -> Engine:
 
         _SQLITE_WRITERS[engine] = _SQLiteWriters(engine.url.database)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # Sessions in UTC whatever the server's default: the columns hold UTC wall time without a zone, and an
+    # aware datetime is stored as the session's local time.
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"options": "-c timezone=UTC"}
+    )
 
 
 @cache

@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -356,7 +356,7 @@ def alert(ctx: Context, job: AlertJob) -> None:
     started = time.monotonic()
     [target] = job["notify"]
     finding = _told(ctx, job)
-    alert_id, claim = _claim(ctx, job["finding_id"], target)
+    alert_id, created_at, claim = _claim(ctx, job["finding_id"], target)
     if claim == "sent":
         return  # redelivered message: never a second alert
     if claim == "busy":
@@ -370,7 +370,7 @@ def alert(ctx: Context, job: AlertJob) -> None:
     if claim == "taken over":  # its lease ran out: a worker died after sending, perhaps, and before recording
         attempts += 1
         deliveries.append({"attempt": attempts, "ok": False, "status_code": None, "error": UNKNOWN_OUTCOME})
-    outcome = _deliver(ctx, alert_id, finding, job, target)
+    outcome = _deliver(ctx, webhook_id(alert_id, created_at), finding, job, target)
     channel = "webhook" if target.startswith(("http://", "https://")) else "apprise"
     metrics.ALERTS.labels(channel, "sent" if outcome.ok else "failed").inc()
     failure = "" if outcome.ok else f"{redact_url(target)}: {outcome.error}"
@@ -409,18 +409,23 @@ CLAIM_LEASE = timedelta(seconds=30)
 Claim = Literal["new", "retry", "taken over", "sent", "busy"]
 
 
-def _claim(ctx: Context, finding_id: int, target: str) -> tuple[int, Claim]:
+def _claim(ctx: Context, finding_id: int, target: str) -> tuple[int, datetime, Claim]:
     """Take the alert of ``finding_id`` to ``target`` for sending, atomically: of two workers, exactly one wins.
 
     The first delivery inserts the row already taken (one commit); a later one takes the row
-    when it failed before or its lease ran out.  Returns the alert's id and how: ``new``, ``retry``
-    (failed before), ``taken over`` (another worker's lease ran out), or why not: ``sent``, ``busy``.
+    when it failed before or its lease ran out.  Returns the alert's id, when it was made, and how:
+    ``new``, ``retry`` (failed before), ``taken over`` (another worker's lease ran out), or why not:
+    ``sent``, ``busy``.
     """
     now = utcnow()
     target_hash = _target_hash(target)
     row = {"finding_id": finding_id, "target": redact_url(target), "target_hash": target_hash, "created_at": now}
     try:
-        return ctx.writes.run(lambda db: _insert(db, Alert, {**row, "status": "sending", "claimed_at": now})), "new"
+        return (
+            ctx.writes.run(lambda db: _insert(db, Alert, {**row, "status": "sending", "claimed_at": now})),
+            now,
+            "new",
+        )
     except IntegrityError:  # the row exists: this is a retry or a redelivery
         pass
     claimable = or_(
@@ -429,22 +434,34 @@ def _claim(ctx: Context, finding_id: int, target: str) -> tuple[int, Claim]:
     )
     with transaction(ctx.engine) as db:
         same = (Alert.finding_id == finding_id, Alert.target_hash == target_hash)
-        alert_id, status = db.execute(select(Alert.id, Alert.status).where(*same)).one()
+        alert_id, created_at, status = db.execute(select(Alert.id, Alert.created_at, Alert.status).where(*same)).one()
         if status == "sent":
-            return alert_id, "sent"
+            return alert_id, created_at, "sent"
         taken = db.execute(
             update(Alert).where(col(Alert.id) == alert_id, claimable).values(status="sending", claimed_at=now)
         )
     if taken.rowcount != 1:
-        return alert_id, "busy"
-    return alert_id, "taken over" if status == "sending" else "retry"
+        return alert_id, created_at, "busy"
+    return alert_id, created_at, "taken over" if status == "sending" else "retry"
+
+
+def webhook_id(alert_id: int, created_at: datetime) -> str:
+    """The alert's ``webhook-id``: ``alert-<id>-<when it was made, UTC, to the microsecond>``.
+
+    The same on every retry, and unlike the row id alone never the same for two alerts of two
+    databases (a fresh one numbers from 1 again): Standard Webhooks receivers drop an id they have
+    seen as a duplicate, so a repeated id would silence an alert.
+    """
+    if created_at.tzinfo is not None:  # PostgreSQL gives it back aware, SQLite naive (both UTC)
+        created_at = created_at.astimezone(UTC).replace(tzinfo=None)
+    return f"alert-{alert_id}-{created_at:%Y%m%dT%H%M%S%f}"
 
 
 def _target_hash(target: str) -> str:
     return hashlib.sha256(target.encode()).hexdigest()
 
 
-def _deliver(ctx: Context, alert_id: int, finding: Told, job: AlertJob, target: str) -> Delivered:
+def _deliver(ctx: Context, message_id: str, finding: Told, job: AlertJob, target: str) -> Delivered:
     payload = {
         "type": "pipeline.alert",
         "timestamp": utcnow().isoformat(),
@@ -463,6 +480,6 @@ def _deliver(ctx: Context, alert_id: int, finding: Told, job: AlertJob, target: 
 
         return notify.send(target, finding, job, ctx.fetcher)
     body = json.dumps(payload, sort_keys=True).encode()
-    headers = webhooks.signed_headers(ctx.webhook_secret, f"alert-{alert_id}", body)
+    headers = webhooks.signed_headers(ctx.webhook_secret, message_id, body)
     headers["Content-Type"] = "application/json"
     return webhooks.post(ctx.fetcher, target, body, headers)

@@ -249,6 +249,34 @@ def test_two_alert_messages_for_one_finding_deliver_once(ctx: Context, site: Sit
     assert len(site.posts) == 1
 
 
+def test_a_retried_alert_keeps_its_webhook_id_which_no_other_database_gives(ctx: Context, site: Site) -> None:
+    """Receivers drop a webhook-id they have seen: the id is the same on a retry (the first attempt got a
+    500) and holds when the alert was made, so a fresh database's alert 1 is not taken for an old one's."""
+    from pipeline.models import Alert
+
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    site.post_status = 500
+    with pytest.raises(stages.DeliveryError):
+        run_through(ctx, job(site, rule="price < 100"))
+    alert_job = {**site_alert_job(ctx, site)}
+    site.post_status = 200
+    stages.alert(ctx, alert_job)  # the retry: read back from the database, not made now
+    with Session(ctx.engine) as session:
+        record = session.exec(select(Alert)).one()
+    ids = [headers["webhook-id"] for _, headers, _ in site.posts]
+    assert len(ids) == 2 and ids[0] == ids[1]
+    assert ids[0] == f"alert-{record.id}-{record.created_at.replace(tzinfo=None):%Y%m%dT%H%M%S%f}"
+
+
+def site_alert_job(ctx: Context, site: Site) -> dict:
+    """The alert message analyse sent for the only finding (as the failed attempt's retry would carry it)."""
+    from pipeline.models import Finding
+
+    with Session(ctx.engine) as session:
+        finding = session.exec(select(Finding)).one()
+    return {"source": site.url("/p"), "url": site.url("/p"), "finding_id": finding.id, "notify": [site.url("/hook")]}
+
+
 def test_a_redelivered_scrape_hands_the_same_change_on(ctx: Context, site: Site) -> None:
     site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
     handed = run_through(ctx, job(site, trace="check-1"))
