@@ -103,6 +103,7 @@ def screenshot(
     """Save a rendered page's screenshot (PNG), kept a week after the check that took it."""
     from pipeline.bodies import SCREENSHOT_TTL, BodyStore
 
+    key = key.strip().lower()  # hex is hex in either case (copied from a tool that prints it upper-case)
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", key):
         shown = key if len(key) <= 80 else key[:77] + "..."
         raise CommandError(f"{shown!r} is not a screenshot key (sha256:<64 hex digits>)", 2)
