@@ -364,7 +364,7 @@ class JetStreamBroker(Broker):
         if batch is not None:
             self._publish_later(Pending(message, subject, data, headers, batch))
         else:
-            self._publish_now(Pending(message, subject, data, headers, Batch(answered_thread=threading.Event())))
+            self._publish_now(message, subject, data, headers)
         self.emit_after("enqueue", message, delay)
         return message
 
@@ -378,7 +378,7 @@ class JetStreamBroker(Broker):
         pending.batch.items.append(pending)
         outbox.put(partial(publisher.publish, pending))
 
-    def _publish_now(self, pending: Pending) -> None:
+    def _publish_now(self, message: Message, subject: str, data: bytes, headers: dict[str, str]) -> None:
         """Publish one message and wait on this thread for its PubAck.
 
         The usual case takes the batch path (the outbox, one subscription for
@@ -388,15 +388,16 @@ class JetStreamBroker(Broker):
         not stored, falls back to ``_publish``, which retries through
         disconnects and raises what the server said.
         """
-        assert pending.batch.answered_thread is not None
+        answered = threading.Event()
+        pending = Pending(message, subject, data, headers, Batch(answered_thread=answered))
         self._publish_later(pending)
-        if pending.batch.answered_thread.wait(min(5.0, self.publish_timeout)) and pending.stored:
+        if answered.wait(min(5.0, self.publish_timeout)) and pending.stored:
             return
 
         async def again() -> None:
             assert self.connection.publisher is not None
             self.connection.publisher.abandon(pending.batch)
-            await self._publish(pending.subject, pending.data, pending.headers)
+            await self._publish(subject, data, headers)
 
         try:
             self.run(again())
