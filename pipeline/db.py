@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Insert, event, insert, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel, create_engine
 
@@ -95,10 +95,13 @@ def make_engine(url: str) -> Engine:
         _SQLITE_WRITERS[engine] = _SQLiteWriters(engine.url.database)
         return engine
     # Sessions in UTC whatever the server's default: the columns hold UTC wall time without a zone, and an
-    # aware datetime is stored as the session's local time.
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"options": "-c timezone=UTC"}
-    )
+    # aware datetime is stored as the session's local time.  Added to the URL's own ``options`` (a search_path,
+    # say), which a connect argument of that name would replace.
+    parsed = make_url(url)
+    given = parsed.query.get("options") or ()
+    options = " ".join((*((given,) if isinstance(given, str) else given), "-c timezone=UTC"))
+    return create_engine(parsed.update_query_dict({"options": options}), pool_pre_ping=True, pool_size=5,
+                         max_overflow=10)  # fmt: skip
 
 
 @cache

@@ -263,3 +263,14 @@ def test_sqlite_writers_in_other_processes_wait_for_the_turn(tmp_path: Path) -> 
         leave.set()
         child.join(30)
     engine.dispose()
+
+
+def test_postgresql_sessions_are_in_utc_and_keep_the_urls_options(db_engine: Engine) -> None:
+    """The time zone is added to the URL's ``options`` (here the test's own search_path), not put in their place."""
+    if db_engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL session setting")
+    with db_engine.connect() as connection:
+        zone = connection.execute(text("SHOW timezone")).scalar_one()
+        path = connection.execute(text("SHOW search_path")).scalar_one()
+    assert zone == "UTC"
+    assert path.startswith("t_")  # conftest's schema of this test
