@@ -22,6 +22,7 @@ every process of the system, nats-server and workers included.
     python bench/checks.py --runs 3             # three runs of each, alternating: medians and ranges
     python bench/checks.py --pages 200 --only pipeline
     python bench/checks.py --slow               # 1000 pages that each answer after 1 s: first check only
+    python bench/checks.py --replicas 1         # every pool fixed at one replica instead of autoscaled
 
 Politeness (``PIPELINE_FETCH_DOMAIN_INTERVAL``) is off: every page is on one
 local host, and changedetection.io has no per-host limit either.
@@ -79,8 +80,11 @@ class Round:
 
 
 @contextmanager
-def pipeline_up(home: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`pipeline up` as a user starts it, on a fresh home; stopped with Ctrl-C's signal at the end."""
+def pipeline_up(home: Path, log: Path, replicas: int = 0) -> Iterator[subprocess.Popen[bytes]]:
+    """`pipeline up` as a user starts it, on a fresh home; stopped with Ctrl-C's signal at the end.
+
+    ``replicas``: 0 autoscales each pool (the default), N fixes every pool at N replicas.
+    """
     env = dict(
         os.environ,
         PIPELINE_HOME=str(home),
@@ -88,7 +92,7 @@ def pipeline_up(home: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
         PIPELINE_FETCH_DOMAIN_INTERVAL="0",
         PIPELINE_METRICS_PORT="0",
     )
-    command = [str(Path(sys.executable).parent / "pipeline"), "up"]
+    command = [str(Path(sys.executable).parent / "pipeline"), "up", "--replicas", str(replicas)]
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -132,9 +136,11 @@ async def _publish(url: str, events: list[dict[str, object]]) -> None:
     await connection.close()
 
 
-def run_pipeline(pages: Pages, rounds: tuple[str, ...], timeout: float, breakdown: bool = False) -> list[Round]:
+def run_pipeline(
+    pages: Pages, rounds: tuple[str, ...], timeout: float, breakdown: bool = False, replicas: int = 0
+) -> list[Round]:
     results = []
-    with tempfile.TemporaryDirectory() as tmp, pipeline_up(Path(tmp), Path(tmp) / "up.log") as process:
+    with tempfile.TemporaryDirectory() as tmp, pipeline_up(Path(tmp), Path(tmp) / "up.log", replicas) as process:
         home = Path(tmp)
         _wait(lambda: running_url(home) is not None and (home / "pipeline.db").exists(), 60, "pipeline up")
         url = running_url(home)
@@ -209,6 +215,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=10, help="changedetection.io's fetch workers")
     parser.add_argument("--slow", action="store_true", help="pages answer after 1 s; first check only")
     parser.add_argument("--breakdown", action="store_true", help="CPU per check by process, each round")
+    parser.add_argument("--replicas", type=int, default=0, help="pipeline up --replicas N (0: autoscaled)")
     parser.add_argument("--runs", type=int, default=1, help="runs of each system, alternating; medians shown")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a round may take at most")
     args = parser.parse_args()
@@ -223,7 +230,9 @@ def main() -> None:
             runs.setdefault("changedetection.io", []).append(found)
         if args.only != "changedetection":
             with Pages(args.pages, delay=delay) as pages:
-                runs.setdefault("pipeline up", []).append(run_pipeline(pages, rounds, args.timeout, args.breakdown))
+                runs.setdefault("pipeline up", []).append(
+                    run_pipeline(pages, rounds, args.timeout, args.breakdown, args.replicas)
+                )
 
     kind = f"{args.pages} pages" + (", each answering after 1 s" if args.slow else " of about 6 KB")
     table(f"{kind}, {os.cpu_count()} cores, median of {args.runs} run(s)", runs)
