@@ -46,6 +46,17 @@ def test_add_list_pause_resume_remove() -> None:
     assert json.loads(run("monitor", "list", "--json")[1]) == []
 
 
+def test_monitor_list_says_how_each_monitor_is_fetched() -> None:
+    run("monitor", "add", "https://example.com/kettle", "--selector", ".price")
+    run("monitor", "add", "https://example.com/app", "--browser", "--wait-for", ".loaded")
+    rows = json.loads(run("monitor", "list", "--json")[1])
+    assert [(r["fetch"], r["selector"]) for r in rows] == [("http", ".price"), ("browser", None)]
+    code, out = run("monitor", "list")
+    header, *lines = out.splitlines()
+    assert code == 0 and "FETCH" in header.split()
+    assert [line.split()[3] for line in lines] == ["http", "browser"], out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

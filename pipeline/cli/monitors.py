@@ -89,7 +89,7 @@ def show(monitor_id: int = typer.Argument(..., help="The monitor's id."), as_jso
 
 @app.command("list")
 def list_(as_json: bool = JSON_OPTION) -> None:
-    """Every monitor, with its URL, rule, state and next check."""
+    """Every monitor, with its URL, how it is fetched, its rule, state and next check."""
     from pipeline import queries
 
     rows = [
@@ -97,6 +97,8 @@ def list_(as_json: bool = JSON_OPTION) -> None:
             "id": m.id,
             "name": m.name,
             "url": redact.display_url(m.url) if m.url else None,
+            "fetch": m.fetch,
+            "selector": m.selector,
             "rule": m.rule,
             "question": m.question,
             "every": m.interval_seconds,
@@ -109,9 +111,9 @@ def list_(as_json: bool = JSON_OPTION) -> None:
         echo_json(rows)
         return
     table(
-        ["ID", "NAME", "URL", "RULE", "EVERY", "STATE"],
+        ["ID", "NAME", "URL", "FETCH", "RULE", "EVERY", "STATE"],
         (
-            [r["id"], r["name"], r["url"] or "-", r["rule"] or "changed", f"{r['every']}s",
+            [r["id"], r["name"], r["url"] or "-", r["fetch"], r["rule"] or "changed", f"{r['every']}s",
              "paused" if r["paused"] else f"next {r['next_check_at']}"]
             for r in rows
         ),
