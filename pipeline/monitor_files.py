@@ -86,6 +86,16 @@ def read(text: str, fmt: Format, defaults: dict[str, Any]) -> Iterator[Row | Bad
             yield _checked(line, {**defaults, **{k: v for k, v in fields.items() if v not in (None, "")}})
 
 
+def check_defaults(defaults: dict[str, Any]) -> None:
+    """Raise ``MonitorFileError`` when the command line's defaults are bad in themselves.
+
+    Otherwise every row that takes them would be reported for the same fault, line by line.
+    """
+    checked = _checked(0, {**defaults, "url": "https://example.com/"})
+    if isinstance(checked, BadRow):
+        raise MonitorFileError(checked.reason)
+
+
 def _records(text: str, fmt: Format) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(line, fields) per row, or (line, reason) for a row that is not even a record."""
     if fmt == "urls":
@@ -127,10 +137,13 @@ def _checked(line: int, fields: dict[str, Any]) -> Row | BadRow:
     notify = fields.get("notify") or []
     if isinstance(notify, str):
         notify = notify.split()
+    given = fields.get("every")
     try:
-        every = int(fields.get("every") or 3600)
+        if isinstance(given, float) and not given.is_integer():
+            raise ValueError(given)  # 60.5 is not silently 60
+        every = 3600 if given in (None, "") else int(given)
     except (TypeError, ValueError):
-        return BadRow(line, f"every: not a number of seconds: {fields.get('every')!r}")
+        return BadRow(line, f"every: not a whole number of seconds: {given!r}")
     if every < MIN_EVERY:
         return BadRow(line, f"every: at least {MIN_EVERY} seconds, got {every}")
     try:  # the same checks as an event's and `monitor add`'s: URL, selector and rule syntax, targets

@@ -444,3 +444,51 @@ def test_check_renders_a_page_written_by_javascript(monkeypatch: pytest.MonkeyPa
 def test_screenshot_refuses_bad_keys_and_paths_with_one_line(tmp_path: Path) -> None:
     code, out = run("screenshot", "sha256:" + "a" * 5000)
     assert code == 2 and "is not a screenshot key" in out and len(out) < 300
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        (["--rule", "price <<"], "options: rule: "),
+        (["--every", "0"], "options: every: at least 30 seconds, got 0"),
+        (["--selector", "[["], "options: selector: invalid selector '[['"),
+    ],
+)
+def test_monitor_import_refuses_bad_options_once_and_stores_nothing(
+    tmp_path: Path, options: list[str], reason: str
+) -> None:
+    (tmp_path / "urls.txt").write_text("https://a.example/1\nhttps://a.example/2\nhttps://a.example/3\n")
+    code, out = run("monitor", "import", str(tmp_path / "urls.txt"), *options)
+    assert code == 2 and out.startswith(f"error: {reason}") and out.count("\n") == 1, out
+    assert json.loads(run("monitor", "list", "--json")[1]) == []
+
+
+def test_monitor_import_reads_every_as_whole_seconds(tmp_path: Path) -> None:
+    (tmp_path / "m.jsonl").write_text(
+        '{"url": "https://a.example/1", "every": 60.5}\n{"url": "https://a.example/2", "every": 90.0}\n'
+        '{"url": "https://a.example/3", "every": 0}\n'
+    )
+    result = runner.invoke(app, ["monitor", "import", str(tmp_path / "m.jsonl"), "--json"])
+    report = json.loads(result.stdout)
+    assert report["imported"] == 1 and [b["line"] for b in report["bad_rows"]] == [1, 3], report
+    assert report["bad_rows"][0]["error"] == "every: not a whole number of seconds: 60.5"
+    assert report["bad_rows"][1]["error"] == "every: at least 30 seconds, got 0"
+    assert [m["every"] for m in json.loads(run("monitor", "list", "--json")[1])] == [90]
+
+
+def test_one_monitor_is_said_in_the_singular(tmp_path: Path) -> None:
+    (tmp_path / "urls.txt").write_text("https://a.example/1\nnot a url\n")
+    code, out = run("monitor", "import", str(tmp_path / "urls.txt"))
+    assert code == 2 and "imported 1 monitor (id 1) in " in out and "; 1 bad row skipped" in out, out
+
+
+@pytest.mark.parametrize("command", ["show", "pause", "resume", "rm"])
+def test_a_monitor_id_past_64_bits_is_bad_input(command: str) -> None:
+    code, out = run("monitor", command, "99999999999999999999999")
+    assert code == 2 and out.startswith("error: ") and out.count("\n") == 1 and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("args", [[], ["monitor"], ["dlq"]])
+def test_a_bare_command_prints_its_help_whole(args: list[str]) -> None:
+    code, out = run(*args)
+    assert code == 0 and out.startswith("Usage: ") and "\n\nOptions:\n" in out, out

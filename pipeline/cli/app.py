@@ -34,7 +34,11 @@ class _OneLineErrors(TyperGroup):
         except typer.Abort:
             code = _error("aborted", 1)
         except TyperException as e:  # click's usage errors (typer carries its own click): bad input
-            code = _error(e.format_message(), getattr(e, "exit_code", 2))
+            if type(e).__name__ == "NoArgsIsHelpError":  # a bare `pipeline` or `pipeline monitor`: its help, whole
+                typer.echo(e.format_message())
+                code = 0
+            else:
+                code = _error(e.format_message(), getattr(e, "exit_code", 2))
         except CommandError as e:
             code = _error(str(e), e.code)
         except Exception as e:  # NATS refusing a request (replicas > 1 on a single server), or gone mid-command

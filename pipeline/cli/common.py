@@ -134,3 +134,5 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
 
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
+#: A monitor's id: a 64-bit SQL integer, so a longer number is bad input, not a database error.
+MONITOR_ID = typer.Argument(..., min=1, max=2**63 - 1, help="The monitor's id.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from pipeline import redact
-from pipeline.cli.common import JSON_OPTION, bad_input, echo_json, engine, read_bytes, table
+from pipeline.cli.common import JSON_OPTION, MONITOR_ID, bad_input, echo_json, engine, read_bytes, table
 
 app = typer.Typer(help="Add, list, pause, resume and remove monitors.", no_args_is_help=True)
 
@@ -52,7 +52,7 @@ def add(
 
 
 @app.command("show")
-def show(monitor_id: int = typer.Argument(..., help="The monitor's id."), as_json: bool = JSON_OPTION) -> None:
+def show(monitor_id: int = MONITOR_ID, as_json: bool = JSON_OPTION) -> None:
     """One monitor in full, with its latest checks and findings."""
     from pipeline import queries
 
@@ -121,7 +121,7 @@ def list_(as_json: bool = JSON_OPTION) -> None:
 
 
 @app.command("pause")
-def pause(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> None:
+def pause(monitor_id: int = MONITOR_ID) -> None:
     """Stop checking a monitor (it keeps its history)."""
     from pipeline import queries
 
@@ -131,7 +131,7 @@ def pause(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> No
 
 
 @app.command("resume")
-def resume(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> None:
+def resume(monitor_id: int = MONITOR_ID) -> None:
     """Check a paused monitor again."""
     from pipeline import queries
 
@@ -141,7 +141,7 @@ def resume(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> N
 
 
 @app.command("rm")
-def remove(monitor_id: int = typer.Argument(..., help="The monitor's id.")) -> None:
+def remove(monitor_id: int = MONITOR_ID) -> None:
     """Remove a monitor; its history stays, under an id no new monitor gets."""
     from pipeline import queries
 
@@ -168,13 +168,17 @@ def import_(
     import time
 
     from pipeline import queries
-    from pipeline.monitor_files import BadRow, MonitorFileError, Row, read, sniff
+    from pipeline.monitor_files import BadRow, MonitorFileError, Row, check_defaults, read, sniff
 
     started = time.monotonic()
     text = _read_text(read_bytes(file), file)
     if fmt not in (None, "csv", "jsonl", "urls"):
         bad_input(f"--format {fmt!r}: use csv, jsonl or urls")
     defaults = {"selector": selector, "rule": rule, "every": every, "notify": list(notify)}
+    try:
+        check_defaults(defaults)
+    except MonitorFileError as e:
+        bad_input(f"options: {e}")
     rows: list[Row] = []
     bad: list[BadRow] = []
     try:
@@ -192,10 +196,10 @@ def import_(
         for b in bad[:50]:
             typer.echo(f"line {b.line}: {b.reason}", err=True)
         if len(bad) > 50:
-            typer.echo(f"... and {len(bad) - 50} more bad rows", err=True)
-        ids = f" (ids {first}..{last})" if count else ""
-        skipped = f"; {len(bad)} bad rows skipped" if bad else ""
-        typer.echo(f"imported {count:,} monitors{ids} in {seconds:.1f} s{skipped}")
+            typer.echo(f"... and {_plural(len(bad) - 50, 'more bad row')}", err=True)
+        ids = f" (ids {first}..{last})" if count > 1 else f" (id {first})" if count else ""
+        skipped = f"; {_plural(len(bad), 'bad row')} skipped" if bad else ""
+        typer.echo(f"imported {_plural(count, 'monitor')}{ids} in {seconds:.1f} s{skipped}")
     if bad:
         raise typer.Exit(2)
 
@@ -206,3 +210,8 @@ def _read_text(data: bytes, file: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         bad_input(f"{file}: not UTF-8 text (byte {e.start})")
+
+
+def _plural(count: int, noun: str) -> str:
+    """``1 monitor``, ``2 monitors``, ``1,000 monitors``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
