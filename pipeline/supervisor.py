@@ -207,6 +207,36 @@ def share_metrics_directory(home: Path) -> str:
     return str(directory)
 
 
+class HomeInUseError(RuntimeError):
+    """Another ``pipeline up`` runs with this home."""
+
+
+def hold_home(home: Path) -> Any:
+    """Take ``<home>/up.lock`` for as long as the returned file stays open (the process's life).
+
+    A second ``pipeline up`` on the same home would join the first's NATS server and database and run
+    a second set of every pool, scheduler and (with ``--demo``) a site whose monitors replace the
+    first's.  Raises ``HomeInUseError`` naming the process that holds it.  ``flock``: released by the
+    kernel however the holder ends, SIGKILL included; the descriptor is not inherited by the workers.
+    """
+    import fcntl
+
+    home.mkdir(parents=True, exist_ok=True)
+    held = (home / "up.lock").open("a+")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.seek(0)
+        holder = held.read().strip() or "unknown"
+        held.close()
+        raise HomeInUseError(f"another `pipeline up` (pid {holder}) runs with the home {home}") from None
+    held.seek(0)
+    held.truncate()
+    held.write(f"{os.getpid()}\n")
+    held.flush()
+    return held
+
+
 _stop_requested: threading.Event | None = None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -492,3 +493,24 @@ def test_a_monitor_id_past_64_bits_is_bad_input(command: str) -> None:
 def test_a_bare_command_prints_its_help_whole(args: list[str]) -> None:
     code, out = run(*args)
     assert code == 0 and out.startswith("Usage: ") and "\n\nOptions:\n" in out, out
+
+
+def test_one_pipeline_up_per_home(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from pipeline.supervisor import HomeInUseError, hold_home
+
+    held = hold_home(tmp_path)
+    with pytest.raises(HomeInUseError, match=rf"another `pipeline up` \(pid {os.getpid()}\) runs with the home"):
+        hold_home(tmp_path)
+    script = "import sys, pathlib, pipeline.supervisor as s; s.hold_home(pathlib.Path(sys.argv[1]))"
+    other = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert other.returncode == 1 and "HomeInUseError" in other.stderr  # another process is refused too
+    held.close()  # the first one ends: the home is free again
+    hold_home(tmp_path).close()
+    env = {**os.environ, "PIPELINE_HOME": str(tmp_path)}
+    with hold_home(tmp_path):
+        up = subprocess.run([sys.executable, "-m", "pipeline.cli", "up"], capture_output=True, text=True, env=env)
+    assert up.returncode == 1 and up.stderr.startswith("error: another `pipeline up` (pid "), up.stderr
+    assert "give this one its own PIPELINE_HOME" in up.stderr and up.stderr.count("\n") == 1

@@ -29,12 +29,23 @@ def up(
     demo: bool = typer.Option(False, "--demo", help="Also serve a local site whose pages change, with monitors on it."),
 ) -> None:
     """Run the pipeline on this machine: NATS, a worker pool per queue sized on its lag, metrics, a live status."""
-    from pipeline.supervisor import Supervisor, share_metrics_directory, stop_on_signals, wait_until_stopped
+    from pipeline.supervisor import (
+        HomeInUseError,
+        Supervisor,
+        hold_home,
+        share_metrics_directory,
+        stop_on_signals,
+        wait_until_stopped,
+    )
 
     policies = _policies(manifests)
     stop_on_signals()  # from here on a SIGTERM, even while the parts start, stops them all in order
     if demo:
         _keep_to_the_demo()
+    try:
+        _held = hold_home(settings().home)  # until this command returns, at the end of the process
+    except HomeInUseError as e:
+        fail(f"{e}: stop it first, or give this one its own PIPELINE_HOME")
     metrics_dir = share_metrics_directory(settings().home)  # before anything imports prometheus-client
     from pipeline import exporter
 
