@@ -141,3 +141,31 @@ def recent_alerts(engine: Engine, limit: int) -> Sequence[Any]:
     with Session(engine) as session:
         query = select(Alert, Finding).join(Finding).order_by(col(Alert.created_at).desc()).limit(limit)
         return session.exec(query).all()
+
+
+@dataclass(frozen=True)
+class Failures:
+    """Checks that failed in one stage since the last look: how many, and the newest one's reason."""
+
+    stage: str
+    count: int
+    latest: str
+
+
+def failed_checks_since(engine: Engine, after_id: int | None) -> tuple[int, list[Failures]]:
+    """The ``checks`` rows with outcome ``error`` whose id is past ``after_id``, by stage, and the id to
+    look past next time.  ``after_id`` None: none yet, only where ``checks`` ends (history is not news)."""
+    with engine.connect() as connection:
+        newest = connection.execute(sa_select(func.max(Check.id))).scalar() or 0
+        if after_id is None or newest <= after_id:
+            return newest, []
+        rows = connection.execute(
+            sa_select(col(Check.stage), col(Check.detail))
+            .where(col(Check.id) > after_id, col(Check.id) <= newest, col(Check.outcome) == "error")
+            .order_by(col(Check.id))
+        ).all()
+    found: dict[str, Failures] = {}
+    for stage, detail in rows:
+        count = found[stage].count + 1 if stage in found else 1
+        found[stage] = Failures(stage, count, detail)
+    return newest, list(found.values())

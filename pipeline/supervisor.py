@@ -53,6 +53,8 @@ class Supervisor:
         self.pools: dict[str, Any] = {}
         self.autoscaler: Any = None
         self.outage = Outage("pipeline up")
+        self._engine: Any = None  # the database, for failures(); set by watch_failures()
+        self._checks_seen: int | None = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Supervisor:
@@ -70,6 +72,11 @@ class Supervisor:
         self._stack.callback(site.stop)
         install_monitors(engine, site)
         return site
+
+    def watch_failures(self, engine: Any) -> None:
+        """From now on ``failures()`` reports the checks that fail, read from this database."""
+        self._engine = engine
+        self.failures()
 
     def connect(self, broker: Any) -> Any:
         """Take the broker the workers' actors are declared on; closed last."""
@@ -157,6 +164,18 @@ class Supervisor:
         scheduler = Scheduler(self.broker, context(self.broker, self.settings))
         scheduler.start()
         self._stack.callback(scheduler.stop)
+
+    def failures(self) -> list[Any]:
+        """The checks that failed since the last call, by stage (``pipeline.queries.Failures``); none at
+        the first call, which only marks where the ``checks`` table ends."""
+        from pipeline import queries
+
+        try:
+            self._checks_seen, failed = queries.failed_checks_since(self._engine, self._checks_seen)
+        except Exception:  # the database busy or away: the status line goes on, the next call catches up
+            logger.debug("Could not read failed checks.", exc_info=True)
+            return []
+        return failed
 
     def status(self) -> list[StageStatus]:
         """Each pool's stage, in flow order: lag, messages done and failed since the last call, replicas."""

@@ -274,3 +274,25 @@ def test_postgresql_sessions_are_in_utc_and_keep_the_urls_options(db_engine: Eng
         path = connection.execute(text("SHOW search_path")).scalar_one()
     assert zone == "UTC"
     assert path.startswith("t_")  # conftest's schema of this test
+
+
+def test_failed_checks_are_news_once_by_stage_with_the_latest_reason(db_engine: Engine) -> None:
+    from pipeline.models import Check
+    from pipeline.queries import Failures, failed_checks_since
+
+    def check(stage: str, outcome: str, detail: str = "") -> Check:
+        now = datetime.now(UTC)
+        return Check(source="s", stage=stage, outcome=outcome, detail=detail, message_id="m", started_at=now)
+
+    with Session(db_engine) as session:
+        session.add(check("fetch", "error", "history, not news"))
+        session.commit()
+    seen, failed = failed_checks_since(db_engine, None)
+    assert failed == []  # the first look only marks where the table ends
+    with Session(db_engine) as session:
+        session.add_all([check("fetch", "error", "refused 10.0.0.1"), check("fetch", "unchanged"),
+                         check("scrape", "error", "no match"), check("fetch", "error", "timed out")])  # fmt: skip
+        session.commit()
+    seen, failed = failed_checks_since(db_engine, seen)
+    assert failed == [Failures("fetch", 2, "timed out"), Failures("scrape", 1, "no match")]
+    assert failed_checks_since(db_engine, seen) == (seen, [])  # told once

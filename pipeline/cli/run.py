@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,11 @@ def up(
         supervisor.start_scheduler()
         typer.echo(f"Publish events to {broker.prefix}.events.check | .monitor | .content (JSON; see docs/schemas/)")
         with view:
+            supervisor.watch_failures(database)
 
             def show_status() -> None:
+                for failed in supervisor.failures():  # above the status: a refused address shows at once
+                    view.alert(_failure_line(failed))
                 view.update(supervisor.status(), supervisor.outage.describe())
 
             show_status()
@@ -154,6 +158,13 @@ def exporter(
             fail(f"cannot serve metrics on port {port}; set PIPELINE_METRICS_PORT")
         typer.echo(f"Metrics at http://127.0.0.1:{port}/metrics")
         wait_until_stopped()
+
+
+def _failure_line(failed: Any) -> str:
+    """``fetch: 3 checks failed, the last: <reason>; see ...``: each is retried if it can pass."""
+    checks = "1 check" if failed.count == 1 else f"{failed.count} checks"
+    where = "see `pipeline monitor show ID` and `pipeline dlq list`"
+    return time.strftime("%H:%M:%S ") + f"{failed.stage}: {checks} failed, the last: {failed.latest}; {where}"
 
 
 def _flow_order(queues: set[str]) -> list[str]:
