@@ -514,3 +514,19 @@ def test_one_pipeline_up_per_home(tmp_path: Path) -> None:
         up = subprocess.run([sys.executable, "-m", "pipeline.cli", "up"], capture_output=True, text=True, env=env)
     assert up.returncode == 1 and up.stderr.startswith("error: another `pipeline up` (pid "), up.stderr
     assert "give this one its own PIPELINE_HOME" in up.stderr and up.stderr.count("\n") == 1
+
+
+def test_a_monitor_on_a_refused_address_is_stored_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = runner.invoke(app, ["monitor", "add", "http://127.0.0.1:8080/x"])
+    assert result.exit_code == 0 and result.stdout.strip() == "1"
+    assert "warning: this machine's address policy refuses" in result.stderr, result.stderr
+    for url in ("http://localhost/x", "http://[::1]/x", "http://10.1.2.3/x"):
+        assert "warning" in runner.invoke(app, ["monitor", "add", url]).stderr, url
+    assert "warning" not in runner.invoke(app, ["monitor", "add", "https://example.com/x"]).stderr
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1/a\nhttp://192.168.0.9/b\nhttps://example.com/c\n")
+    result = runner.invoke(app, ["monitor", "import", str(tmp_path / "urls.txt")])
+    assert result.exit_code == 0 and "warning: 2 monitors on a non-public address" in result.stderr
+    monkeypatch.setenv("PIPELINE_FETCH_ALLOW_HOSTS", "127.0.0.1")
+    assert "warning" not in runner.invoke(app, ["monitor", "add", "http://127.0.0.1:8080/y"]).stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from pipeline import redact
-from pipeline.cli.common import JSON_OPTION, MONITOR_ID, bad_input, echo_json, engine, read_bytes, table
+from pipeline.cli.common import JSON_OPTION, MONITOR_ID, bad_input, echo_json, engine, read_bytes, settings, table
 
 app = typer.Typer(help="Add, list, pause, resume and remove monitors.", no_args_is_help=True)
 
@@ -49,6 +49,8 @@ def add(
     monitor = Monitor(name=name or redact.display_url(url), url=url, selector=selector, rule=rule, question=question,
                       interval_seconds=every, notify=list(notify), fetch=fetch, wait_for=wait_for)  # fmt: skip
     typer.echo(queries.add_monitor(engine(), monitor))
+    if _refused(url):
+        typer.echo(f"warning: {_REFUSED}", err=True)
 
 
 @app.command("show")
@@ -200,6 +202,9 @@ def import_(
         ids = f" (ids {first}..{last})" if count > 1 else f" (id {first})" if count else ""
         skipped = f"; {_plural(len(bad), 'bad row')} skipped" if bad else ""
         typer.echo(f"imported {_plural(count, 'monitor')}{ids} in {seconds:.1f} s{skipped}")
+    refused = sum(_refused(r.url) for r in rows)
+    if refused and not as_json:
+        typer.echo(f"warning: {_plural(refused, 'monitor')} on a non-public address: {_REFUSED}", err=True)
     if bad:
         raise typer.Exit(2)
 
@@ -215,3 +220,32 @@ def _read_text(data: bytes, file: str) -> str:
 def _plural(count: int, noun: str) -> str:
     """``1 monitor``, ``2 monitors``, ``1,000 monitors``."""
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+_REFUSED = (
+    "this machine's address policy refuses the address, so its checks fail until the pipeline"
+    " runs with PIPELINE_FETCH_ALLOW_HOSTS naming it"
+)
+
+
+def _refused(url: str) -> bool:
+    """Whether the address policy here refuses the URL's host: an IP literal or a ``localhost`` name.
+
+    Stored all the same (where the pipeline runs, the policy may allow it), with a warning: otherwise
+    the first sign is a failed check.  Names are not resolved here (a slow or absent DNS would hold
+    up ``monitor add``); the fetcher checks every address it connects to.
+    """
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    from pipeline.netguard import AddressPolicy
+
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address("127.0.0.1")
+    else:
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+    return not AddressPolicy.from_entries(settings().fetch.allow_hosts).allows(host, ip)
