@@ -21,6 +21,7 @@ instead of holding a worker.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import re
 from collections.abc import Callable
@@ -48,6 +49,7 @@ class Verdict:
 
 
 _COMPARISON = re.compile(r"^\s*([A-Za-z_][\w ]*?)\s*(<=|>=|==|!=|<|>)\s*(-?\d[\d.,]*)\s*$")
+_DECIMAL = re.compile(r"-?\d+(\.\d+)?")
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     "<=": operator.le,
@@ -132,7 +134,7 @@ def parse_rule(text: str | None) -> Rule:
             compiled = regex.compile(body, sum(bits[f] for f in set(flags)))
         except regex.error as e:
             raise RuleError(f"invalid regular expression {body!r}: {e}") from None
-        return Pattern(compiled, f"/{body}/")
+        return Pattern(compiled, f"/{body}/{''.join(sorted(set(flags)))}")
     if len(text) >= 2 and text[0] == text[-1] == '"':
         phrase = text[1:-1]
         if not phrase.strip():
@@ -141,8 +143,10 @@ def parse_rule(text: str | None) -> Rule:
     match = _COMPARISON.match(text)
     if match:
         label, op, limit = match.groups()
-        number = first_number(limit)
-        if number is None:
+        # A rule is written as code is: 89.500 is 89.5. Only a limit with a comma or several points
+        # (1,299 or 1.299.000) is read as shops write numbers, as the watched text is.
+        number = float(limit) if _DECIMAL.fullmatch(limit) else first_number(limit)
+        if number is None or not math.isfinite(number):
             raise RuleError(f"cannot read {limit!r} as a number in rule {text!r}")
         return Threshold(label.strip(), op, number)
     raise RuleError(f"cannot understand rule {text!r}; examples: {_EXAMPLES}")

@@ -44,6 +44,20 @@ def test_threshold_fires_when_the_value_crosses() -> None:
     assert rule.evaluate(Change(None, "Price 95")).relevant  # a first (ad-hoc) check answers now
 
 
+@pytest.mark.parametrize(
+    ("rule", "limit"),
+    [("price < 89.500", 89.5), ("price < 89.5", 89.5), ("price > -2.25", -2.25), ("price < 1,299", 1299),
+     ("price < 1.299.000", 1299000), ("price < 1.299,50", 1299.5), ("price < 100", 100)],
+)  # fmt: skip
+def test_a_rules_limit_with_one_point_is_a_decimal_as_in_code(rule: str, limit: float) -> None:
+    assert parse_rule(rule) == Threshold("price", rule.split()[1], limit)
+
+
+def test_a_regex_rule_names_its_flags_in_what_it_says() -> None:
+    verdict = parse_rule("/in STOCK/is").evaluate(Change("gone", "In stock", ("In stock",), ("gone",)))
+    assert verdict.relevant and verdict.summary == "/in STOCK/is appeared"
+
+
 def test_phrase_and_regex_look_at_what_was_added() -> None:
     phrase = parse_rule('"Sold Out"')
     assert phrase.evaluate(Change("in stock", "sold out", ("sold out",), ("in stock",))).relevant
