@@ -98,11 +98,22 @@ class DemoSite:
 
 
 def install_monitors(engine: Engine, site: DemoSite) -> list[int]:
-    """Replace the previous run's demo monitors (their site had another port) with this run's."""
+    """Point the previous run's demo monitors (their site had another port) at this run's site.
+
+    They keep their ids, so ``monitor show 1`` shows the kettle on every run; a demo monitor that is
+    missing (a first run, or one removed) is added.
+    """
     with Session(engine) as session:
-        for old in session.exec(select(Monitor).where(col(Monitor.name).startswith("demo: "))).all():
-            session.delete(old)
-        monitors = site.monitors()
-        session.add_all(monitors)
+        previous = {m.name: m for m in session.exec(select(Monitor).where(col(Monitor.name).startswith("demo: ")))}
+        monitors = []
+        for wanted in site.monitors():
+            monitor = previous.pop(wanted.name, None) or wanted
+            for field in ("url", "selector", "rule", "interval_seconds", "notify", "next_check_at"):
+                setattr(monitor, field, getattr(wanted, field))
+            monitor.paused = False
+            session.add(monitor)
+            monitors.append(monitor)
+        for stale in previous.values():
+            session.delete(stale)
         session.commit()
         return [m.id for m in monitors]  # type: ignore[misc]

@@ -132,3 +132,28 @@ def test_workers_end_when_up_is_killed_with_sigkill(tmp_path: Path, nats_server)
         up.kill()  # SIGKILL: no handler runs, nothing is stopped in order
         up.wait(10)
     assert wait_for(lambda: not [p for p in replicas if p.exists()], 60), "a replica outlived a killed `pipeline up`"
+
+
+def test_the_demo_monitors_keep_their_ids_from_run_to_run(db_engine) -> None:  # type: ignore[no-untyped-def]
+    from sqlmodel import Session, select
+
+    from pipeline.demo import DemoSite, install_monitors
+    from pipeline.models import Monitor
+
+    first, second = DemoSite(lambda *_: None), DemoSite(lambda *_: None)
+    try:
+        ids = install_monitors(db_engine, first)
+        with Session(db_engine) as session:  # a user paused one and added one of their own
+            kettle = session.get(Monitor, ids[0])
+            assert kettle is not None
+            kettle.paused = True
+            session.add(Monitor(name="mine", url="https://example.com/"))
+            session.commit()
+        assert install_monitors(db_engine, second) == ids  # `monitor show 1` is the kettle on every run
+        with Session(db_engine) as session:
+            monitors = session.exec(select(Monitor).order_by(Monitor.id)).all()  # type: ignore[arg-type]
+        assert [m.url.startswith(second.url) for m in monitors] == [True, True, True, False]
+        assert not any(m.paused for m in monitors[:3]) and monitors[3].name == "mine"
+    finally:
+        for site in (first, second):
+            site.server.server_close()
