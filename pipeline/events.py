@@ -9,7 +9,9 @@ these models (``pipeline schemas``), so the documentation cannot drift.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -78,7 +80,31 @@ class _WhatMatters(_Event):
         for target in targets:
             if "://" not in target:
                 raise ValueError(f"notify target {target[:40]!r} is not a URL (scheme://...)")
+            if not notifier_known(target):  # a typo is refused here, not found when the first alert fails
+                scheme = target.split("://", 1)[0][:20]
+                raise ValueError(
+                    f"notify target {scheme}://… is neither a webhook (http, https) nor a notification URL"
+                    " Apprise knows (each service's form: https://github.com/caronc/apprise/wiki)"
+                )
         return targets
+
+
+@functools.lru_cache(maxsize=4096)
+def notifier_known(target: str) -> bool:
+    """Whether ``target`` is a webhook URL or one Apprise parses into a notifier (its URL grammar, not ours).
+
+    Parsing only: nothing is sent or resolved.  Remembered per target: the ingest sees the same few often.
+    """
+    if target.split("://", 1)[0].lower() in ("http", "https"):
+        return True
+    import apprise
+
+    said = logging.getLogger("apprise")
+    was, said.disabled = said.disabled, True  # Apprise says what was wrong with a token by quoting it: a secret
+    try:
+        return apprise.Apprise.instantiate(target, suppress_exceptions=True) is not None
+    finally:
+        said.disabled = was
 
 
 class CheckEvent(_WhatMatters):

@@ -27,7 +27,7 @@ def run(*args: str) -> tuple[int, str]:
 def test_add_list_pause_resume_remove() -> None:
     code, out = run("monitor", "add", "https://example.com/kettle", "--rule", "price < 100", "--every", "600",
                     "--notify", "https://hooks.example.com/a", "--question", "Is it discounted?")  # fmt: skip
-    assert code == 0 and out.strip() == "1"
+    assert code == 0 and out.splitlines()[0] == "1"  # then a warning: no LLM key here
     code, out = run("monitor", "show", "1")
     assert code == 0 and "url: https://example.com/kettle" in out and "recent checks:" in out
     assert run("monitor", "show", "2")[0] == 2  # no such monitor: bad input
@@ -530,3 +530,19 @@ def test_a_monitor_on_a_refused_address_is_stored_with_a_warning(
     assert result.exit_code == 0 and "warning: 2 monitors on a non-public address" in result.stderr
     monkeypatch.setenv("PIPELINE_FETCH_ALLOW_HOSTS", "127.0.0.1")
     assert "warning" not in runner.invoke(app, ["monitor", "add", "http://127.0.0.1:8080/y"]).stderr
+
+
+def test_a_question_without_an_llm_key_is_stored_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PIPELINE_OPENAI_API_KEYS", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(app, ["monitor", "add", "https://example.com/x", "--question", "Cheaper?"])
+    assert result.exit_code == 0 and "the question is not asked and the rule alone decides" in result.stderr
+    monkeypatch.setenv("PIPELINE_OPENAI_API_KEYS", "sk-test")
+    result = runner.invoke(app, ["monitor", "add", "https://example.com/y", "--question", "Cheaper?"])
+    assert result.exit_code == 0 and "warning" not in result.stderr
+
+
+def test_a_notify_target_apprise_does_not_know_is_bad_input() -> None:
+    code, out = run("monitor", "add", "https://example.com/x", "--notify", "slack://nope")
+    assert code == 2 and out.startswith("error: notify: notify target slack://… is neither a webhook"), out
+    assert json.loads(run("monitor", "list", "--json")[1]) == []

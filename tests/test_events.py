@@ -43,6 +43,8 @@ def test_monitor_and_content_events_are_parsed() -> None:
             "colour: Extra inputs are not permitted",
         ),
         ("pipeline.events.check", b'{"url": "https://e.com", "notify": ["nobody"]}', "is not a URL"),
+        ("pipeline.events.check", b'{"url": "https://e.com", "notify": ["foo://bar"]}', "neither a webhook"),
+        ("pipeline.events.check", b'{"url": "https://e.com", "notify": ["slack://s3cret"]}', "slack://… is neither"),
         ("pipeline.events.monitor", b'{"monitor_id": 0}', "monitor_id: Input should be greater than 0"),
         ("pipeline.events.monitor", b"{}", "monitor_id: Field required"),
         ("pipeline.events.nope", b"{}", "unknown event subject 'pipeline.events.nope'"),
@@ -86,3 +88,17 @@ def test_published_json_schemas_match_the_models() -> None:
 def test_a_key_given_twice_is_refused_not_guessed() -> None:
     with pytest.raises(InvalidEventError, match="the key 'url' is given twice"):
         parse_event("pipeline.events.check", b'{"url": "https://a.example", "url": "https://b.example"}')
+
+
+def test_a_refused_notify_target_keeps_its_secret_out_of_the_reason() -> None:
+    with pytest.raises(InvalidEventError) as raised:
+        parse_event("pipeline.events.check", b'{"url": "https://e.com", "notify": ["slack://s3cret-token"]}')
+    assert "s3cret" not in raised.value.reason
+
+
+@pytest.mark.parametrize(
+    "target", ["https://hooks.example.com/a", "mailto://u:p@example.com", "json://127.0.0.1:8080/x", "discord://1/ab"]
+)
+def test_webhooks_and_notification_urls_apprise_knows_are_taken(target: str) -> None:
+    event = parse_event("pipeline.events.check", json.dumps({"url": "https://e.com", "notify": [target]}).encode())
+    assert isinstance(event, CheckEvent) and event.notify == [target]

@@ -51,6 +51,12 @@ def add(
     typer.echo(queries.add_monitor(engine(), monitor))
     if _refused(url):
         typer.echo(f"warning: {_REFUSED}", err=True)
+    if question and not settings().llm.enabled:
+        typer.echo(
+            "warning: no OpenAI key here (PIPELINE_OPENAI_API_KEYS): unless the pipeline runs with one, the"
+            " question is not asked and the rule alone decides",
+            err=True,
+        )
 
 
 @app.command("show")
