@@ -546,3 +546,11 @@ def test_a_notify_target_apprise_does_not_know_is_bad_input() -> None:
     code, out = run("monitor", "add", "https://example.com/x", "--notify", "slack://nope")
     assert code == 2 and out.startswith("error: notify: notify target slack://… is neither a webhook"), out
     assert json.loads(run("monitor", "list", "--json")[1]) == []
+
+
+def test_monitor_show_lists_the_fields_in_their_declared_order() -> None:
+    run("monitor", "add", "https://example.com/kettle", "--rule", "price < 100")
+    run("monitor", "pause", "1")
+    code, out = run("monitor", "show", "1")
+    keys = [line.split(":", 1)[0] for line in out.split("recent checks:")[0].splitlines()]
+    assert code == 0 and keys[:5] == ["id", "name", "url", "selector", "rule"], keys

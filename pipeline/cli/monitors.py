@@ -68,7 +68,8 @@ def show(monitor_id: int = MONITOR_ID, as_json: bool = JSON_OPTION) -> None:
     if monitor is None:
         bad_input(f"no monitor {monitor_id}")
     history = queries.monitor_history(engine(), monitor_id)
-    data = monitor.model_dump(mode="json")
+    dumped = monitor.model_dump(mode="json")
+    data = {field: dumped[field] for field in type(monitor).model_fields if field in dumped}  # declared order
     data["url"] = redact.display_url(data["url"]) if data.get("url") else None
     data["notify"] = [redact.redact_url(target) for target in data["notify"]]
     checks = [
@@ -87,7 +88,8 @@ def show(monitor_id: int = MONITOR_ID, as_json: bool = JSON_OPTION) -> None:
     for key, value in data.items():
         typer.echo(f"{key}: {value}")
     typer.echo("recent checks:")
-    table(["AT", "STAGE", "OUTCOME", "DETAIL"], ([c["at"], c["stage"], c["outcome"], c["detail"][:80]] for c in checks))
+    rows = ([c["at"], c["stage"], c["outcome"], c["detail"][:200]] for c in checks)
+    table(["AT", "STAGE", "OUTCOME", "DETAIL"], rows)
     typer.echo("recent findings:")
     table(
         ["AT", "RELEVANT", "ANALYSER", "SUMMARY"],
