@@ -240,6 +240,9 @@ class Connection:
                     loop.run(self._outbox.flushed(), timeout=5)  # queued acks leave first
                 loop.run(nc.close(), timeout=10)
         loop.stop()
+        for outbox in (self._outbox, self.batch_outbox):
+            if outbox is not None:
+                outbox.close()
 
     def run(self, coro: Any, timeout: float | None = None) -> Any:
         """Run a nats.py coroutine on the loop, mapping disconnects to ``ConnectionClosed``."""

@@ -9,7 +9,9 @@ and one task on the loop drains it in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,6 +30,13 @@ class Outbox:
         self.jobs: deque[Job] = deque()
         self.lock = threading.Lock()
         self.draining = False
+        # The loop is woken through a pipe of our own: os.write lets go of the GIL for the system call,
+        # where uvloop's call_soon_threadsafe holds it.  A thread woken at once on this core would
+        # otherwise wait for the GIL of the very thread that woke it.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        loop.call_soon_threadsafe(loop.add_reader, self._wake_read, self._woken)
 
     def put(self, job: Job) -> None:
         self.jobs.append(job)
@@ -35,10 +44,26 @@ class Outbox:
             if self.draining:
                 return
             self.draining = True
-        self.loop.call_soon_threadsafe(self._start)
+        try:
+            os.write(self._wake_write, b"\0")
+        except BlockingIOError:  # the pipe is full of wake-ups the loop has yet to read: it is woken
+            pass
+        except OSError:  # closed: the connection is going away
+            with self.lock:
+                self.draining = False
 
-    def _start(self) -> None:
+    def _woken(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_read, 4096)
         self.loop.create_task(self._drain())
+
+    def close(self) -> None:
+        """Stop taking jobs; call from the loop's thread, or after the loop has stopped."""
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self._wake_read)
+        for fd in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     async def _drain(self) -> None:
         idle_rounds = 0
