@@ -9,12 +9,12 @@ and one task on the loop drains it in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
+
+from pipeline.broker.loop import Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +30,7 @@ class Outbox:
         self.jobs: deque[Job] = deque()
         self.lock = threading.Lock()
         self.draining = False
-        # The loop is woken through a pipe of our own: os.write lets go of the GIL for the system call,
-        # where uvloop's call_soon_threadsafe holds it.  A thread woken at once on this core would
-        # otherwise wait for the GIL of the very thread that woke it.
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
-        loop.call_soon_threadsafe(loop.add_reader, self._wake_read, self._woken)
+        self._wakeup = Wakeup(loop, self._start)
 
     def put(self, job: Job) -> None:
         self.jobs.append(job)
@@ -45,25 +39,17 @@ class Outbox:
                 return
             self.draining = True
         try:
-            os.write(self._wake_write, b"\0")
-        except BlockingIOError:  # the pipe is full of wake-ups the loop has yet to read: it is woken
-            pass
+            self._wakeup()
         except OSError:  # closed: the connection is going away
             with self.lock:
                 self.draining = False
 
-    def _woken(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_read, 4096)
+    def _start(self) -> None:
         self.loop.create_task(self._drain())
 
     def close(self) -> None:
-        """Stop taking jobs; call from the loop's thread, or after the loop has stopped."""
-        with contextlib.suppress(Exception):
-            self.loop.remove_reader(self._wake_read)
-        for fd in (self._wake_read, self._wake_write):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """Stop taking jobs; from the loop's thread, or once the loop has stopped."""
+        self._wakeup.close()
 
     async def _drain(self) -> None:
         idle_rounds = 0
