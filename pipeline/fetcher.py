@@ -203,6 +203,9 @@ class Fetcher:
         with self._lock:
             loop, self._loop = self._loop, None
         if loop is not None:
+            # A request still running (Ctrl-C during `pipeline check`) ends now, cancelled, rather than be
+            # destroyed pending with the loop ("Task was destroyed but it is pending!").
+            loop.run_coroutine(_cancel_the_rest())
             if self._session is not None:
                 loop.run_coroutine(self._session.close())
                 self._session = None
@@ -338,6 +341,14 @@ class Fetcher:
             etag=headers.get("etag"),
             last_modified=headers.get("last-modified"),
         )
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every other task on this loop and wait for them to unwind."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
