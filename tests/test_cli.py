@@ -554,3 +554,24 @@ def test_monitor_show_lists_the_fields_in_their_declared_order() -> None:
     code, out = run("monitor", "show", "1")
     keys = [line.split(":", 1)[0] for line in out.split("recent checks:")[0].splitlines()]
     assert code == 0 and keys[:5] == ["id", "name", "url", "selector", "rule"], keys
+
+
+def test_ctrl_c_during_a_check_ends_it_quietly(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as server:  # a site that takes the connection and never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/"
+        env = {**os.environ, "PIPELINE_HOME": str(tmp_path), "PIPELINE_FETCH_ALLOW_HOSTS": "127.0.0.1"}
+        check = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "check", url], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        server.settimeout(30)
+        connection, _ = server.accept()  # the request is under way
+        check.send_signal(signal.SIGINT)
+        _, err = check.communicate(timeout=30)
+        connection.close()
+    assert check.returncode == 130 and "Task was destroyed" not in err and "Traceback" not in err, err
