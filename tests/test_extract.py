@@ -206,3 +206,16 @@ def test_an_end_tag_of_nothing_open_does_not_hide_the_depth() -> None:
 
     page = "<div></section>" * (MAX_BLOCK_DEPTH + 1)  # parsers ignore the </section>: the divs nest
     assert bounded_nesting(page, copes_with=0).count("</div>") == 1
+
+
+def test_a_page_past_the_main_text_limit_is_watched_whole() -> None:
+    from pipeline.content.markup import MAIN_TEXT_MAX_CHARS
+
+    article = "<p>" + "A sentence of the article that trafilatura would keep as main text. " * 20 + "</p>"
+    nav = "<nav>Home | Shop | Contact</nav>"
+    small = f"<html><body>{nav}<main><article>{article}</article></main></body></html>".encode()
+    assert "Home | Shop" not in extract(small, "text/html").text  # the main text only
+    padding = "<div>padding</div>" * (MAIN_TEXT_MAX_CHARS // 18 + 1)
+    big = f"<html><body>{nav}<main><article>{article}</article></main>{padding}</body></html>".encode()
+    text = extract(big, "text/html").text
+    assert text.startswith("Home | Shop | Contact") and "A sentence of the article" in text
