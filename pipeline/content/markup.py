@@ -22,93 +22,17 @@ from pipeline.content.selectors import Dialect, Selector
 MAX_FEED_ENTRIES = 500
 
 
-#: Block elements nested deeper than this are made siblings at this depth (``bounded_nesting``):
-#: libxml2 (lxml, trafilatura) stops reading at 256 elements deep, every element counted, and 200
-#: leaves room for ``html``, ``body`` and inline elements inside the deepest block.  (Blink stops
-#: nesting at 512.)
-MAX_BLOCK_DEPTH = 200
-
-#: How deep each parser copes with, so a page with fewer start tags than this is not even scanned:
-#: lexbor parses 8,192 unclosed ``<div>`` in about 0.1 s (the time grows with the square of the
-#: depth), lxml with ``huge_tree`` reads 2,048 deep and trafilatura's lxml 256.
-LEXBOR_DEPTH, LXML_HUGE_DEPTH, LXML_DEPTH = 8192, 2048, 256
-
-#: A start or end tag, in lower case, of the block elements whose start tag makes an HTML parser look
-#: through every open element for a ``p`` to close (the HTML standard's tree construction "in body":
-#: "has a p element in button scope"): nested without end tags, parsing costs the square of the depth.
-_BLOCK_TAG = re.compile(
-    r"<(/?)(a(?:ddress|rticle|side)|blockquote|center|d(?:etails|ialog|ir|iv|l)|f(?:ieldset|igcaption|igure|ooter)"
-    r"|h(?:eader|group)|m(?:ain|enu)|nav|ol|s(?:earch|ection|ummary)|ul)(?=[\s/>])"
-)
-
-
-def bounded_nesting(html: str, copes_with: int) -> str:
-    """``html`` with block elements nested at most ``MAX_BLOCK_DEPTH`` deep, for a parser that copes
-    with ``copes_with`` elements deep; the same string when they are not nested deeper.
-
-    A page of 200,000 unclosed ``<div>`` (1 MB) took lexbor 150 s to parse, in C, where no time
-    limit interrupts it; libxml2 silently drops what lies past its depth, so a selector matched
-    nothing.  Past the limit, each block's start tag is preceded by the end tag of the innermost open
-    block and becomes its sibling, as Blink places elements past its depth.  Tags are found by a scan,
-    not a parse, which is enough to bound the depth: one in a comment or a script counts too, and an
-    end tag put there is text to the parser.
-    """
-    if html.count("<") - html.count("</") <= copes_with:  # start tags (and comments): the deepest it can be
-        return html
-    lowered = html.lower()  # same offsets: the page is ASCII where tags are, and lower() keeps its length
-    if len(lowered) != len(html):
-        lowered = html  # a rare character whose lower case is longer (İ): upper-case tags are then missed
-    if not _too_deep(_BLOCK_TAG.findall(lowered)):
-        return html  # one scan, nothing copied
-    parts: list[str] = []
-    opened: list[str] = []
-    copied = 0
-    for tag in _BLOCK_TAG.finditer(lowered):
-        if _close(opened, tag.group(1), tag.group(2)):
-            continue
-        if len(opened) == MAX_BLOCK_DEPTH:
-            parts += [html[copied : tag.start()], f"</{opened.pop()}>"]
-            copied = tag.start()
-        opened.append(tag.group(2))
-    parts.append(html[copied:])
-    return "".join(parts)
-
-
-def _too_deep(tags: list[tuple[str, str]]) -> bool:
-    """Whether these (``/`` or ``""``, name) tags nest blocks deeper than ``MAX_BLOCK_DEPTH``."""
-    opened: list[str] = []
-    for end, name in tags:
-        if not _close(opened, end, name):
-            opened.append(name)
-            if len(opened) > MAX_BLOCK_DEPTH:
-                return True
-    return False
-
-
-def _close(opened: list[str], end: str, name: str) -> bool:
-    """For an end tag, close its element and whatever is open inside it (an end tag of nothing open
-    is ignored, as parsers ignore it) and return True; False for a start tag."""
-    if not end:
-        return False
-    if opened and opened[-1] == name:
-        opened.pop()
-    elif name in opened:
-        del opened[len(opened) - 1 - opened[::-1].index(name) :]
-    return True
-
-
 def html_text(html: str, selector: Selector | None) -> str:
     from selectolax.lexbor import LexborHTMLParser
 
     if selector is None:
-        return _main_text(bounded_nesting(html, LXML_DEPTH))
+        return _main_text(html)
     if selector.dialect is Dialect.XPATH:
         from lxml import etree
         from lxml import html as lxml_html
 
         # huge_tree: libxml2 otherwise stops reading 256 elements deep, and the rest of the page is not there
         parser = lxml_html.HTMLParser(encoding="utf-8", remove_comments=True, huge_tree=True)
-        html = bounded_nesting(html, LXML_HUGE_DEPTH)
         try:
             document = lxml_html.document_fromstring(html.encode("utf-8", "surrogatepass"), parser=parser)
         except etree.ParserError:  # an empty page
@@ -116,7 +40,7 @@ def html_text(html: str, selector: Selector | None) -> str:
         return _xpath_text(document, selector)
     if selector.dialect is not Dialect.CSS:
         raise ExtractError(f"{selector.dialect.value} selector {selector.text!r} cannot apply to an HTML page")
-    nodes = LexborHTMLParser(bounded_nesting(html, LEXBOR_DEPTH)).css(selector.expression)
+    nodes = LexborHTMLParser(html).css(selector.expression)
     if not nodes:
         raise ExtractError(f"CSS selector {selector.text!r} matched nothing")
     return "\n".join(node.text(separator=" ", strip=True) for node in nodes)
