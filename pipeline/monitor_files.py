@@ -34,6 +34,9 @@ Format = Literal["csv", "jsonl", "urls"]
 
 #: The shortest interval a monitor may have, as ``monitor add`` enforces.
 MIN_EVERY = 30
+#: At most a year between checks: the scheduler adds it to a date, which past about 8,000 years overflows
+#: (one such monitor stopped every monitor's scheduling).
+MAX_EVERY = 366 * 24 * 3600
 
 
 class MonitorFileError(ValueError):
@@ -139,13 +142,15 @@ def _checked(line: int, fields: dict[str, Any]) -> Row | BadRow:
         notify = notify.split()
     given = fields.get("every")
     try:
-        if isinstance(given, float) and not given.is_integer():
-            raise ValueError(given)  # 60.5 is not silently 60
+        if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()):
+            raise ValueError(given)  # 60.5 is not silently 60, nor true 1
         every = 3600 if given in (None, "") else int(given)
     except (TypeError, ValueError):
         return BadRow(line, f"every: not a whole number of seconds: {given!r}")
     if every < MIN_EVERY:
         return BadRow(line, f"every: at least {MIN_EVERY} seconds, got {every}")
+    if every > MAX_EVERY:
+        return BadRow(line, f"every: at most {MAX_EVERY} seconds (a year), got {every}")
     try:  # the same checks as an event's and `monitor add`'s: URL, selector and rule syntax, targets
         event = CheckEvent.model_validate(
             {"url": fields.get("url"), "selector": fields.get("selector"), "rule": fields.get("rule"),

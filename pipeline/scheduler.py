@@ -21,6 +21,7 @@ from sqlmodel import Session
 from pipeline import queries
 from pipeline.broker import JetStreamBroker
 from pipeline.ingest import Ingest
+from pipeline.monitor_files import MAX_EVERY
 from pipeline.outage import Outage
 from pipeline.service import BackgroundService
 from pipeline.stages import Context
@@ -38,6 +39,10 @@ ACK_WAIT = 5.0
 
 def slot_id(monitor_id: int, due: datetime) -> str:
     return f"monitor:{monitor_id}:{int(due.timestamp())}"
+
+
+def _spread(seconds: float, jitter: float) -> float:
+    return seconds * (1 + random.uniform(-jitter, jitter))
 
 
 class Scheduler(BackgroundService):
@@ -65,8 +70,9 @@ class Scheduler(BackgroundService):
                 events = [(slot_id(id_, at), json.dumps({"monitor_id": id_}).encode()) for id_, at, _ in due]
                 self.broker.run(self._publish(events), timeout=PUBLISH_TIMEOUT + 10)
                 jitter = self.jitter
+                # min: a row stored before intervals were held to a year must not overflow the date for all
                 queries.reschedule(
-                    session, [(id_, now + timedelta(seconds=every * (1 + random.uniform(-jitter, jitter))))
+                    session, [(id_, now + timedelta(seconds=_spread(min(every, MAX_EVERY), jitter)))
                               for id_, _, every in due]
                 )  # fmt: skip
                 session.commit()

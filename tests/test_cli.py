@@ -63,7 +63,8 @@ def test_monitor_list_says_how_each_monitor_is_fetched() -> None:
     [
         (["ftp://example.com"], "URL scheme should be 'http' or 'https'"),
         (["https://example.com", "--rule", "price is low"], "cannot understand rule"),
-        (["https://example.com", "--every", "5"], "at least 30 seconds"),
+        (["https://example.com", "--every", "5"], "--every must be from 30 seconds to 31622400 (a year), got 5"),
+        (["https://example.com", "--every", "9" * 23], "--every must be from 30 seconds to 31622400"),
         (["https://example.com", "--notify", "nobody"], "is not a URL"),
     ],
 )
@@ -575,3 +576,13 @@ def test_ctrl_c_during_a_check_ends_it_quietly(tmp_path: Path) -> None:
         _, err = check.communicate(timeout=30)
         connection.close()
     assert check.returncode == 130 and "Task was destroyed" not in err and "Traceback" not in err, err
+
+
+def test_import_reads_every_within_a_year_as_a_whole_number(tmp_path: Path) -> None:
+    (tmp_path / "m.jsonl").write_text(
+        '{"url": "https://a.example/1", "every": 99999999999999999999999}\n'
+        '{"url": "https://a.example/2", "every": true}\n{"url": "https://a.example/3", "every": 31622400}\n'
+    )
+    report = json.loads(runner.invoke(app, ["monitor", "import", str(tmp_path / "m.jsonl"), "--json"]).stdout)
+    assert report["imported"] == 1 and [b["line"] for b in report["bad_rows"]] == [1, 2], report
+    assert report["bad_rows"][0]["error"].startswith("every: at most 31622400 seconds (a year)")

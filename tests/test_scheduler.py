@@ -52,3 +52,23 @@ def test_two_schedulers_publish_each_due_monitor_once(
     assert all(now + timedelta(seconds=540) <= m.next_check_at <= now + timedelta(seconds=660) for m in rescheduled)
     assert first.run_once(now) == 0  # nothing due any more
     ctx.fetcher.close()
+
+
+def test_a_monitor_with_an_interval_past_a_year_holds_up_no_other(broker: JetStreamBroker, tmp_path: Path) -> None:
+    from pipeline.monitor_files import MAX_EVERY
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    ctx = Context(engine, BodyStore(broker), Fetcher(), "whsec_" + "A" * 32)
+    now = datetime.now(UTC)
+    with Session(engine) as session:  # stored before intervals were held to a year: 10**15 s overflowed the date
+        session.add(Monitor(name="forever", url="https://example.com/f", interval_seconds=10**15, next_check_at=now))
+        session.add(Monitor(name="often", url="https://example.com/o", interval_seconds=60, next_check_at=now))
+        session.commit()
+    Ingest(broker, ctx).declare()
+    assert Scheduler(broker, ctx).run_once(now) == 2
+    with Session(engine) as session:
+        nexts = {m.name: m.next_check_at for m in session.exec(select(Monitor)).all()}
+    assert nexts["often"] <= now + timedelta(seconds=66)
+    assert now + timedelta(seconds=MAX_EVERY * 0.89) <= nexts["forever"] <= now + timedelta(seconds=MAX_EVERY * 1.11)
+    ctx.fetcher.close()

@@ -44,8 +44,10 @@ def add(
                                    "notify": notify, "fetch": fetch, "wait_for": wait_for})  # fmt: skip
     except ValidationError as e:
         bad_input(first_error(e))
-    if every < 30:
-        bad_input("--every must be at least 30 seconds")
+    from pipeline.monitor_files import MAX_EVERY, MIN_EVERY
+
+    if not MIN_EVERY <= every <= MAX_EVERY:
+        bad_input(f"--every must be from {MIN_EVERY} seconds to {MAX_EVERY} (a year), got {every}")
     monitor = Monitor(name=name or redact.display_url(url), url=url, selector=selector, rule=rule, question=question,
                       interval_seconds=every, notify=list(notify), fetch=fetch, wait_for=wait_for)  # fmt: skip
     typer.echo(queries.add_monitor(engine(), monitor))
