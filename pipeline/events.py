@@ -78,8 +78,8 @@ class _WhatMatters(_Event):
     @classmethod
     def _known_schemes(cls, targets: list[str]) -> list[str]:
         for target in targets:
-            if "://" not in target:
-                raise ValueError(f"notify target {target[:40]!r} is not a URL (scheme://...)")
+            if "://" not in target:  # not echoed: it may be a password or a token without its scheme
+                raise ValueError("a notify target is not a URL (scheme://...)")
             if not notifier_known(target):  # a typo is refused here, not found when the first alert fails
                 scheme = target.split("://", 1)[0][:20]
                 raise ValueError(

@@ -90,10 +90,11 @@ def test_a_key_given_twice_is_refused_not_guessed() -> None:
         parse_event("pipeline.events.check", b'{"url": "https://a.example", "url": "https://b.example"}')
 
 
-def test_a_refused_notify_target_keeps_its_secret_out_of_the_reason() -> None:
+@pytest.mark.parametrize("target", ["slack://s3cret-token", "user:s3cret@smtp.example.com", "hooks.slack.com/s3cret"])
+def test_a_refused_notify_target_keeps_its_secret_out_of_the_reason(target: str) -> None:
     with pytest.raises(InvalidEventError) as raised:
-        parse_event("pipeline.events.check", b'{"url": "https://e.com", "notify": ["slack://s3cret-token"]}')
-    assert "s3cret" not in raised.value.reason
+        parse_event("pipeline.events.check", json.dumps({"url": "https://e.com", "notify": [target]}).encode())
+    assert "s3cret" not in raised.value.reason and "notify" in raised.value.reason
 
 
 @pytest.mark.parametrize(
