@@ -19,6 +19,10 @@ import typer
 from pipeline.cli.common import bad_input, connected_broker, engine, fail, nats_url, settings
 from pipeline.cli.live import StatusView
 
+#: Seconds before the same failure (stage and reason) is said again above the status: a monitor that keeps
+#: failing every 30 s would otherwise bury the status under the same line.
+REPEAT_AFTER = 600.0
+
 MANIFESTS_HELP = "A directory of KEDA manifests whose policy overrides the built-in one (pipeline/policy.py)."
 
 
@@ -74,10 +78,13 @@ def up(
         typer.echo(f"Publish events to {broker.prefix}.events.check | .monitor | .content (JSON; see docs/schemas/)")
         with view:
             supervisor.watch_failures(database)
+            said: dict[tuple[str, str], float] = {}
 
             def show_status() -> None:
                 for failed in supervisor.failures():  # above the status: a refused address shows at once
-                    view.alert(_failure_line(failed))
+                    if time.monotonic() - said.get((failed.stage, failed.latest), -REPEAT_AFTER) >= REPEAT_AFTER:
+                        said[(failed.stage, failed.latest)] = time.monotonic()
+                        view.alert(_failure_line(failed))
                 view.update(supervisor.status(), supervisor.outage.describe())
 
             show_status()
