@@ -284,7 +284,13 @@ class Fetcher:
                 raise FetchError(str(e), "blocked") from None
             except (aiohttp.InvalidURL, ValueError) as e:  # UnicodeError too: a host name IDNA cannot encode
                 raise FetchError(f"invalid URL: {e}", "bad_url") from None
-            except OSError as e:  # refused, reset, name resolution and the like
+            except aiohttp.ClientConnectorDNSError:
+                reason = f"cannot resolve the host of {redact_url(url)}"
+                raise FetchError(reason, "connection", transient=True) from None
+            except aiohttp.ClientConnectorError as e:  # said plainly: aiohttp's own text names its SSL context
+                reason = f"cannot connect to {redact_url(url)}: {e.os_error.strerror or e.os_error}"
+                raise FetchError(reason, "connection", transient=True) from None
+            except OSError as e:  # reset and the like
                 reason = f"{type(e).__name__} fetching {redact_url(url)}: {e}"
                 raise FetchError(reason, "connection", transient=True) from None
             except aiohttp.ClientError as e:

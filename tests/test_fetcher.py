@@ -183,3 +183,20 @@ def test_one_deadline_covers_a_server_that_trickles_headers(fetcher: Fetcher) ->
     assert raised.value.kind == "timeout" and raised.value.transient
     assert "timed out after 1.5s" in raised.value.reason
     assert time.monotonic() - started < 5  # one deadline, not 1.5 s per header line
+
+
+def test_a_refused_connection_and_an_unknown_host_are_said_plainly() -> None:
+    from pipeline.nats_server import free_port
+    from pipeline.netguard import AddressPolicy
+
+    fetcher = Fetcher(AddressPolicy.from_entries(["127.0.0.1", "nonexistent.invalid"]), timeout=5)
+    try:
+        with pytest.raises(FetchError) as refused:
+            fetcher.fetch(f"http://127.0.0.1:{free_port()}/")
+        assert refused.value.transient and refused.value.reason.startswith("cannot connect to http://127.0.0.1:")
+        assert "Connect call failed" in refused.value.reason or "refused" in refused.value.reason.lower()
+        with pytest.raises(FetchError) as unknown:
+            fetcher.fetch("http://nonexistent.invalid/")
+        assert unknown.value.reason.startswith("cannot resolve the host of http://nonexistent.invalid/")
+    finally:
+        fetcher.close()
