@@ -92,6 +92,18 @@ class AddressPolicy:
                 f"refusing to connect to non-public address {host} (allow it with PIPELINE_FETCH_ALLOW_HOSTS)"
             )
 
+    def refuses_unresolved(self, host: str) -> bool:
+        """Whether ``host`` is refused as written, without asking the resolver: a literal address the
+        policy does not allow, or a ``localhost`` name (loopback by RFC 6761) it does not allow.  False
+        for any other name, which only resolving can tell."""
+        name = host.lower().rstrip(".")
+        if name == "localhost" or name.endswith(".localhost"):
+            return not self.allows(name, ipaddress.IPv4Address("127.0.0.1"))
+        try:
+            return not _literal_allowed(self, host)
+        except ValueError:  # a name
+            return False
+
     def resolve(self, host: str, port: int) -> list[str]:
         """The addresses of ``host`` that may be connected to; ``BlockedAddressError`` if none may."""
         try:

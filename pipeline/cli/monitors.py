@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from pipeline import redact
 from pipeline.cli.common import JSON_OPTION, MONITOR_ID, bad_input, echo_json, engine, read_bytes, settings, table
+
+if TYPE_CHECKING:
+    from pipeline.netguard import AddressPolicy
 
 app = typer.Typer(help="Add, list, pause, resume and remove monitors.", no_args_is_help=True)
 
@@ -51,7 +56,7 @@ def add(
     monitor = Monitor(name=name or redact.display_url(url), url=url, selector=selector, rule=rule, question=question,
                       interval_seconds=every, notify=list(notify), fetch=fetch, wait_for=wait_for)  # fmt: skip
     typer.echo(queries.add_monitor(engine(), monitor))
-    if _refused(url):
+    if _refused(url, _policy()):
         typer.echo(f"warning: {_REFUSED}", err=True)
     if question and not settings().llm.enabled:
         typer.echo(
@@ -212,7 +217,8 @@ def import_(
         ids = f" (ids {first}..{last})" if count > 1 else f" (id {first})" if count else ""
         skipped = f"; {_plural(len(bad), 'bad row')} skipped" if bad else ""
         typer.echo(f"imported {_plural(count, 'monitor')}{ids} in {seconds:.1f} s{skipped}")
-    refused = sum(_refused(r.url) for r in rows)
+    policy = _policy()
+    refused = sum(_refused(r.url, policy) for r in rows)
     if refused and not as_json:
         typer.echo(f"warning: {_plural(refused, 'monitor')} on a non-public address: {_REFUSED}", err=True)
     if bad:
@@ -238,24 +244,20 @@ _REFUSED = (
 )
 
 
-def _refused(url: str) -> bool:
-    """Whether the address policy here refuses the URL's host: an IP literal or a ``localhost`` name.
+def _policy() -> AddressPolicy:
+    """The address policy of this machine's settings, as the fetcher here would apply it."""
+    from pipeline.netguard import AddressPolicy
+
+    return AddressPolicy.from_entries(settings().fetch.allow_hosts)
+
+
+def _refused(url: str, policy: AddressPolicy) -> bool:
+    """Whether ``policy`` refuses the URL's host as written (``AddressPolicy.refuses_unresolved``).
 
     Stored all the same (where the pipeline runs, the policy may allow it), with a warning: otherwise
     the first sign is a failed check.  Names are not resolved here (a slow or absent DNS would hold
     up ``monitor add``); the fetcher checks every address it connects to.
     """
-    import ipaddress
     from urllib.parse import urlsplit
 
-    from pipeline.netguard import AddressPolicy
-
-    host = (urlsplit(url).hostname or "").rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address("127.0.0.1")
-    else:
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-    return not AddressPolicy.from_entries(settings().fetch.allow_hosts).allows(host, ip)
+    return policy.refuses_unresolved(urlsplit(url).hostname or "")

@@ -81,9 +81,12 @@ def up(
             said: dict[tuple[str, str], float] = {}
 
             def show_status() -> None:
+                now = time.monotonic()
+                for key in [key for key, at in said.items() if now - at >= REPEAT_AFTER]:
+                    del said[key]  # may be said again; and many monitors' reasons do not pile up for ever
                 for failed in supervisor.failures():  # above the status: a refused address shows at once
-                    if time.monotonic() - said.get((failed.stage, failed.latest), -REPEAT_AFTER) >= REPEAT_AFTER:
-                        said[(failed.stage, failed.latest)] = time.monotonic()
+                    if (failed.stage, failed.latest) not in said:
+                        said[(failed.stage, failed.latest)] = now
                         view.alert(_failure_line(failed))
                 view.update(supervisor.status(), supervisor.outage.describe())
 
