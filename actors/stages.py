@@ -1,14 +1,21 @@
-"""The stage actors, one queue each: fetch (or render) -> scrape -> analyse -> alert."""
+"""The stage actors, one queue each: fetch (or render) -> scrape -> analyse -> alert.
+
+The fetch queue has two: ``fetch``, one check a message, and ``fetch_batch``, several (the ingest sends one
+when it pulls several events together).
+"""
 
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import CurrentMessage
+from dramatiq.common import compute_backoff
+from dramatiq.middleware import CurrentMessage, Retries
 
 from pipeline import stages
+from pipeline.broker import JetStreamBroker
 from pipeline.content import ExtractError
 from pipeline.fetcher import FetchError
 from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob
@@ -38,11 +45,22 @@ def _next(actor: dramatiq.Actor) -> stages.Send:
         trace = job.get("trace")
         if trace:  # "part" tells apart the several messages one stage sends (an alert per target)
             part = f"-{job['part']}" if job.get("part") else ""
-            actor.send_with_options(args=(job,), message_id=f"{trace}-{actor.actor_name}{part}")
+            _send(actor, job, f"{trace}-{actor.actor_name}{part}")
         else:
             actor.send(job)
 
     return send
+
+
+def _send(actor: dramatiq.Actor, job: Any, message_id: str, *, delay: int | None = None, retries: int = 0) -> None:
+    """Enqueue ``job`` for ``actor`` under ``message_id`` (``send_with_options`` would keep an id among the
+    options, not make it the message's), ``retries`` already used up."""
+    options = {"retries": retries} if retries else {}
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=actor.queue_name, actor_name=actor.actor_name, args=(job,), kwargs={}, options=options,
+        message_id=message_id,
+    )  # fmt: skip
+    actor.broker.enqueue(message, delay=delay)
 
 
 def _later(actor: dramatiq.Actor, job: CheckJob | AnalyseJob, seconds: float) -> None:
@@ -64,8 +82,12 @@ def _retry(reason: str, after: float | None) -> dramatiq.Retry:
     return dramatiq.Retry(reason, delay=None if after is None else math.ceil(after * 1000))
 
 
+def _broker() -> JetStreamBroker:
+    return dramatiq.get_broker()  # type: ignore[return-value]
+
+
 def _context() -> stages.Context:
-    return context(dramatiq.get_broker(), current())  # type: ignore[arg-type]
+    return context(_broker(), current())
 
 
 @dramatiq.actor(queue_name="fetch", actor_name="fetch", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)
@@ -78,6 +100,36 @@ def fetch(job: CheckJob) -> None:
         if not e.transient:
             raise  # one of PERMANENT: dead-lettered now, with the reason
         raise _retry(e.reason, e.after) from None
+
+
+@dramatiq.actor(queue_name="fetch", actor_name="fetch_batch", max_retries=5, time_limit=TIME_LIMIT_MS)
+def fetch_batch(jobs: list[CheckJob]) -> None:
+    """Several checks the ingest pulled together (``pipeline.stages.fetch_batch``); raises only for the batch
+    as a whole (the database or NATS away), and is then retried whole."""
+    with _broker().batch():  # scrape's jobs and the hand-overs go out together, stored before the ack
+        stages.fetch_batch(_context(), jobs, _next(scrape), _hand_over)
+
+
+def _hand_over(job: CheckJob, why: stages.NotYetError | FetchError) -> None:
+    """Send a check that ``fetch_batch`` could not finish on alone, to ``fetch``: its retries and dead letter
+    are then those of any check.
+
+    Its host busy: due when the host's turn comes, no retry used (as ``_later``).  Its fetch failed
+    transiently: due after the server's delay, else Dramatiq's first backoff, one retry used, as if
+    ``fetch`` had raised it.  Failed for good: tried once more by ``fetch``, which dead-letters it with
+    its reason.
+    """
+    message_id = f"{job.get('trace') or uuid.uuid4()}-fetch"
+    if isinstance(why, stages.NotYetError):
+        _send(fetch, job, message_id, delay=math.ceil(why.after * 1000))
+    elif why.transient and why.after is not None:
+        _send(fetch, job, message_id, delay=math.ceil(why.after * 1000), retries=1)
+    elif why.transient:
+        retries = next(m for m in fetch.broker.middleware if isinstance(m, Retries))
+        _, backoff = compute_backoff(0, factor=retries.min_backoff, max_backoff=retries.max_backoff)
+        _send(fetch, job, message_id, delay=backoff, retries=1)
+    else:
+        _send(fetch, job, message_id, retries=1)
 
 
 @dramatiq.actor(

@@ -25,7 +25,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TypeVar
@@ -83,6 +83,15 @@ class FetchResult:
     content_type: str  # the whole header, parameters (charset) included
     etag: str | None
     last_modified: str | None
+
+
+@dataclass(frozen=True)
+class Conditional:
+    """A GET to make: the URL, and the validators of what was fetched last (a 304 if it is the same)."""
+
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,30 +173,49 @@ class Fetcher:
         Raises ``FetchError`` (``transient`` set for what a later try may fix).  The body is
         decoded here, in the calling thread: the loop only moves bytes.
         """
-        with self._measured() as measure:
-            received = self.run(lambda session: self._get(session, url, etag, last_modified))
-            return measure(self._result(received))
+        [outcome] = self.fetch_all([Conditional(url, etag, last_modified)])
+        if isinstance(outcome, FetchError):
+            raise outcome
+        return outcome
+
+    def fetch_all(self, requests: Sequence[Conditional]) -> list[FetchResult | FetchError]:
+        """GET every URL at once on the loop; for each request, in order, its result or why it failed.
+
+        One hand-over to the loop and back for all of them: a fetch message carrying many
+        checks (``pipeline.stages.fetch_batch``) waits once, not once per page.  Each request
+        has its own deadline and its own outcome: one failing page fails only itself.
+        """
+        outcomes = self.run(lambda session: asyncio.gather(*(self._timed_get(session, r) for r in requests)))
+        results: list[FetchResult | FetchError] = []
+        for outcome in outcomes:
+            try:
+                if isinstance(outcome, FetchError):
+                    raise outcome
+                result = self._result(outcome)
+                metrics.FETCH_BYTES.inc(len(result.body))
+                results.append(result)
+            except FetchError as e:
+                metrics.FETCH_ERRORS.labels(e.kind).inc()
+                results.append(e)
+        return results
 
     async def get(self, url: str) -> FetchResult:
         """:meth:`fetch` as a coroutine, for work already on this fetcher's loop (:meth:`run`): the renderer's."""
-        with self._measured() as measure:
-            received = await self._with_session(lambda session: self._get(session, url, None, None))
-            return measure(self._result(received))
+        outcome = await self._with_session(lambda session: self._timed_get(session, Conditional(url)))
+        if isinstance(outcome, FetchError):
+            metrics.FETCH_ERRORS.labels(outcome.kind).inc()
+            raise outcome
+        result = self._result(outcome)
+        metrics.FETCH_BYTES.inc(len(result.body))
+        return result
 
-    @contextlib.contextmanager
-    def _measured(self) -> Iterator[Callable[[FetchResult], FetchResult]]:
-        """The fetch metrics: time (failures too: a timeout is the slowest fetch of all), errors, bytes."""
+    async def _timed_get(self, session: aiohttp.ClientSession, request: Conditional) -> _Received | FetchError:
+        """One GET, its time measured (a failure too: a timeout is the slowest fetch of all); its failure returned."""
         started = time.monotonic()
-
-        def measure(result: FetchResult) -> FetchResult:
-            metrics.FETCH_BYTES.inc(len(result.body))
-            return result
-
         try:
-            yield measure
+            return await self._get(session, request.url, request.etag, request.last_modified)
         except FetchError as e:
-            metrics.FETCH_ERRORS.labels(e.kind).inc()
-            raise
+            return e
         finally:
             metrics.FETCH_SECONDS.observe(time.monotonic() - started)
 

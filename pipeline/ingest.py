@@ -4,15 +4,19 @@ Producers publish to ``<prefix>.events.<kind>``; a WorkQueue stream keeps
 each event until it is ingested.  A valid event is enqueued on ``fetch``
 (or on ``scrape``, for content the producer pushed) under a message id
 derived from the event's stream sequence, so an event ingested twice (a
-crash between enqueue and ack) runs once.  An invalid event is
-dead-lettered with the validation error and removed: never dropped
-silently, never a crash.
+crash between enqueue and ack) runs once.  The checks for ``fetch`` that
+one pull brings go out up to 16 to a ``fetch_batch`` message, under an id
+made of their events' ids (see ``_fetch_batch`` for what a crash does to
+them).  An invalid event is dead-lettered with the validation error and
+removed: never dropped silently, never a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -30,7 +34,7 @@ from pipeline.jobs import monitor_source, watched_source
 from pipeline.names import EVENT_KINDS, EVENTS_QUEUE, events_stream
 from pipeline.outage import Outage
 from pipeline.service import BackgroundService
-from pipeline.stages import Context
+from pipeline.stages import FETCH_BATCH, Context
 
 logger = logging.getLogger(__name__)
 
@@ -128,48 +132,67 @@ class Ingest(BackgroundService):
             self.ingest(msgs)
 
     def ingest(self, msgs: list[Msg]) -> None:
-        """Turn a batch of events into jobs, wait once for all their stores, then ack the events.
+        """Turn a batch of events into messages, wait once for all their stores, then ack the events.
 
-        An event whose job was not stored (NATS or the database away) is handed back to come again.
+        The checks bound for ``fetch`` go out together, up to ``FETCH_BATCH`` in one ``fetch_batch``
+        message (``pipeline.stages.fetch_batch``); a check alone goes as ``fetch``'s own message.
+        An event whose message was not stored (NATS or the database away) is handed back to come again.
         """
-        settled: dict[str, Msg] = {}
+        settled: dict[str, list[Msg]] = {}  # a message's id: the events it carries
+        fetches: list[_Made] = []
         try:
-            with self.broker.batch():  # the jobs' publishes go out together; leaving the block waits for their acks
+            with self.broker.batch():  # the publishes go out together; leaving the block waits for their acks
                 for msg in msgs:
                     try:
-                        message_id = self.handle(msg)
+                        made = self.handle(msg)
                     except Exception:  # NATS or the database is away: the event comes back, we go on
                         logger.warning("Could not ingest an event on %s; it comes back.", msg.subject, exc_info=True)
                         self._hand_back(msg)
                         continue
-                    if message_id is not None:
-                        settled[message_id] = msg
+                    if made is None:
+                        continue
+                    if made.message.queue_name == "fetch":
+                        fetches.append(made)
+                    else:
+                        self._send(made.message, [made.event], settled)
+                for group in _batches(fetches):
+                    message = group[0].message if len(group) == 1 else _fetch_batch(group)
+                    self._send(message, [made.event for made in group], settled)
         except BatchPublishError as e:
             for message, _ in e.failed:
-                if message.message_id in settled:
-                    msg = settled.pop(message.message_id)
+                for msg in settled.pop(message.message_id, []):
                     logger.warning("An event's job on %s was not stored; it comes back.", msg.subject)
                     self._hand_back(msg)
-        self.broker.run(_ack(list(settled.values())))
-        for msg in settled.values():
+        events = [msg for carried in settled.values() for msg in carried]
+        self.broker.run(_ack(events))
+        for msg in events:
             metrics.EVENTS.labels(_kind(msg.subject), "accepted").inc()
+
+    def _send(self, message: dramatiq.Message[Any], events: list[Msg], settled: dict[str, list[Msg]]) -> None:
+        """Enqueue ``message``; its events are settled once it is stored, or come back if it cannot be."""
+        try:
+            self.broker.enqueue(message)
+        except Exception:  # NATS away as its stream is declared: the events come back, we go on
+            logger.warning("Could not store a message for %d event(s); they come back.", len(events), exc_info=True)
+            for msg in events:
+                self._hand_back(msg)
+            return
+        settled[message.message_id] = events
 
     def _hand_back(self, msg: Msg) -> None:
         with contextlib.suppress(Exception):
             self.broker.run(msg.nak(delay=5))
 
-    def handle(self, msg: Msg) -> str | None:
-        """Turn one event into a job on its first stage (its message id, the event to ack once the job is
-        stored), or dead-letter it with the reason (None: the event is settled).
+    def handle(self, msg: Msg) -> _Made | None:
+        """Turn one event into its first stage's message, to send and then ack the event with, or
+        dead-letter it with the reason (None: the event is settled).
 
         Any exception but the store being away dead-letters the event: a poison event never
         loops.  While NATS or the database is away the event comes back (``ingest`` naks it),
         up to ``MAX_DELIVERIES`` times, and is then dead-lettered with the last error.
         """
-        message_id = f"event-{msg.metadata.stream}-{msg.metadata.sequence.stream}"
         try:
-            self._enqueue(msg, message_id)
-            return message_id
+            return self._made(msg)
         except InvalidEventError as e:
             self._dead_letter(msg, e)
         except STORE_ERRORS as e:
@@ -181,7 +204,8 @@ class Ingest(BackgroundService):
             self._dead_letter(msg, InvalidEventError(f"cannot ingest this event: {_describe(e)}"))
         return None
 
-    def _enqueue(self, msg: Msg, message_id: str) -> None:
+    def _made(self, msg: Msg) -> _Made:
+        message_id = f"event-{msg.metadata.stream}-{msg.metadata.sequence.stream}"
         event = parse_event(msg.subject, msg.data)
         queue, job = job_for(event, self.ctx)
         job["trace"] = message_id  # one check, end to end: stages derive their message ids from it
@@ -191,12 +215,50 @@ class Ingest(BackgroundService):
         size = len(message.encode())
         if size > MAX_JOB_BYTES:  # bounded by the event models; this is the last line of defence
             raise InvalidEventError(f"the job would be {size} bytes, over NATS' {MAX_JOB_BYTES} byte payload")
-        self.broker.enqueue(message)
+        return _Made(msg, message, size)
 
     def _dead_letter(self, msg: Msg, error: InvalidEventError) -> None:
         logger.warning("Dead-lettering an invalid event on %s: %s", msg.subject, error.reason)
         self.broker.dead_letter(self.dead, msg, "", error)
         metrics.EVENTS.labels(_kind(msg.subject), "invalid").inc()
+
+
+@dataclass(frozen=True)
+class _Made:
+    """An event and the message made of it for its first stage."""
+
+    event: Msg
+    message: dramatiq.Message[Any]
+    size: int  # encoded, in bytes
+
+
+def _batches(fetches: list[_Made]) -> Iterator[list[_Made]]:
+    """The checks bound for fetch in groups of up to ``FETCH_BATCH``, each group's jobs under NATS' payload."""
+    group: list[_Made] = []
+    size = 0
+    for made in fetches:
+        if group and (len(group) == FETCH_BATCH or size + made.size > MAX_JOB_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(made)
+        size += made.size
+    if group:
+        yield group
+
+
+def _fetch_batch(group: list[_Made]) -> dramatiq.Message[Any]:
+    """One ``fetch_batch`` message for the group's checks, under an id made of its events' ids.
+
+    The group's events, ingested again after a crash before their ack, come back together and make the
+    same id, which JetStream drops as a duplicate; regrouped otherwise, their checks run again, each
+    under its own trace, which the later stages' message ids derive from.
+    """
+    jobs = [made.message.args[0] for made in group]
+    first, last = group[0].message.message_id, group[-1].message.message_id.rsplit("-", 1)[1]
+    return dramatiq.Message(
+        queue_name="fetch", actor_name="fetch_batch", args=(jobs,), kwargs={}, options={},
+        message_id=f"{first}-{last}-{len(group)}",
+    )  # fmt: skip
 
 
 async def _ack(msgs: list[Msg]) -> None:

@@ -31,13 +31,14 @@ class StagePolicy:
 
 
 #: Per stage: fetch waits on the network, scrape burns CPU, analyse waits on a rate-limited LLM, alert on webhooks.
-#: A fetch thread only parks while its process's event loop holds its request (pipeline.fetcher), so a
-#: fetch replica holds 128 requests in flight: slow sites cost waiting, not CPU.  Two processes of 64 threads,
-#: not one of 128: a fast site's check is CPU (HTTP, hashing, the message), and one process's threads share one
-#: interpreter lock; two did 1,100-1,300 unchanged rechecks a second on two cores where one did 700-760.
+#: A fetch thread only parks while its process's event loop holds its requests (pipeline.fetcher), and a fetch
+#: message carries up to 16 checks when the ingest pulls several events at once (pipeline.stages.fetch_batch),
+#: so a fetch replica holds up to 512 requests in flight: slow sites cost waiting, not CPU.  Its lag is in
+#: messages: 20 is up to 320 checks.  Two processes of 16 threads, not one of 32: a fast site's check is CPU
+#: (HTTP, hashing, the message), and one process's threads share one interpreter lock.
 STAGE_POLICIES = {
     "fetch": StagePolicy(
-        processes=2, threads=64, min_replicas=1, max_replicas=20, lag_threshold=200, cpu="500m", memory="512Mi"
+        processes=2, threads=16, min_replicas=1, max_replicas=20, lag_threshold=20, cpu="500m", memory="512Mi"
     ),
     # A browser is the costliest thing a worker runs: few pages per process, more memory, fewer replicas.
     "render": StagePolicy(

@@ -31,7 +31,7 @@ def test_the_policy_is_read_from_the_keda_manifests() -> None:
     policies = load_policies(ROOT / "autoscale" / "keda" / "base")
     assert sorted(policies) == sorted(STAGES)
     fetch = policies["fetch"]
-    assert (fetch.min_replicas, fetch.max_replicas, fetch.lag_threshold, fetch.cooldown) == (1, 20, 200, 120)
+    assert (fetch.min_replicas, fetch.max_replicas, fetch.lag_threshold, fetch.cooldown) == (1, 20, 20, 120)
     assert fetch.down_window == 120 and fetch.polling == 5
     assert fetch.up_policies == (RatePolicy("Pods", 4, 15),)
     assert fetch.down_policies == (RatePolicy("Percent", 50, 30),)

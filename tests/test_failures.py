@@ -281,3 +281,57 @@ def test_a_runaway_rule_is_dead_lettered_and_holds_up_no_other_check(env, pipeli
     names = pipeline.names("analyse")
     last = pipeline.run(pipeline.js.get_last_msg(f"{pipeline.prefix}_dead", names.dead_subject))
     assert "took over 1s" in last.headers["Pipeline-Dead-Reason"]
+
+
+def test_checks_ingested_together_fail_and_retry_each_on_its_own(no_politeness, make_broker, tmp_path) -> None:
+    """Events waiting when the ingest starts go out as fetch_batch messages: a page that fails in one is
+    retried or dead-lettered alone, the others alert, and no check runs twice."""
+    from tests.live import declared, spawn
+
+    env = no_politeness
+    broker = declared(make_broker(prefix=env["PIPELINE_PREFIX"]))
+    answers = iter([Page(b"maintenance", 503, {"Retry-After": "1"})])
+    with Site() as shop, Site() as receiver:
+        for i in range(10):
+            shop.routes[f"/p/{i}"] = Page(f'<p class="p">{50 + i}</p>'.encode())
+        shop.routes["/flaky"] = lambda _handler: next(answers, Page(b'<p class="p">70</p>'))  # and /gone: 404
+        for path in [*(f"/p/{i}" for i in range(10)), "/flaky", "/gone"]:
+            publish(env, "check", {"url": shop.url(path), "selector": ".p", "rule": "price < 100",
+                                   "notify": [receiver.url("/hook")]})  # fmt: skip
+        processes = [spawn(env, tmp_path, "-m", "dramatiq", "actors", "--processes", "1", "--threads", "4"),
+                     spawn(env, tmp_path, "-m", "pipeline.cli", "scheduler", "--port", "0")]  # fmt: skip
+        try:
+            assert wait_for(lambda: len(receiver.posts) == 11, 90), len(receiver.posts)
+            assert wait_for(lambda: len(list_dead(broker, "fetch")) == 1, 30)
+            time.sleep(2)  # a check run twice would have alerted again by now
+            assert len(receiver.posts) == 11
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(30)
+    [dead] = list_dead(broker, "fetch")
+    assert "HTTP 404" in dead.reason
+    assert dead.message_id.endswith("-fetch")  # handed over from a batch, then failed again on its own
+    paths = [path for path, _ in shop.requests]
+    assert paths.count("/flaky") == 2 and paths.count("/gone") == 2  # the batch's try, then fetch's own
+    assert all(paths.count(f"/p/{i}") == 1 for i in range(10))
+
+
+def test_a_batch_run_twice_hands_each_check_to_scrape_once(no_politeness, pipeline: JetStreamBroker) -> None:
+    """A redelivered fetch_batch fetches again, but what it sends on carries its checks' ids: JetStream
+    drops the second copy, whatever the page says now."""
+    import dramatiq
+
+    served = iter(range(1000))
+    with Site() as shop:
+        shop.routes["/p"] = lambda _handler: Page(f'<p class="p">{next(served)}</p>'.encode())  # new bytes each time
+        jobs = [{"source": f"s{i}", "url": shop.url("/p"), "selector": ".p", "rule": "price < 0", "question": None,
+                 "notify": [], "trace": f"test-{i}"} for i in range(3)]  # fmt: skip
+        for attempt in ("first", "again"):
+            pipeline.enqueue(dramatiq.Message(queue_name="fetch", actor_name="fetch_batch", args=(jobs,),
+                                              kwargs={}, options={}, message_id=f"batch-{attempt}"))  # fmt: skip
+            assert wait_for(lambda n=attempt: len(shop.requests) == (3 if n == "first" else 6), 30)
+    time.sleep(1)
+    scrape = pipeline.run(pipeline.js.stream_info(pipeline.names("scrape").stream))
+    assert scrape.state.last_seq == 3

@@ -216,6 +216,56 @@ def test_fetch_says_not_yet_when_the_host_was_just_fetched(ctx: Context, site: S
     assert len([r for r in site.requests if r[0] == "/p"]) == 1
 
 
+def test_a_batch_of_checks_ends_each_on_its_own(ctx: Context, site: Site) -> None:
+    """fetch_batch: one read, the GETs together, one commit; what it cannot finish is handed over with why."""
+    from pipeline.fetcher import FetchError
+
+    for name in ("same", "new"):
+        site.routes[f"/{name}"] = Page(b"<p class='price'>Price 50</p>")
+    site.routes["/down"] = Page(b"maintenance", 503, {"Retry-After": "7"})  # and no route for /gone: 404
+    run_through(ctx, job(site, source="same", url=site.url("/same")))  # seen before: the same bytes come back
+    jobs = [
+        job(site, source=path, url=site.url(f"/{path}"), trace=f"t-{path}") for path in ("same", "new", "down", "gone")
+    ]
+    before = len(outcomes(ctx))
+    scraped: list[dict] = []
+    handed: list[tuple[str, Exception]] = []
+
+    stages.fetch_batch(ctx, jobs, scraped.append, lambda j, why: handed.append((j["source"], why)))
+
+    assert [j["source"] for j in scraped] == ["new"]
+    assert [source for source, _ in handed] == ["down", "gone"]
+    (_, down), (_, gone) = handed
+    assert isinstance(down, FetchError) and down.transient and down.after == 7
+    assert isinstance(gone, FetchError) and not gone.transient and "404" in gone.reason
+    assert outcomes(ctx)[before:] == [("fetch", "unchanged"), ("fetch", "error"), ("fetch", "error")]
+
+
+def test_a_batch_hands_over_the_checks_whose_host_is_busy(ctx: Context, site: Site, broker: JetStreamBroker) -> None:
+    """Many pages of one shop in one batch: the first takes the host's turn, the others wait for theirs."""
+    from pipeline.politeness import Politeness
+
+    site.routes["/a"] = site.routes["/b"] = Page(b"<p class='price'>Price 50</p>")
+    polite = Context(ctx.engine, ctx.bodies, ctx.fetcher, ctx.webhook_secret, Politeness(broker, interval=30.0))
+    jobs = [job(site, source=path, url=site.url(f"/{path}")) for path in ("a", "b")]
+    scraped: list[dict] = []
+    handed: list[tuple[str, Exception]] = []
+
+    stages.fetch_batch(polite, jobs, scraped.append, lambda j, why: handed.append((j["source"], why)))
+
+    assert [j["source"] for j in scraped] == ["a"]
+    [(source, why)] = handed
+    assert source == "b" and isinstance(why, stages.NotYetError) and 25 < why.after <= 30
+    assert [path for path, _ in site.requests] == ["/a"]  # b's turn comes later, in its own message
+    assert outcomes(ctx) == []  # waiting for a turn is no attempt
+
+
+def test_an_empty_batch_or_one_all_busy_reads_and_writes_nothing(ctx: Context) -> None:
+    handed: list[dict] = []
+    stages.fetch_batch(ctx, [], handed.append, lambda j, why: handed.append(j))
+    assert handed == [] and outcomes(ctx) == []
+
+
 def test_two_alert_messages_for_one_finding_deliver_once(ctx: Context, site: Site) -> None:
     """Two workers race on the same finding (a re-sent upstream message): one delivery."""
     import threading

@@ -1,0 +1,40 @@
+"""How the ingest groups the checks one pull brings into fetch messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+
+from pipeline.ingest import MAX_JOB_BYTES, _batches, _fetch_batch, _Made
+from pipeline.stages import FETCH_BATCH
+
+
+def made(n: int, padding: int = 0) -> _Made:
+    job = {"source": f"s{n}", "url": f"https://shop.example/p/{n}", "notes": "x" * padding, "trace": f"event-ev-{n}"}
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name="fetch", actor_name="fetch", args=(job,), kwargs={}, options={}, message_id=f"event-ev-{n}"
+    )
+    return _Made(event=None, message=message, size=len(message.encode()))  # type: ignore[arg-type]
+
+
+def test_checks_go_out_up_to_sixteen_to_a_message() -> None:
+    groups = list(_batches([made(n) for n in range(40)]))
+    assert [len(group) for group in groups] == [FETCH_BATCH, FETCH_BATCH, 40 - 2 * FETCH_BATCH]
+    assert [m.message.message_id for group in groups for m in group] == [f"event-ev-{n}" for n in range(40)]
+
+
+def test_a_batch_stays_under_the_payload_nats_takes() -> None:
+    big = [made(n, padding=300_000) for n in range(7)]
+    groups = list(_batches(big))
+    assert [len(group) for group in groups] == [3, 3, 1]
+    assert all(len(_fetch_batch(group).encode()) <= MAX_JOB_BYTES for group in groups if len(group) > 1)
+
+
+def test_a_batch_message_is_named_by_its_events_and_carries_their_jobs_whole() -> None:
+    group = [made(n) for n in (7, 8, 9)]
+    message = _fetch_batch(group)
+    assert (message.queue_name, message.actor_name) == ("fetch", "fetch_batch")
+    assert message.message_id == "event-ev-7-9-3"  # the same events, ingested again together: the same id
+    [jobs] = message.args
+    assert jobs == [m.message.args[0] for m in group]
