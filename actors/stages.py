@@ -1,19 +1,20 @@
 """The stage actors, one queue each: fetch (or render) -> scrape -> analyse -> alert.
 
-The fetch queue has two: ``fetch``, one check a message, and ``fetch_batch``, several (the ingest sends one
-when it pulls several events together).
+Each queue but render's has two actors: the stage's own, one check a message, and ``<stage>_batch``,
+several (``actors.batches``): the ingest sends ``fetch_batch`` when one pull brings several checks,
+and each batch hands the next stage what it found as a batch again.
 """
 
 from __future__ import annotations
 
 import math
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
-from dramatiq.common import compute_backoff
-from dramatiq.middleware import CurrentMessage, Retries
+from dramatiq.middleware import CurrentMessage
 
+from actors import batches
 from pipeline import stages
 from pipeline.broker import JetStreamBroker
 from pipeline.content import ExtractError
@@ -35,32 +36,12 @@ TIME_LIMIT_MS = TIME_LIMIT_SECONDS * 1000
 
 
 def _next(actor: dramatiq.Actor) -> stages.Send:
-    """Send to the next stage under an id derived from the check's trace.
+    """Send to the next stage under an id derived from the check's trace (``batches.message_id``).
 
     A redelivered stage then publishes the same message id again, and
     JetStream drops the duplicate: one check never becomes two downstream.
     """
-
-    def send(job: dict[str, Any]) -> None:
-        trace = job.get("trace")
-        if trace:  # "part" tells apart the several messages one stage sends (an alert per target)
-            part = f"-{job['part']}" if job.get("part") else ""
-            _send(actor, job, f"{trace}-{actor.actor_name}{part}")
-        else:
-            actor.send(job)
-
-    return send
-
-
-def _send(actor: dramatiq.Actor, job: Any, message_id: str, *, delay: int | None = None, retries: int = 0) -> None:
-    """Enqueue ``job`` for ``actor`` under ``message_id`` (``send_with_options`` would keep an id among the
-    options, not make it the message's), ``retries`` already used up."""
-    options = {"retries": retries} if retries else {}
-    message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=actor.queue_name, actor_name=actor.actor_name, args=(job,), kwargs={}, options=options,
-        message_id=message_id,
-    )  # fmt: skip
-    actor.broker.enqueue(message, delay=delay)
+    return lambda job: batches.send(actor, job, batches.message_id(actor, job))
 
 
 def _later(actor: dramatiq.Actor, job: CheckJob | AnalyseJob, seconds: float) -> None:
@@ -100,36 +81,6 @@ def fetch(job: CheckJob) -> None:
         if not e.transient:
             raise  # one of PERMANENT: dead-lettered now, with the reason
         raise _retry(e.reason, e.after) from None
-
-
-@dramatiq.actor(queue_name="fetch", actor_name="fetch_batch", max_retries=5, time_limit=TIME_LIMIT_MS)
-def fetch_batch(jobs: list[CheckJob]) -> None:
-    """Several checks the ingest pulled together (``pipeline.stages.fetch_batch``); raises only for the batch
-    as a whole (the database or NATS away), and is then retried whole."""
-    with _broker().batch():  # scrape's jobs and the hand-overs go out together, stored before the ack
-        stages.fetch_batch(_context(), jobs, _next(scrape), _hand_over)
-
-
-def _hand_over(job: CheckJob, why: stages.NotYetError | FetchError) -> None:
-    """Send a check that ``fetch_batch`` could not finish on alone, to ``fetch``: its retries and dead letter
-    are then those of any check.
-
-    Its host busy: due when the host's turn comes, no retry used (as ``_later``).  Its fetch failed
-    transiently: due after the server's delay, else Dramatiq's first backoff, one retry used, as if
-    ``fetch`` had raised it.  Failed for good: tried once more by ``fetch``, which dead-letters it with
-    its reason.
-    """
-    message_id = f"{job.get('trace') or uuid.uuid4()}-fetch"
-    if isinstance(why, stages.NotYetError):
-        _send(fetch, job, message_id, delay=math.ceil(why.after * 1000))
-    elif why.transient and why.after is not None:
-        _send(fetch, job, message_id, delay=math.ceil(why.after * 1000), retries=1)
-    elif why.transient:
-        retries = next(m for m in fetch.broker.middleware if isinstance(m, Retries))
-        _, backoff = compute_backoff(0, factor=retries.min_backoff, max_backoff=retries.max_backoff)
-        _send(fetch, job, message_id, delay=backoff, retries=1)
-    else:
-        _send(fetch, job, message_id, retries=1)
 
 
 @dramatiq.actor(
@@ -189,3 +140,46 @@ def alert(job: AlertJob) -> None:
         if not e.transient:
             raise  # a 4xx, a refused address: dead-lettered now, with the reason
         raise _retry(e.reason, e.after) from None
+
+
+# Batches: several checks a message (actors.batches); each check that fails goes on alone as the single
+# actor's message above, so these raise only for the batch as a whole, and are then retried whole.
+
+
+@dramatiq.actor(queue_name="fetch", actor_name="fetch_batch", max_retries=5, time_limit=TIME_LIMIT_MS)
+def fetch_batch(jobs: list[CheckJob]) -> None:
+    """Checks the ingest pulled together: one read, their GETs at once, one commit (``stages.fetch_batch``)."""
+    onward = batches.Onward(scrape, scrape_batch)
+    with _broker().batch():  # what goes on is stored before this message is acked, and waited for once
+        stages.fetch_batch(_context(), jobs, onward.send, lambda job, error: batches.hand_over(fetch, job, error))
+        onward.flush()
+
+
+@dramatiq.actor(queue_name="scrape", actor_name="scrape_batch", max_retries=5, time_limit=TIME_LIMIT_MS)
+def scrape_batch(jobs: list[ScrapeJob]) -> None:
+    onward = batches.Onward(analyse, analyse_batch)
+    _each(lambda ctx, job: stages.scrape(ctx, job, onward.send), jobs, scrape, onward)
+
+
+@dramatiq.actor(queue_name="analyse", actor_name="analyse_batch", max_retries=10, time_limit=TIME_LIMIT_MS)
+def analyse_batch(jobs: list[AnalyseJob]) -> None:
+    onward = batches.Onward(alert, alert_batch)
+    _each(lambda ctx, job: stages.analyse(ctx, job, onward.send), jobs, analyse, onward)
+
+
+@dramatiq.actor(queue_name="alert", actor_name="alert_batch", max_retries=8, time_limit=TIME_LIMIT_MS)
+def alert_batch(jobs: list[AlertJob]) -> None:
+    _each(stages.alert, jobs, alert, None)
+
+
+def _each(work: Callable[[stages.Context, Any], None], jobs: list[Any], single: dramatiq.Actor,
+          onward: batches.Onward | None) -> None:  # fmt: skip
+    """Run a stage's work for every job of a batch at once; hand on what it sent, hand over what failed."""
+    ctx = _context()
+    errors = batches.each(lambda job: work(ctx, job), jobs)
+    with _broker().batch():
+        if onward is not None:
+            onward.flush()
+        for job, error in zip(jobs, errors, strict=True):
+            if error is not None:
+                batches.hand_over(single, job, error)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from sqlalchemy.exc import OperationalError
 
 from pipeline import metrics, queries
+from pipeline.batching import MAX_BYTES, groups
 from pipeline.broker import BatchPublishError, JetStreamBroker, QueueNames
 from pipeline.broker.assets import add_consumer, add_or_update_stream
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
@@ -34,13 +34,13 @@ from pipeline.jobs import monitor_source, watched_source
 from pipeline.names import EVENT_KINDS, EVENTS_QUEUE, events_stream
 from pipeline.outage import Outage
 from pipeline.service import BackgroundService
-from pipeline.stages import FETCH_BATCH, Context
+from pipeline.stages import Context
 
 logger = logging.getLogger(__name__)
 
 CONSUMER = "ingest"
-#: The largest job a stage message may carry: NATS' default max payload, less room for headers.
-MAX_JOB_BYTES = 1024 * 1024 - 8192
+#: The largest job a stage message may carry.
+MAX_JOB_BYTES = MAX_BYTES
 #: How often an event is tried while NATS or the database is away, before it is dead-lettered.
 MAX_DELIVERIES = 20
 #: The store being away (not the event's fault): the event is tried again.
@@ -134,7 +134,7 @@ class Ingest(BackgroundService):
     def ingest(self, msgs: list[Msg]) -> None:
         """Turn a batch of events into messages, wait once for all their stores, then ack the events.
 
-        The checks bound for ``fetch`` go out together, up to ``FETCH_BATCH`` in one ``fetch_batch``
+        The checks bound for ``fetch`` go out together, up to ``MAX_CHECKS`` in one ``fetch_batch``
         message (``pipeline.stages.fetch_batch``); a check alone goes as ``fetch``'s own message.
         An event whose message was not stored (NATS or the database away) is handed back to come again.
         """
@@ -155,7 +155,7 @@ class Ingest(BackgroundService):
                         fetches.append(made)
                     else:
                         self._send(made.message, [made.event], settled)
-                for group in _batches(fetches):
+                for group in groups(fetches, lambda made: made.size):
                     message = group[0].message if len(group) == 1 else _fetch_batch(group)
                     self._send(message, [made.event for made in group], settled)
         except BatchPublishError as e:
@@ -230,20 +230,6 @@ class _Made:
     event: Msg
     message: dramatiq.Message[Any]
     size: int  # encoded, in bytes
-
-
-def _batches(fetches: list[_Made]) -> Iterator[list[_Made]]:
-    """The checks bound for fetch in groups of up to ``FETCH_BATCH``, each group's jobs under NATS' payload."""
-    group: list[_Made] = []
-    size = 0
-    for made in fetches:
-        if group and (len(group) == FETCH_BATCH or size + made.size > MAX_JOB_BYTES):
-            yield group
-            group, size = [], 0
-        group.append(made)
-        size += made.size
-    if group:
-        yield group
 
 
 def _fetch_batch(group: list[_Made]) -> dramatiq.Message[Any]:

@@ -33,9 +33,10 @@ class StagePolicy:
 #: Per stage: fetch waits on the network, scrape burns CPU, analyse waits on a rate-limited LLM, alert on webhooks.
 #: A fetch thread only parks while its process's event loop holds its requests (pipeline.fetcher), and a fetch
 #: message carries up to 16 checks when the ingest pulls several events at once (pipeline.stages.fetch_batch),
-#: so a fetch replica holds up to 512 requests in flight: slow sites cost waiting, not CPU.  Its lag is in
-#: messages: 20 is up to 320 checks.  Two processes of 16 threads, not one of 32: a fast site's check is CPU
-#: (HTTP, hashing, the message), and one process's threads share one interpreter lock.
+#: so a fetch replica holds up to 512 requests in flight: slow sites cost waiting, not CPU.  Lag is in messages,
+#: and under load every stage's messages carry up to 16 checks (pipeline.batching): fetch's 20 is up to 320.
+#: Two processes of 16 threads, not one of 32: a fast site's check is CPU (HTTP, hashing, the message), and
+#: one process's threads share one interpreter lock.
 STAGE_POLICIES = {
     "fetch": StagePolicy(
         processes=2, threads=16, min_replicas=1, max_replicas=20, lag_threshold=20, cpu="500m", memory="512Mi"

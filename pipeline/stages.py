@@ -200,10 +200,6 @@ def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
         send_scrape(scrape_job)
 
 
-#: The most checks one fetch message carries: the ingest groups the events it pulls together
-#: (``pipeline.ingest``), so a busy pipeline pays a message, a read and a commit per 16 checks, not per check.
-FETCH_BATCH = 16
-
 #: How ``fetch_batch`` hands on a check it could not finish, with why: the single-check ``fetch`` then
 #: puts it back (politeness), retries it or dead-letters it, as it does every check.
 HandOver = Callable[[CheckJob, "NotYetError | FetchError"], None]

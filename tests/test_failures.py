@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from pipeline.broker import JetStreamBroker
 from pipeline.cli import app
 from pipeline.db import make_engine
-from pipeline.deadletters import list_dead
+from pipeline.deadletters import list_dead, replay
 from pipeline.models import Alert, Delivery
 from pipeline.names import events_stream
 from tests.conftest import children, wait_for
@@ -284,42 +284,53 @@ def test_a_runaway_rule_is_dead_lettered_and_holds_up_no_other_check(env, pipeli
 
 
 def test_checks_ingested_together_fail_and_retry_each_on_its_own(no_politeness, make_broker, tmp_path) -> None:
-    """Events waiting when the ingest starts go out as fetch_batch messages: a page that fails in one is
-    retried or dead-lettered alone, the others alert, and no check runs twice."""
+    """Events waiting when the ingest starts travel as batches through every stage: a check that fails in
+    one (fetch, scrape or alert) is retried or dead-lettered alone, the others alert, none runs twice."""
     from tests.live import declared, spawn
 
     env = no_politeness
     broker = declared(make_broker(prefix=env["PIPELINE_PREFIX"]))
     answers = iter([Page(b"maintenance", 503, {"Retry-After": "1"})])
-    with Site() as shop, Site() as receiver:
+    with Site() as shop, Site() as receiver, Site() as restarting:
         for i in range(10):
             shop.routes[f"/p/{i}"] = Page(f'<p class="p">{50 + i}</p>'.encode())
         shop.routes["/flaky"] = lambda _handler: next(answers, Page(b'<p class="p">70</p>'))  # and /gone: 404
-        for path in [*(f"/p/{i}" for i in range(10)), "/flaky", "/gone"]:
+        shop.routes["/moved"] = Page(b'<p class="price">70</p>')  # the selector matches nothing now
+        restarting.post_status = 503  # one receiver is restarting: its first delivery fails
+        for path in [*(f"/p/{i}" for i in range(10)), "/flaky", "/gone", "/moved"]:
+            targets = [receiver.url("/hook")] + ([restarting.url("/hook")] if path == "/p/3" else [])
             publish(env, "check", {"url": shop.url(path), "selector": ".p", "rule": "price < 100",
-                                   "notify": [receiver.url("/hook")]})  # fmt: skip
+                                   "notify": targets})  # fmt: skip
         processes = [spawn(env, tmp_path, "-m", "dramatiq", "actors", "--processes", "1", "--threads", "4"),
                      spawn(env, tmp_path, "-m", "pipeline.cli", "scheduler", "--port", "0")]  # fmt: skip
         try:
-            assert wait_for(lambda: len(receiver.posts) == 11, 90), len(receiver.posts)
-            assert wait_for(lambda: len(list_dead(broker, "fetch")) == 1, 30)
+            assert wait_for(lambda: len(restarting.posts) == 1, 60)
+            restarting.post_status = 200
+            assert wait_for(lambda: len(receiver.posts) == 11 and len(restarting.posts) == 2, 90), (
+                len(receiver.posts), len(restarting.posts))  # fmt: skip
+            assert wait_for(lambda: len(list_dead(broker)) == 2, 30)
             time.sleep(2)  # a check run twice would have alerted again by now
-            assert len(receiver.posts) == 11
+            assert len(receiver.posts) == 11 and len(restarting.posts) == 2
+            gone, moved = sorted(list_dead(broker), key=lambda d: d.queue)
+            shop.routes["/gone"] = Page(b'<p class="p">80</p>')  # back: its dead letter, replayed, alerts
+            replay(broker, gone)
+            assert wait_for(lambda: len(receiver.posts) == 12, 30)
         finally:
             for process in processes:
                 process.terminate()
             for process in processes:
                 process.wait(30)
-    [dead] = list_dead(broker, "fetch")
-    assert "HTTP 404" in dead.reason
-    assert dead.message_id.endswith("-fetch")  # handed over from a batch, then failed again on its own
+    assert (gone.queue, moved.queue) == ("fetch", "scrape")
+    assert "HTTP 404" in gone.reason and gone.message_id.endswith("-fetch")  # a fetch message of its own
+    assert "matched nothing" in moved.reason and moved.message_id.endswith("-scrape")
     paths = [path for path, _ in shop.requests]
-    assert paths.count("/flaky") == 2 and paths.count("/gone") == 2  # the batch's try, then fetch's own
+    assert paths.count("/flaky") == 2  # the batch's try, then its own message's after the Retry-After
+    assert paths.count("/gone") == 2 and paths.count("/moved") == 1  # what failed for good: tried again on replay only
     assert all(paths.count(f"/p/{i}") == 1 for i in range(10))
 
 
 def test_a_batch_run_twice_hands_each_check_to_scrape_once(no_politeness, pipeline: JetStreamBroker) -> None:
-    """A redelivered fetch_batch fetches again, but what it sends on carries its checks' ids: JetStream
+    """A redelivered fetch_batch fetches again, but what it sends on is named by its checks' ids: JetStream
     drops the second copy, whatever the page says now."""
     import dramatiq
 
@@ -334,4 +345,4 @@ def test_a_batch_run_twice_hands_each_check_to_scrape_once(no_politeness, pipeli
             assert wait_for(lambda n=attempt: len(shop.requests) == (3 if n == "first" else 6), 30)
     time.sleep(1)
     scrape = pipeline.run(pipeline.js.stream_info(pipeline.names("scrape").stream))
-    assert scrape.state.last_seq == 3
+    assert scrape.state.last_seq == 1  # the three as one scrape_batch; the second run's, the same checks, dropped

@@ -6,8 +6,8 @@ from typing import Any
 
 import dramatiq
 
-from pipeline.ingest import MAX_JOB_BYTES, _batches, _fetch_batch, _Made
-from pipeline.stages import FETCH_BATCH
+from pipeline.batching import MAX_BYTES, MAX_CHECKS, groups
+from pipeline.ingest import _fetch_batch, _Made
 
 
 def made(n: int, padding: int = 0) -> _Made:
@@ -19,16 +19,16 @@ def made(n: int, padding: int = 0) -> _Made:
 
 
 def test_checks_go_out_up_to_sixteen_to_a_message() -> None:
-    groups = list(_batches([made(n) for n in range(40)]))
-    assert [len(group) for group in groups] == [FETCH_BATCH, FETCH_BATCH, 40 - 2 * FETCH_BATCH]
-    assert [m.message.message_id for group in groups for m in group] == [f"event-ev-{n}" for n in range(40)]
+    grouped = list(groups([made(n) for n in range(40)], lambda m: m.size))
+    assert [len(group) for group in grouped] == [MAX_CHECKS, MAX_CHECKS, 40 - 2 * MAX_CHECKS]
+    assert [m.message.message_id for group in grouped for m in group] == [f"event-ev-{n}" for n in range(40)]
 
 
 def test_a_batch_stays_under_the_payload_nats_takes() -> None:
     big = [made(n, padding=300_000) for n in range(7)]
-    groups = list(_batches(big))
-    assert [len(group) for group in groups] == [3, 3, 1]
-    assert all(len(_fetch_batch(group).encode()) <= MAX_JOB_BYTES for group in groups if len(group) > 1)
+    grouped = list(groups(big, lambda m: m.size))
+    assert [len(group) for group in grouped] == [3, 3, 1]
+    assert all(len(_fetch_batch(group).encode()) <= MAX_BYTES for group in grouped if len(group) > 1)
 
 
 def test_a_batch_message_is_named_by_its_events_and_carries_their_jobs_whole() -> None:

@@ -527,32 +527,45 @@ class JetStreamBroker(Broker):
 
     def dead_letter(self, names: QueueNames, msg: Msg, message_id: str, exception: BaseException | None) -> None:
         """Store a failed message on the dead-letter stream with its reason, then terminate it."""
+        # Unique even when a stream is re-created and its sequences start again.
+        key = f"dead-{msg.metadata.stream}-{msg.metadata.sequence.stream}-{message_id or time.time_ns()}"
+        self._store_dead(names, msg.data, msg.subject, key, message_id, exception)
+        self.run(msg.term())
+        self.connection.inflight.pop(id(msg), None)
+
+    def dead_letter_message(self, message: Message, exception: BaseException) -> None:
+        """Store ``message`` on the dead-letter stream with ``exception`` as its reason, without its ever
+        having been delivered: a check of a batch that failed for good (``actors.batches``).  ``pipeline dlq
+        replay`` sends it to its queue like any dead letter."""
+        names = self._ensure_queue(q_name(message.queue_name))
+        key = f"dead-{dedupe_key(message)}"
+        self._store_dead(names, message.encode(), names.subject, key, message.message_id, exception)
+
+    def _store_dead(
+        self, names: QueueNames, data: bytes, subject: str, key: str, message_id: str, exception: BaseException | None
+    ) -> None:
         # NATS headers are ASCII: redaction's "…" becomes "...", anything else a visible escape.
         reason = redact_text(describe_exception(exception)).replace("\r", " ").replace("\n", " ").replace("…", "...")
         reason = reason.encode("ascii", "backslashreplace").decode()
         what = f"message {message_id}" if message_id else "a message"
         self.logger.warning("Dead-lettered %s from queue %r: %s", what, names.queue, reason)
         headers = {
-            # Unique even when a stream is re-created and its sequences start again.
-            "Nats-Msg-Id": f"dead-{msg.metadata.stream}-{msg.metadata.sequence.stream}-{message_id or time.time_ns()}",
+            "Nats-Msg-Id": key,
             "Pipeline-Dead-Reason": reason,
             "Pipeline-Queue": names.queue,
             "Pipeline-Message-Id": message_id,
             "Pipeline-Failed-At": datetime.now(UTC).isoformat(timespec="seconds"),
-            "Pipeline-Subject": msg.subject,  # where a replay sends it back
+            "Pipeline-Subject": subject,  # where a replay sends it back
         }
         if exception is not None and message_id:
             self._dead_exceptions[message_id] = exception
             while len(self._dead_exceptions) > REMEMBERED_DEAD_EXCEPTIONS:  # a worker runs for months
                 self._dead_exceptions.popitem(last=False)
-        data = msg.data
         room = self.connection.nc.max_payload - DEAD_LETTER_HEADROOM
         if len(data) > room:  # stored, it fit; with our headers it would not: keep its start, say so
             headers["Pipeline-Truncated-From"] = str(len(data))
             data = data[:TRUNCATED_DEAD_LETTER_BYTES]
         self.run(self._publish(names.dead_subject, data, headers))
-        self.run(msg.term())
-        self.connection.inflight.pop(id(msg), None)
 
     def forget_queue(self, queue_name: str) -> None:
         """Re-declare a queue's stream and consumers on its next use."""
