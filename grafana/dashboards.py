@@ -85,7 +85,8 @@ def overview() -> dashboard.Dashboard:
         .with_panel(
             panel(
                 "Throughput per stage",
-                "Messages finished per second (done or failed)",
+                "Messages finished per second (done or failed); under load a message carries up to 16 checks, "
+                "which Check outcomes counts one by one",
                 "ops",
                 (f"sum by (queue_name) (rate(dramatiq_messages_total[{RATE}]))", "{{queue_name}}"),
             )

@@ -540,6 +540,7 @@ class JetStreamBroker(Broker):
         names = self._ensure_queue(q_name(message.queue_name))
         key = f"dead-{dedupe_key(message)}"
         self._store_dead(names, message.encode(), names.subject, key, message.message_id, exception)
+        self.emit_after("nack", message)  # counted where Dramatiq's own rejections are (the Prometheus middleware)
 
     def _store_dead(
         self, names: QueueNames, data: bytes, subject: str, key: str, message_id: str, exception: BaseException | None
