@@ -1,6 +1,6 @@
 """Batch actors' machinery: several checks in one message, each ending as if it had come alone.
 
-A batch runs its checks at once on this process's batch threads (``each``): their waits overlap
+A batch runs its checks at once on this process's batch threads (``pipeline.batching.each``): their waits overlap
 and their writes share commits (``pipeline.groupcommit``).  What they hand the next stage is
 collected and sent as one message per ``pipeline.batching.MAX_CHECKS`` (``Onward``).  A check that
 fails goes on alone as its stage's own message (``hand_over``), so its retries, its backoff and
@@ -16,33 +16,17 @@ import logging
 import math
 import threading
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import dramatiq
 from dramatiq.common import compute_backoff
 from dramatiq.middleware import Retries
 
-from pipeline.batching import MAX_CHECKS, groups
+from pipeline.batching import groups
 from pipeline.ratelimit import RateLimitedError
 from pipeline.stages import NotYetError
 
-T = TypeVar("T")
 logger = logging.getLogger(__name__)
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def each(work: Callable[[T], None], jobs: list[T]) -> list[BaseException | None]:
-    """``work(job)`` for every job at once; per job, in order, what it raised (None: it finished)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:  # a process's batch threads, started as needed: room for 8 worker threads' batches at once
-            _pool = ThreadPoolExecutor(max_workers=8 * MAX_CHECKS, thread_name_prefix="batch")
-    futures = [_pool.submit(work, job) for job in jobs]
-    return [future.exception() for future in futures]
 
 
 def send(actor: dramatiq.Actor, job: Any, message_id: str, *, delay: int | None = None, retries: int = 0) -> None:

@@ -15,7 +15,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from actors import batches
-from pipeline import stages
+from pipeline import batching, stages
 from pipeline.broker import JetStreamBroker
 from pipeline.content import ExtractError
 from pipeline.fetcher import FetchError
@@ -176,7 +176,7 @@ def _each(work: Callable[[stages.Context, Any], None], jobs: list[Any], single: 
           onward: batches.Onward | None) -> None:  # fmt: skip
     """Run a stage's work for every job of a batch at once; hand on what it sent, hand over what failed."""
     ctx = _context()
-    errors = batches.each(lambda job: work(ctx, job), jobs)
+    errors = batching.each(lambda job: work(ctx, job), jobs)
     with _broker().batch():
         if onward is not None:
             onward.flush()
