@@ -45,7 +45,10 @@ class Snapshot(SQLModel, table=True):
     """What a source looked like at one check: the normalised text and its validators."""
 
     __tablename__ = "snapshots"
-    __table_args__ = (Index("ix_snapshots_source_taken", "source", "taken_at"),)
+    __table_args__ = (
+        Index("ix_snapshots_source_taken", "source", "taken_at"),
+        Index("uq_snapshots_source_follows", "source", "follows", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     source: str = Field(max_length=2048)  # what is watched: pipeline.jobs (monitor:<id>, or URL#digest)
@@ -58,6 +61,10 @@ class Snapshot(SQLModel, table=True):
     #: scrape finds its own snapshot and hands the same change on again.
     trace: str = Field(default="", max_length=128, index=True)
     before_id: int | None = None
+    #: ``before_id``, or 0 for a source's first snapshot; unique with ``source``, so a source's history
+    #: is a line: of two checks that compared with the same snapshot, only one stores a change
+    #: (``pipeline.stages.scrape``).  NULL on snapshots stored before revision 0005.
+    follows: int | None = None
     #: SHA-256 of what scrape read (selector, content type, body), brought up to date by each check that
     #: found the text unchanged: fetch stops a page whose bytes are the same again (pipeline.stages).
     input_hash: str | None = Field(default=None, max_length=64)

@@ -38,10 +38,11 @@ from pipeline.db import inserting, transaction
 from pipeline.fetcher import Conditional, Fetcher, FetchError, FetchResult
 from pipeline.groupcommit import GroupCommit
 from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob, Told, watched
+from pipeline.llm.errors import LLMRejectedError, LLMUnavailableError
 from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
 from pipeline.politeness import Politeness
-from pipeline.redact import display_url, redact_url
-from pipeline.rules import parse_rule
+from pipeline.redact import display_url, redact_text, redact_url
+from pipeline.rules import RuleError, parse_rule
 
 if TYPE_CHECKING:  # the LLM SDK, Apprise and the content libraries load in the stages that use them
     from pipeline.failures import Delivered
@@ -292,13 +293,38 @@ def render(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
     )
 
 
+#: How many times a check compares again when another check of its source stored a change first. Each
+#: time one of the checks racing on a source stores its change, so this is more than ever race at once.
+MAX_RACES = 32
+
+
 def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None:
-    """Extract and normalise; an unchanged source ends here."""
-    from pipeline.content import content_hash, extract
+    """Extract and normalise; an unchanged source ends here.
+
+    Raises ``ExtractError`` (the body cannot give the text asked for; recorded as the check's
+    attempt), and ``RuntimeError`` when other checks of the source kept storing changes first.
+    """
+    from pipeline.content import ExtractError, content_hash, extract
 
     started = time.monotonic()
-    text = extract(ctx.bodies.get(job["body"]), job.get("content_type"), job.get("selector")).text
+    try:
+        text = extract(ctx.bodies.get(job["body"]), job.get("content_type"), job.get("selector")).text
+    except ExtractError as e:  # recorded (`monitor show`, the outcomes panel), then dead-lettered
+        _record(ctx, _ended(job, "scrape", "error", started, str(e)))
+        raise
     digest = content_hash(text)
+    for _ in range(MAX_RACES):
+        if _compared(ctx, job, text, digest, started, send_analyse):
+            return
+    raise RuntimeError(f"{MAX_RACES} other checks of {job['source']} stored a change first; trying again later")
+
+
+def _compared(
+    ctx: Context, job: ScrapeJob, text: str, digest: str, started: float, send_analyse: Send[AnalyseJob]
+) -> bool:
+    """Compare the text with the source's latest snapshot: end the check (unchanged), or store the change
+    and hand it to analyse.  False when another check of the source stored a change first, after this one
+    read the latest: compare again, with that one."""
     what = watched(job)
     with ctx.engine.connect() as db:
         last = db.execute(LATEST, {"source": job["source"]}).first()
@@ -306,7 +332,7 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
         # Redelivered after our own snapshot was stored: hand the same change on again.
         _count("scrape", "changed")
         send_analyse(AnalyseJob(**what, before_id=last.before_id, after_id=last.id))
-        return
+        return True
     if last is not None and last.content_hash == digest:
         check = _ended(job, "scrape", "unchanged", started)
         seen = {"snapshot_id": last.id, "new_hash": job.get("input_hash")}
@@ -317,7 +343,7 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
                 db.execute(SEEN_AGAIN, seen)
 
         ctx.writes.run(unchanged)
-        return
+        return True
     before_id = last.id if last else None
     snapshot = {
         "source": job["source"],
@@ -328,26 +354,41 @@ def scrape(ctx: Context, job: ScrapeJob, send_analyse: Send[AnalyseJob]) -> None
         "taken_at": utcnow(),
         "trace": job.get("trace", ""),
         "before_id": before_id,
+        "follows": before_id or 0,  # unique with the source: of two checks that read this latest, one stores
         "input_hash": job.get("input_hash"),
         "screenshot": job.get("screenshot"),
     }
-    after_id = ctx.writes.run(lambda db: _insert(db, Snapshot, snapshot))
+    try:
+        after_id = ctx.writes.run(lambda db: _insert(db, Snapshot, snapshot))
+    except IntegrityError:  # the same event twice at once, say: the other check's snapshot is the latest now
+        return False
     _count("scrape", "changed")
     analyse_job = AnalyseJob(**what, before_id=before_id, after_id=after_id)
     if job.get("screenshot"):
         analyse_job["screenshot"] = job["screenshot"]
     send_analyse(analyse_job)
+    return True
 
 
 def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
-    from pipeline.content import diff
-
     """Judge the change: the monitor's rule first, then its question if an LLM is configured.
 
     The rule is a cheap filter (``changed`` by default lets every change
-    through); only what passes it costs an LLM call.
+    through); only what passes it costs an LLM call.  Raises ``RuleError`` (a rule that cannot be
+    understood), ``LLMRejectedError`` and ``LLMUnavailableError``, each recorded as the check's
+    attempt, and ``RateLimitedError`` (the LLM quota is busy: a wait, not an attempt).
     """
     started = time.monotonic()
+    try:
+        _analyse(ctx, job, send_alert, started)
+    except (RuleError, LLMRejectedError, LLMUnavailableError) as e:  # recorded, then retried or dead-lettered
+        _record(ctx, _ended(job, "analyse", "error", started, redact_text(str(e))))
+        raise
+
+
+def _analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob], started: float) -> None:
+    from pipeline.content import diff
+
     rule = parse_rule(job.get("rule"))
     wanted = [job["after_id"], *([job["before_id"]] if job.get("before_id") else [])]
     with ctx.engine.connect() as db:

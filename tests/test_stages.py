@@ -389,3 +389,96 @@ def test_pushed_content_keeps_its_utf8_whatever_its_meta_says(ctx: Context) -> N
     with Session(ctx.engine) as session:
         [snapshot] = session.exec(select(Snapshot)).all()
     assert (queue, snapshot.text) == ("scrape", "Crème")
+
+
+class RacingWrites:
+    """The context's writes, each thread's first held until ``n`` threads are there: they have all read the
+    source's latest snapshot before any stores its own, as checks running at once in two workers may."""
+
+    def __init__(self, ctx: Context, n: int) -> None:
+        import threading
+
+        self.writes, self.barrier, self.seen = ctx.writes, threading.Barrier(n, timeout=10), threading.local()
+
+    def run(self, unit):
+        if not getattr(self.seen, "waited", False):
+            self.seen.waited = True
+            self.barrier.wait()
+        return self.writes.run(unit)
+
+
+def scrape_at_once(ctx: Context, jobs: list[dict]) -> list[dict]:
+    """Scrape ``jobs`` on a thread each, all reading before any writes; the jobs they hand to analyse."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    racing = Context(ctx.engine, ctx.bodies, ctx.fetcher, ctx.webhook_secret)
+    racing.__dict__["writes"] = RacingWrites(ctx, len(jobs))
+    handed: list[dict] = []
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        for done in [pool.submit(stages.scrape, racing, j, handed.append) for j in jobs]:
+            done.result()
+    return handed
+
+
+def test_the_same_check_scraped_at_once_stores_one_change(ctx: Context, site: Site) -> None:
+    """The same event published eight times and checked at the same moment: one snapshot, one change
+    for analyse, seven checks that end unchanged (they alerted eight times before snapshots were
+    unique per source and predecessor)."""
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    [(_, scrape_job)] = run_through_fetch(ctx, job(site))
+    copies = [{**scrape_job, "trace": f"copy-{i}"} for i in range(8)]
+
+    handed = scrape_at_once(ctx, copies)
+
+    assert len(handed) == 1 and handed[0]["before_id"] is None
+    with Session(ctx.engine) as session:
+        assert len(session.exec(select(Snapshot)).all()) == 1
+    assert sorted(outcomes(ctx)) == [("scrape", "unchanged")] * 7
+
+
+def test_two_changes_scraped_at_once_make_one_line_of_history(ctx: Context, site: Site) -> None:
+    """Two different texts of one source at once: both are stored, the second compared with the first."""
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    [(_, first)] = run_through_fetch(ctx, job(site))
+    site.routes["/p"] = Page(b"<p class='price'>Price 60</p>")
+    [(_, second)] = run_through_fetch(ctx, job(site))
+
+    handed = scrape_at_once(ctx, [{**first, "trace": "a"}, {**second, "trace": "b"}])
+
+    assert len(handed) == 2
+    with Session(ctx.engine) as session:
+        older, newer = session.exec(select(Snapshot).order_by(Snapshot.id)).all()
+    assert (older.before_id, newer.before_id) == (None, older.id)
+    assert sorted((j["after_id"], j["before_id"]) for j in handed) == [(older.id, None), (newer.id, older.id)]
+
+
+def run_through_fetch(ctx: Context, check: dict) -> list[tuple[str, dict]]:
+    handed: list[tuple[str, dict]] = []
+    stages.fetch(ctx, check, lambda j: handed.append(("scrape", j)))
+    return handed
+
+
+def test_a_scrape_that_cannot_extract_records_its_attempt(ctx: Context, site: Site) -> None:
+    from pipeline.content import ExtractError
+
+    site.routes["/p"] = Page(b"<p class='other'>Price 50</p>")
+    [(_, scrape_job)] = run_through_fetch(ctx, job(site))
+    with pytest.raises(ExtractError):
+        stages.scrape(ctx, scrape_job, lambda j: None)
+    with Session(ctx.engine) as session:
+        [check] = session.exec(select(Check)).all()
+    assert (check.stage, check.outcome) == ("scrape", "error") and ".price" in check.detail
+
+
+def test_an_analysis_that_fails_records_its_attempt(ctx: Context, site: Site) -> None:
+    from pipeline.rules import RuleError
+
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    [(_, scrape_job)] = run_through_fetch(ctx, job(site))
+    analysed: list[dict] = []
+    stages.scrape(ctx, scrape_job, analysed.append)
+    with pytest.raises(RuleError):
+        stages.analyse(ctx, {**analysed[0], "rule": "price <<< 3"}, lambda j: None)
+    with Session(ctx.engine) as session:
+        [check] = session.exec(select(Check)).all()
+    assert (check.stage, check.outcome) == ("analyse", "error") and check.detail
