@@ -100,7 +100,7 @@ def hand_over(actor: dramatiq.Actor, job: Any, error: BaseException) -> None:
         actor.broker.dead_letter_message(message, error)  # type: ignore[attr-defined]
         return
     if not hasattr(error, "transient") and not hasattr(error, "after"):  # not a stage's own: worth its traceback
-        logger.warning("A check of a %s batch failed; it goes on alone.", actor.actor_name, exc_info=error)
+        logger.warning("A check failed in a batch of %s; it goes on alone.", actor.actor_name, exc_info=error)
     after = getattr(error, "after", None)
     if after is None:
         retries = next(m for m in actor.broker.middleware if isinstance(m, Retries))

@@ -30,7 +30,7 @@ from pipeline.batching import MAX_BYTES, groups
 from pipeline.broker import BatchPublishError, JetStreamBroker, QueueNames
 from pipeline.broker.assets import add_consumer, add_or_update_stream
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
-from pipeline.jobs import monitor_source, watched_source
+from pipeline.jobs import monitor_job, monitor_source, watched_source
 from pipeline.names import EVENT_KINDS, EVENTS_QUEUE, events_stream
 from pipeline.outage import Outage
 from pipeline.service import BackgroundService
@@ -53,17 +53,8 @@ def job_for(event: Event, ctx: Context) -> tuple[str, dict[str, Any]]:
         monitor = queries.get_monitor(ctx.engine, event.monitor_id)
         if monitor is None:
             raise InvalidEventError(f"monitor_id: no monitor {event.monitor_id}")
-        job = {
-            "source": monitor_source(event.monitor_id),
-            "url": monitor.url,
-            "selector": monitor.selector,
-            "rule": monitor.rule,
-            "question": monitor.question,
-            "notify": list(monitor.notify),
-        }
-        if monitor.fetch == "browser":
-            return "render", {**job, "wait_for": monitor.wait_for}
-        return "fetch", job
+        queue, job = monitor_job(monitor)
+        return queue, dict(job)
     common = {"selector": event.selector, "rule": event.rule, "question": event.question, "notify": list(event.notify)}
     if isinstance(event, CheckEvent):
         url = str(event.url)

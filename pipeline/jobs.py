@@ -21,12 +21,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-from typing import Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 from urllib.parse import urldefrag
 
 from url_normalize import url_normalize
 
 from pipeline.redact import display_url
+
+if TYPE_CHECKING:
+    from pipeline.models import Monitor
 
 
 class CheckJob(TypedDict):
@@ -81,6 +84,23 @@ class AlertJob(AnalyseJob):
 def watched(job: CheckJob) -> CheckJob:
     """Only what is watched of a later stage's job: what scrape hands analyse, without the body."""
     return cast(CheckJob, {key: value for key, value in job.items() if key in CheckJob.__annotations__})
+
+
+def monitor_job(monitor: Monitor) -> tuple[str, CheckJob]:
+    """A stored monitor's check as it is now: its first stage (``fetch``, or ``render`` for a page a browser
+    loads) and its job, without a trace."""
+    assert monitor.id is not None
+    job = CheckJob(
+        source=monitor_source(monitor.id),
+        url=monitor.url or "",
+        selector=monitor.selector,
+        rule=monitor.rule,
+        question=monitor.question,
+        notify=list(monitor.notify),
+    )
+    if monitor.fetch == "browser":
+        return "render", {**job, "wait_for": monitor.wait_for}
+    return "fetch", job
 
 
 def monitor_source(monitor_id: int) -> str:

@@ -276,7 +276,7 @@ def test_dlq_list_pages_and_says_how_many_in_all(nats_server, prefix: str, monke
 
     first = runner.invoke(app, ["dlq", "list", "--limit", "2"])
     lines = first.stdout.splitlines()
-    assert lines[0].split() == ["SEQUENCE", "FAILED", "AT", "QUEUE", "REASON"] and len(lines) == 3
+    assert lines[0].split() == ["SEQUENCE", "FAILED", "AT", "QUEUE", "SOURCE", "REASON"] and len(lines) == 3
     last = lines[-1].split()[0]
     assert f"2 of 5 dead letter(s); next page: --since {last}" in first.stderr
     second = json.loads(runner.invoke(app, ["dlq", "list", "--json", "--since", last, "--limit", "10"]).stdout)

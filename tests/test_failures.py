@@ -315,6 +315,9 @@ def test_checks_ingested_together_fail_and_retry_each_on_its_own(no_politeness, 
             shop.routes["/gone"] = Page(b'<p class="p">80</p>')  # back: its dead letter, replayed, alerts
             replay(broker, gone)
             assert wait_for(lambda: len(receiver.posts) == 12, 30)
+            shop.routes["/moved"] = Page(b'<p class="p">75</p>')  # the page fixed: its scrape letter, fetched again
+            replay(broker, moved)
+            assert wait_for(lambda: len(receiver.posts) == 13, 30)
         finally:
             for process in processes:
                 process.terminate()
@@ -325,8 +328,29 @@ def test_checks_ingested_together_fail_and_retry_each_on_its_own(no_politeness, 
     assert "matched nothing" in moved.reason and moved.message_id.endswith("-scrape")
     paths = [path for path, _ in shop.requests]
     assert paths.count("/flaky") == 2  # the batch's try, then its own message's after the Retry-After
-    assert paths.count("/gone") == 2 and paths.count("/moved") == 1  # what failed for good: tried again on replay only
+    assert paths.count("/gone") == 2 and paths.count("/moved") == 2  # what failed for good: tried again on replay only
     assert all(paths.count(f"/p/{i}") == 1 for i in range(10))
+
+
+def test_the_same_event_many_times_in_one_burst_alerts_once(no_politeness, pipeline: JetStreamBroker) -> None:
+    """A producer that publishes one check 16 times at once (a retry loop, a fan-out bug): the copies travel
+    in one batch and are checked at the same moment, but the page changed once, so one alert."""
+    with Site() as shop, Site() as receiver:
+        shop.routes["/p"] = Page(b'<p class="p">42</p>')
+        event = {"url": shop.url("/p"), "selector": ".p", "rule": "price < 100", "notify": [receiver.url("/hook")]}
+        for _ in range(16):
+            publish(no_politeness, "check", event)
+        engine = make_engine(no_politeness["PIPELINE_DATABASE_URL"])
+        assert wait_for(lambda: _checks_ended(engine) == 16, 60), _checks_ended(engine)
+        time.sleep(1)
+        assert len(receiver.posts) == 1
+
+
+def _checks_ended(engine) -> int:
+    from pipeline.models import Check
+
+    with Session(engine) as session:
+        return len(session.exec(select(Check)).all())
 
 
 def test_a_batch_run_twice_hands_each_check_to_scrape_once(no_politeness, pipeline: JetStreamBroker) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from pipeline.cli.common import JSON_OPTION, bad_input, connected_broker, echo_json, fail, table
+from pipeline.cli.common import JSON_OPTION, bad_input, connected_broker, echo_json, engine, fail, table
 
 app = typer.Typer(help="Dead letters: list, replay, purge.", no_args_is_help=True)
 
@@ -35,11 +35,12 @@ def list_(
     finally:
         broker.close()
     if as_json:
-        keys = ("sequence", "queue", "subject", "message_id", "reason", "failed_at")
+        keys = ("sequence", "queue", "source", "subject", "message_id", "reason", "failed_at")
         echo_json([{k: getattr(letter, k) for k in keys} for letter in letters])
     else:
-        table(["SEQUENCE", "FAILED AT", "QUEUE", "REASON"],
-              ([letter.sequence, letter.failed_at, letter.queue, letter.reason] for letter in letters))  # fmt: skip
+        table(["SEQUENCE", "FAILED AT", "QUEUE", "SOURCE", "REASON"],
+              ([letter.sequence, letter.failed_at, letter.queue, _short(letter.source) or "-", letter.reason]
+               for letter in letters))  # fmt: skip
     shown = f"{len(letters)} of {total} dead letter(s)" + (f" of {queue}" if queue else "")
     more = f"; next page: --since {letters[-1].sequence}" if len(letters) == limit else ""
     typer.echo(f"{shown}{more}", err=True)
@@ -50,21 +51,32 @@ def replay(
     sequences: list[int] = typer.Argument(None, help="Dead letters to replay (default: all, or all of --queue)."),
     queue: str = typer.Option(None, help=QUEUE_HELP),
 ) -> None:
-    """Publish dead letters again where they came from, with their retries reset."""
+    """Check dead letters' checks again, with their retries reset, as their monitors are now.
+
+    A check that failed in fetch or scrape is fetched again; one that failed in analyse is judged again,
+    one that failed in alert delivered again; an event is ingested again.
+    """
     from pipeline import deadletters
 
     broker = _broker(queue)
+    refused: list[str] = []
     try:
         letters = deadletters.list_dead(broker, queue, limit=100_000)
         chosen = [letter for letter in letters if not sequences or letter.sequence in sequences]
+        database = engine()
         for letter in chosen:
-            deadletters.replay(broker, letter)
+            try:
+                deadletters.replay(broker, letter, database)
+            except ValueError as e:  # its monitor was removed, say: the others go on
+                refused.append(f"dead letter {letter.sequence}: {e}")
     finally:
         broker.close()
-    typer.echo(f"replayed {len(chosen)}")
+    typer.echo(f"replayed {len(chosen) - len(refused)}")
     missing = set(sequences or ()) - {letter.sequence for letter in chosen}
     if missing:
-        fail(f"no dead letter {', '.join(map(str, sorted(missing)))}")
+        refused.append(f"no dead letter {', '.join(map(str, sorted(missing)))}")
+    if refused:
+        fail("\n".join(refused))
 
 
 @app.command("purge")
@@ -82,6 +94,10 @@ def purge(
         deadletters.purge(broker, queue)
     finally:
         broker.close()
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _broker(queue: str | None) -> Any:
