@@ -131,9 +131,7 @@ def test_a_check_dead_in_scrape_is_fetched_again_as_its_monitor_is_now(broker: J
     assert list_dead(broker) == []
 
 
-def test_a_check_dead_in_analyse_is_judged_again_with_the_rule_as_it_is_now(
-    broker: JetStreamBroker, db_engine
-) -> None:
+def test_a_check_dead_in_analyse_is_judged_again_with_the_rule_as_it_is_now(broker: JetStreamBroker, db_engine) -> None:
     from pipeline.rules import RuleError
 
     broker.declare_queue("analyse")
