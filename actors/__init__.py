@@ -27,7 +27,7 @@ redact.install()  # Dramatiq logs failed messages with their arguments: no URL s
 settings = current()
 broker = JetStreamBroker(settings.nats.url, prefix=settings.prefix)
 broker.add_middleware(WorkerMetrics())
-broker.add_middleware(CurrentMessage())  # a message put back to wait (actors.stages._later) keeps its retries
+broker.add_middleware(CurrentMessage())  # a message put back to wait (actors.recovery) keeps its retries
 dramatiq.set_broker(broker)
 
 from actors import stages  # noqa: E402, F401 - declares the stage actors on the broker

@@ -7,22 +7,20 @@ and each batch hands the next stage what it found as a batch again.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import CurrentMessage
 
 from actors import batches
+from actors.recovery import alone, hand_over, send, turn_at
 from pipeline import batching, stages
 from pipeline.broker import JetStreamBroker
 from pipeline.content import ExtractError
 from pipeline.fetcher import FetchError
-from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob
-from pipeline.llm import LLMRejectedError, LLMUnavailableError
+from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob, message_id
+from pipeline.llm import LLMRejectedError
 from pipeline.policy import TIME_LIMIT_SECONDS
-from pipeline.ratelimit import RateLimitedError
 from pipeline.render import RenderError
 from pipeline.rules import RuleError
 from pipeline.runtime import context
@@ -36,31 +34,12 @@ TIME_LIMIT_MS = TIME_LIMIT_SECONDS * 1000
 
 
 def _next(actor: dramatiq.Actor) -> stages.Send:
-    """Send to the next stage under an id derived from the check's trace (``batches.message_id``).
+    """Send to the next stage under an id derived from the check's trace (``pipeline.jobs.message_id``).
 
     A redelivered stage then publishes the same message id again, and
     JetStream drops the duplicate: one check never becomes two downstream.
     """
-    return lambda job: batches.send(actor, job, batches.message_id(actor, job))
-
-
-def _later(actor: dramatiq.Actor, job: CheckJob | AnalyseJob, seconds: float) -> None:
-    """Put the message being processed back, due in ``seconds``, without using up a retry.
-
-    The same message goes back (its id, its retry count): a new one sent instead would start its
-    retries over, and a check that fails every time on a busy host would never reach the dead letters.
-    """
-    message = CurrentMessage.get_current_message()
-    delay = math.ceil(seconds * 1000)
-    if message is None:  # called outside a worker (a test calling the actor directly)
-        actor.send_with_options(args=(job,), delay=delay)
-    else:
-        actor.broker.enqueue(message.copy(), delay=delay)
-
-
-def _retry(reason: str, after: float | None) -> dramatiq.Retry:
-    """A Dramatiq retry after the server's delay, or with the actor's backoff when it gave none."""
-    return dramatiq.Retry(reason, delay=None if after is None else math.ceil(after * 1000))
+    return lambda job: send(actor, job, message_id(actor.actor_name, job))
 
 
 def _broker() -> JetStreamBroker:
@@ -73,40 +52,28 @@ def _context() -> stages.Context:
 
 @dramatiq.actor(queue_name="fetch", actor_name="fetch", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)
 def fetch(job: CheckJob) -> None:
-    try:
-        stages.fetch(_context(), job, _next(scrape))
-    except stages.NotYetError as e:  # politeness: come back later, without using up a retry
-        _later(fetch, job, e.after)
-    except FetchError as e:
-        if not e.transient:
-            raise  # one of PERMANENT: dead-lettered now, with the reason
-        raise _retry(e.reason, e.after) from None
+    with alone(fetch, job):  # a busy host: back at its booked turn; a failure: retried or dead-lettered
+        stages.fetch(_context(), job, _next(scrape), turn_at())
 
 
+# A crashed or hung browser is a transient RenderError (replaced, and the check tried again); a wait_for
+# Chromium refuses, a permanent one.
 @dramatiq.actor(
     queue_name="render", actor_name="render", max_retries=5, throws=(*PERMANENT, RenderError), time_limit=TIME_LIMIT_MS
 )
 def render(job: CheckJob) -> None:
-    try:
-        stages.render(_context(), job, _next(scrape))
-    except stages.NotYetError as e:  # politeness, as for fetch
-        _later(render, job, e.after)
-    except FetchError as e:
-        if not e.transient:
-            raise
-        raise _retry(e.reason, e.after) from None
-    except RenderError as e:  # a crashed or hung browser: replaced, and the check tried again
-        if not e.transient:
-            raise  # a wait_for Chromium refuses: dead-lettered now, with the reason
-        raise _retry(e.reason, None) from None
+    with alone(render, job):
+        stages.render(_context(), job, _next(scrape), turn_at())
 
 
 @dramatiq.actor(queue_name="scrape", actor_name="scrape", max_retries=5, throws=PERMANENT, time_limit=TIME_LIMIT_MS)
 def scrape(job: ScrapeJob) -> None:
-    stages.scrape(_context(), job, _next(analyse))
+    with alone(scrape, job):
+        stages.scrape(_context(), job, _next(analyse))
 
 
-# LLM outages last: ten retries, backing off from 15 s to 30 min, ride out about two hours.
+# LLM outages last: ten retries, backing off from 15 s to 30 min, ride out about two hours. The shared LLM
+# quota being busy is a wait in the queue, not in a thread; 429s and 5xx a retry after the server's delay.
 @dramatiq.actor(
     queue_name="analyse",
     actor_name="analyse",
@@ -116,14 +83,11 @@ def scrape(job: ScrapeJob) -> None:
     time_limit=TIME_LIMIT_MS,
 )
 def analyse(job: AnalyseJob) -> None:
-    try:
+    with alone(analyse, job):
         stages.analyse(_context(), job, _next(alert))
-    except RateLimitedError as e:  # the shared LLM quota is busy: wait in the queue, not in a thread
-        _later(analyse, job, e.wait)
-    except LLMUnavailableError as e:  # 429s, 5xx: a retry, after the delay the server asked for, else backoff
-        raise _retry(str(e), e.after) from None
 
 
+# A 4xx or a refused address is a permanent DeliveryError: dead-lettered now, with the reason.
 @dramatiq.actor(
     queue_name="alert",
     actor_name="alert",
@@ -134,12 +98,8 @@ def analyse(job: AnalyseJob) -> None:
     time_limit=TIME_LIMIT_MS,
 )
 def alert(job: AlertJob) -> None:
-    try:
+    with alone(alert, job):
         stages.alert(_context(), job)
-    except stages.DeliveryError as e:
-        if not e.transient:
-            raise  # a 4xx, a refused address: dead-lettered now, with the reason
-        raise _retry(e.reason, e.after) from None
 
 
 # Batches: several checks a message (actors.batches); each check that fails goes on alone as the single
@@ -151,7 +111,7 @@ def fetch_batch(jobs: list[CheckJob]) -> None:
     """Checks the ingest pulled together: one read, their GETs at once, one commit (``stages.fetch_batch``)."""
     onward = batches.Onward(scrape, scrape_batch)
     with _broker().batch():  # what goes on is stored before this message is acked, and waited for once
-        stages.fetch_batch(_context(), jobs, onward.send, lambda job, error: batches.hand_over(fetch, job, error))
+        stages.fetch_batch(_context(), jobs, onward.send, lambda job, error: hand_over(fetch, job, error))
         onward.flush()
 
 
@@ -182,4 +142,4 @@ def _each(work: Callable[[stages.Context, Any], None], jobs: list[Any], single: 
             onward.flush()
         for job, error in zip(jobs, errors, strict=True):
             if error is not None:
-                batches.hand_over(single, job, error)
+                hand_over(single, job, error)

@@ -29,7 +29,7 @@ from dramatiq.message import Message
 from sqlalchemy.engine import Engine
 
 from pipeline.broker import JetStreamBroker
-from pipeline.jobs import monitor_job, watched
+from pipeline.jobs import monitor_job, stage_message, watched
 from pipeline.names import dead_stream
 from pipeline.redact import display_url
 
@@ -137,8 +137,7 @@ def replay(broker: JetStreamBroker, letter: DeadLetter, engine: Engine | None = 
             message = None
         if message is not None and message.args and isinstance(message.args[0], dict):  # one check
             queue, job = _restarted(letter.queue, message.args[0], engine, letter.sequence)
-            broker.enqueue(Message(queue_name=queue, actor_name=queue, args=(job,), kwargs={}, options={},
-                                   message_id=f"{job['trace']}-{queue}"))  # fmt: skip
+            broker.enqueue(stage_message(queue, queue, job, f"{job['trace']}-{queue}"))
             broker.run(broker.js.delete_msg(dead_stream(broker.prefix), letter.sequence))
             return queue
         if message is not None:  # a whole batch (its retries ran out): as it was, with its retries back

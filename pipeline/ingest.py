@@ -30,7 +30,7 @@ from pipeline.batching import MAX_BYTES, groups
 from pipeline.broker import BatchPublishError, JetStreamBroker, QueueNames
 from pipeline.broker.assets import add_consumer, add_or_update_stream
 from pipeline.events import CheckEvent, ContentEvent, Event, InvalidEventError, MonitorEvent, parse_event
-from pipeline.jobs import monitor_job, monitor_source, watched_source
+from pipeline.jobs import monitor_job, monitor_source, stage_message, watched_source
 from pipeline.names import EVENT_KINDS, EVENTS_QUEUE, events_stream
 from pipeline.outage import Outage
 from pipeline.service import BackgroundService
@@ -200,9 +200,7 @@ class Ingest(BackgroundService):
         event = parse_event(msg.subject, msg.data)
         queue, job = job_for(event, self.ctx)
         job["trace"] = message_id  # one check, end to end: stages derive their message ids from it
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=queue, actor_name=queue, args=(job,), kwargs={}, options={}, message_id=message_id
-        )
+        message = stage_message(queue, queue, job, message_id)
         size = len(message.encode())
         if size > MAX_JOB_BYTES:  # bounded by the event models; this is the last line of defence
             raise InvalidEventError(f"the job would be {size} bytes, over NATS' {MAX_JOB_BYTES} byte payload")
@@ -232,10 +230,7 @@ def _fetch_batch(group: list[_Made]) -> dramatiq.Message[Any]:
     """
     jobs = [made.message.args[0] for made in group]
     first, last = group[0].message.message_id, group[-1].message.message_id.rsplit("-", 1)[1]
-    return dramatiq.Message(
-        queue_name="fetch", actor_name="fetch_batch", args=(jobs,), kwargs={}, options={},
-        message_id=f"{first}-{last}-{len(group)}",
-    )  # fmt: skip
+    return stage_message("fetch", "fetch_batch", jobs, f"{first}-{last}-{len(group)}")
 
 
 async def _ack(msgs: list[Msg]) -> None:

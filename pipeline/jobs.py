@@ -21,9 +21,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import uuid
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 from urllib.parse import urldefrag
 
+import dramatiq
 from url_normalize import url_normalize
 
 from pipeline.redact import display_url
@@ -79,6 +81,26 @@ class AlertJob(AnalyseJob):
     finding_id: int
     part: str  # tells this target's message apart from the other targets' of the same check
     finding: NotRequired[Told]  # absent (a redelivered analyse, an older message): alert reads it back
+
+
+def stage_message(queue: str, actor_name: str, args: Any, message_id: str, **options: Any) -> dramatiq.Message[Any]:
+    """The Dramatiq message of ``actor_name`` on ``queue`` for ``args`` (a job, or a batch's list of jobs).
+
+    Built here because ``send_with_options(message_id=...)`` keeps the id among the options: it would not
+    be the message's id, which the broker publishes as ``Nats-Msg-Id`` for JetStream to drop duplicates by.
+    ``options``: Dramatiq's (``retries`` already used) and ours (``turn_at``, a host's booked turn).
+    """
+    return dramatiq.Message(
+        queue_name=queue, actor_name=actor_name, args=(args,), kwargs={}, options=options, message_id=message_id
+    )
+
+
+def message_id(actor_name: str, job: Any) -> str:
+    """A job's message id for ``actor_name``, derived from its check's trace: a redelivered stage sends the same
+    id again, and JetStream drops the duplicate.  ``part`` tells apart a stage's several jobs for one check
+    (an alert per target)."""
+    part = f"-{job['part']}" if job.get("part") else ""
+    return f"{job.get('trace') or uuid.uuid4()}-{actor_name}{part}"
 
 
 def watched(job: CheckJob) -> CheckJob:

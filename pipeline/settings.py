@@ -114,7 +114,10 @@ class FetchSettings(_Section):
         json_schema_extra={"default": "none: public addresses only"},
     )
     domain_interval: float = Field(
-        1.0, ge=0, description="Seconds between two fetches from one host, across all workers (NATS KV); 0: off."
+        1.0,
+        ge=0,
+        description="Seconds between two fetches from one host, across all workers (NATS KV); 0: off."
+        " A check of a busy host books the next free turn and waits for it in its queue.",
     )
 
     _split = field_validator("allow_hosts", mode="before")(_comma_list)

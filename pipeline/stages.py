@@ -166,27 +166,47 @@ def input_hash(selector: str | None, content_type: str, body: bytes) -> str:
 
 
 class NotYetError(Exception):
-    """Politeness: this host was fetched moments ago; come back after ``after`` seconds."""
+    """Politeness: not this check's turn at its host yet; come back after ``after`` seconds.
 
-    def __init__(self, after: float) -> None:
+    ``turn_at``: the turn booked for it (``pipeline.politeness``), to hand back when it comes (None: none
+    booked, ask again).
+    """
+
+    def __init__(self, after: float, turn_at: float | None = None) -> None:
         super().__init__(f"host busy for {after:.2f}s")
         self.after = after
+        self.turn_at = turn_at
 
 
-def _polite(ctx: Context, job: CheckJob) -> None:
-    """Raise ``NotYetError`` when the job's host had its turn moments ago."""
-    if ctx.politeness is not None:
-        wait = ctx.politeness.wait_for(urlsplit(job["url"]).hostname or "")
-        if wait > 0:
-            raise NotYetError(wait)
+def _polite(ctx: Context, job: CheckJob, turn_at: float | None = None, sleep_at_most: float | None = None) -> None:
+    """Return when it is the check's turn at its host; else raise ``NotYetError``.
+
+    ``turn_at``: the turn the check booked when it was put back, if any: it goes then without asking again,
+    unless it came too late for it (``politeness.LATE``).  A turn less than ``sleep_at_most`` seconds away
+    (``politeness.SLEEP_AT_MOST`` by default) is waited for in this thread.
+    """
+    from pipeline.politeness import DELIVERED_SOONER, LATE, SLEEP_AT_MOST
+
+    politeness = ctx.politeness
+    if politeness is None or politeness.limiter is None:
+        return
+    if turn_at is None or turn_at - politeness.clock() < -politeness.interval * LATE:  # none, or it has passed
+        turn = politeness.turn(urlsplit(job["url"]).hostname or "")
+        wait, turn_at = turn.wait, turn.at
+    else:
+        wait = turn_at - politeness.clock()
+    if wait > (SLEEP_AT_MOST if sleep_at_most is None else sleep_at_most):  # back a little before its turn
+        raise NotYetError(max(wait - DELIVERED_SOONER, 0.0), turn_at)
+    time.sleep(max(wait, 0.0))
 
 
-def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
+def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob], turn_at: float | None = None) -> None:
     """GET the URL (conditionally); store the body; hand its key to scrape.
 
+    ``turn_at``: the host's turn the check booked (``NotYetError.turn_at``) when it was put back.
     Raises ``NotYetError`` (politeness) and ``FetchError`` (recorded as the check's attempt).
     """
-    _polite(ctx, job)
+    _polite(ctx, job, turn_at)
     started = time.monotonic()
     seen = _last_seen(ctx, [job["source"]]).get(job["source"], NEVER_SEEN)
     [outcome] = ctx.fetcher.fetch_all([_conditional(job, seen)])
@@ -217,7 +237,7 @@ def fetch_batch(ctx: Context, jobs: list[CheckJob], send_scrape: Send[ScrapeJob]
     ready: list[CheckJob] = []
     for job in jobs:
         try:
-            _polite(ctx, job)
+            _polite(ctx, job, sleep_at_most=0.0)  # the batch's GETs go at once: only a turn that is now
             ready.append(job)
         except NotYetError as e:
             hand_over(job, e)
@@ -267,14 +287,15 @@ def _fetched(
     )
 
 
-def render(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob]) -> None:
+def render(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob], turn_at: float | None = None) -> None:
     """Load the URL in headless Chromium; hand the DOM after the wait (and a screenshot) to scrape.
 
-    Raises ``FetchError`` for the page itself (as fetch does) and ``RenderError`` for the browser.
+    Raises ``NotYetError`` (politeness, as fetch), ``FetchError`` for the page itself (as fetch does) and
+    ``RenderError`` for the browser.
     """
     from pipeline.render import RenderError
 
-    _polite(ctx, job)
+    _polite(ctx, job, turn_at)
     assert ctx.renderer is not None and ctx.screenshots is not None
     started = time.monotonic()
     try:

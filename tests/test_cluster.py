@@ -61,7 +61,7 @@ def use_every_asset(broker: JetStreamBroker) -> None:
     Ingest(broker, context).declare()
     context.bodies.put(b"<p>a body</p>" * (INLINE_MAX // 10))  # above INLINE_MAX: it goes to the object store
     assert context.politeness is not None
-    context.politeness.wait_for("example.com")
+    context.politeness.turn("example.com")
     VerdictCache(broker).put("k", Verdict(True, "info", "yes"))
 
 

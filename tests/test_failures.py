@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -42,6 +43,36 @@ def busy_host(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str,
     env["PIPELINE_FETCH_DOMAIN_INTERVAL"] = "2"
     monkeypatch.setenv("PIPELINE_FETCH_DOMAIN_INTERVAL", "2")
     return env
+
+
+@pytest.fixture
+def quick_turns(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A fifth of a second between fetches from one host (set before the workers start)."""
+    env["PIPELINE_FETCH_DOMAIN_INTERVAL"] = "0.2"
+    monkeypatch.setenv("PIPELINE_FETCH_DOMAIN_INTERVAL", "0.2")
+    return env
+
+
+def test_checks_of_one_host_each_wait_for_a_turn_of_their_own(quick_turns, pipeline: JetStreamBroker) -> None:
+    """30 checks of one host at once: each books the host's next free turn and comes back at it, so the fetch
+    queue carries about two messages per check. Asking for a turn that starts now woke every waiting check
+    at each turn: 70 checks of one host took 2,578 messages."""
+    served: list[float] = []
+
+    def page(_handler) -> Page:
+        served.append(time.monotonic())
+        return Page(b'<p class="p">42</p>')
+
+    with Site() as shop:
+        for i in range(30):
+            shop.routes[f"/p/{i}"] = page
+            publish(quick_turns, "check", {"url": shop.url(f"/p/{i}"), "selector": ".p"})
+        assert wait_for(lambda: len(served) == 30, 60), len(served)
+    fetch = pipeline.run(pipeline.js.stream_info(pipeline.names("fetch").stream))
+    assert fetch.state.last_seq <= 3 * 30, fetch.state.last_seq  # was 30 * 29 / 2 put-backs and more
+    gaps = [later - earlier for earlier, later in itertools.pairwise(served)]
+    assert min(gaps) >= 0.2 * 0.5 - 0.02, gaps  # politeness.LATE: at least half an interval apart
+    assert served[-1] - served[0] >= 29 * 0.2 * 0.9  # one host's turns, one after another
 
 
 def test_waiting_for_a_busy_host_does_not_start_the_retries_over(busy_host, pipeline: JetStreamBroker) -> None:

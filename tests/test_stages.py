@@ -191,18 +191,53 @@ def test_a_5_mb_page_never_rides_in_a_message(ctx: Context, site: Site) -> None:
     assert ctx.bodies.get(scrape_job["body"]) == big
 
 
-def test_politeness_spaces_requests_to_one_host_across_workers(broker: JetStreamBroker, make_broker) -> None:
+def test_politeness_books_each_check_its_own_turn_across_workers(broker: JetStreamBroker, make_broker) -> None:
     from pipeline.politeness import Politeness
 
     first, second = Politeness(broker, interval=1.0), Politeness(make_broker(), interval=1.0)  # two machines
-    assert first.wait_for("shop.example") == 0
-    wait = second.wait_for("shop.example")
-    assert 0.5 < wait <= 1.0
-    assert second.wait_for("other.example") == 0  # hosts are independent
+    assert first.turn("shop.example").wait == 0
+    turns = [second.turn("shop.example") for _ in range(3)]
+    assert [round(turn.wait) for turn in turns] == [1, 2, 3]  # each the next free turn, an interval apart
+    assert turns[2].at - turns[1].at == pytest.approx(1.0)
+    assert second.turn("other.example").wait == 0  # hosts are independent
+
+
+def test_a_check_goes_at_the_turn_it_booked_without_asking_again(
+    ctx: Context, site: Site, broker: JetStreamBroker
+) -> None:
     import time
 
-    time.sleep(wait + 0.3)
-    assert second.wait_for("shop.example") == 0
+    from pipeline.politeness import DELIVERED_SOONER, Politeness
+
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    polite = Context(ctx.engine, ctx.bodies, ctx.fetcher, ctx.webhook_secret, Politeness(broker, interval=1.0))
+    stages.fetch(polite, job(site), lambda j: None)
+    with pytest.raises(stages.NotYetError) as busy:
+        stages.fetch(polite, job(site), lambda j: None)
+    booked = busy.value.turn_at
+    assert booked is not None and 0.5 < busy.value.after + DELIVERED_SOONER <= 1.0
+    with pytest.raises(stages.NotYetError) as early:  # delivered early: back at the same turn
+        stages.fetch(polite, job(site), lambda j: None, turn_at=booked)
+    assert early.value.turn_at == booked
+    time.sleep(early.value.after)
+    stages.fetch(polite, job(site), lambda j: None, turn_at=booked)  # its turn: it goes
+    assert len([r for r in site.requests if r[0] == "/p"]) == 2
+    assert polite.politeness is not None
+    following = polite.politeness.turn("127.0.0.1")
+    assert 0.5 < following.wait <= 1.05  # the turn after it: it did not book a second one
+
+
+def test_a_check_late_for_its_turn_books_another(ctx: Context, site: Site, broker: JetStreamBroker) -> None:
+    from pipeline.politeness import Politeness
+
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    polite = Context(ctx.engine, ctx.bodies, ctx.fetcher, ctx.webhook_secret, Politeness(broker, interval=5.0))
+    stages.fetch(polite, job(site), lambda j: None)  # now the host's next turn is 5 s away
+    assert polite.politeness is not None
+    stale = polite.politeness.clock() - 3.0  # a turn booked long ago, whose message was held up
+    with pytest.raises(stages.NotYetError) as busy:
+        stages.fetch(polite, job(site), lambda j: None, turn_at=stale)
+    assert busy.value.turn_at is not None and busy.value.turn_at > stale + 5
 
 
 def test_fetch_says_not_yet_when_the_host_was_just_fetched(ctx: Context, site: Site, broker: JetStreamBroker) -> None:
