@@ -555,6 +555,7 @@ def test_monitor_show_lists_the_fields_in_their_declared_order() -> None:
     code, out = run("monitor", "show", "1")
     keys = [line.split(":", 1)[0] for line in out.split("recent checks:")[0].splitlines()]
     assert code == 0 and keys[:5] == ["id", "name", "url", "selector", "rule"], keys
+    assert "every" in keys and "interval_seconds" not in keys  # the name `list`, `add --every` and import use
 
 
 def test_ctrl_c_during_a_check_ends_it_quietly(tmp_path: Path) -> None:

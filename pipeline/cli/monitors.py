@@ -77,6 +77,7 @@ def show(monitor_id: int = MONITOR_ID, as_json: bool = JSON_OPTION) -> None:
     history = queries.monitor_history(engine(), monitor_id)
     dumped = monitor.model_dump(mode="json")
     data = {field: dumped[field] for field in type(monitor).model_fields if field in dumped}  # declared order
+    data = {("every" if key == "interval_seconds" else key): value for key, value in data.items()}  # as list, import
     data["url"] = redact.display_url(data["url"]) if data.get("url") else None
     data["notify"] = [redact.redact_url(target) for target in data["notify"]]
     checks = [
