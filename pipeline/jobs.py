@@ -5,7 +5,7 @@ JSON), typed here as a ``TypedDict``: a stage hands the next one the job it
 received plus what it added, so each type extends the one before::
 
     CheckJob (what is watched; fetch or render)  source, url, selector, rule, question, notify, trace, wait_for
-    ScrapeJob   + body, content_type, etag, last_modified, input_hash, screenshot
+    ScrapeJob   + body, content_type, etag, last_modified, input_hash, screenshot, read_at
     AnalyseJob  CheckJob + before_id, after_id, screenshot    (the body stays behind: it is in the snapshot)
     AlertJob    + finding_id, part, finding (notify holds the one target of this message)
 
@@ -57,6 +57,7 @@ class ScrapeJob(CheckJob):
     last_modified: NotRequired[str | None]
     input_hash: NotRequired[str]  # of the selector, content type and body (fetch's, not pushed content's)
     screenshot: NotRequired[str]  # render: the PNG's key in the object store
+    read_at: NotRequired[float]  # when the page was requested, seconds since the epoch: no text goes over a later one
 
 
 class AnalyseJob(CheckJob):

@@ -82,9 +82,9 @@ LAST_SEEN = (  # of one source, bound by _latest_of
     .order_by(*_NEWEST_FIRST)
     .limit(1)
 )
-LATEST = (  # five columns: past what sqlmodel's select types
+LATEST = (  # six columns: past what sqlmodel's select types
     sqlalchemy.select(*map(col, (Snapshot.id, Snapshot.content_hash, Snapshot.trace, Snapshot.before_id)))
-    .add_columns(col(Snapshot.input_hash))
+    .add_columns(col(Snapshot.input_hash), col(Snapshot.taken_at))
     .where(col(Snapshot.source) == bindparam("source"))
     .order_by(*_NEWEST_FIRST)
     .limit(1)
@@ -158,6 +158,11 @@ def _latest_of(count: int) -> sqlalchemy.CompoundSelect:
     return sqlalchemy.union_all(*(sqlalchemy.select(*each.c) for each in latest))
 
 
+def _aware(moment: datetime) -> datetime:
+    """A stored time as UTC: PostgreSQL gives it back aware, SQLite naive (both UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def input_hash(selector: str | None, content_type: str, body: bytes) -> str:
     """SHA-256 of everything scrape's text depends on: the same again, the same text again."""
     digest = hashlib.sha256(f"{selector or ''}\0{content_type}\0".encode())
@@ -209,12 +214,13 @@ def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob], turn_at: fl
     _polite(ctx, job, turn_at)
     started = time.monotonic()
     seen = _last_seen(ctx, [job["source"]]).get(job["source"], NEVER_SEEN)
+    read_at = time.time()
     [outcome] = ctx.fetcher.fetch_all([_conditional(job, seen)])
     if isinstance(outcome, FetchError):  # recorded (`monitor show`, the outcomes panel), then retried or dead-lettered
         _record(ctx, _ended(job, "fetch", "error", started, outcome.reason))
         raise outcome
     ended: list[dict[str, Any]] = []
-    scrape_job = _fetched(ctx, job, outcome, seen, started, ended)
+    scrape_job = _fetched(ctx, job, outcome, seen, (started, read_at), ended)
     if scrape_job is None:
         _record(ctx, ended[0])
     else:
@@ -243,6 +249,7 @@ def fetch_batch(ctx: Context, jobs: list[CheckJob], send_scrape: Send[ScrapeJob]
             hand_over(job, e)
     last_seen = _last_seen(ctx, [job["source"] for job in ready])
     seen = [last_seen.get(job["source"], NEVER_SEEN) for job in ready]
+    read_at = time.time()
     outcomes = ctx.fetcher.fetch_all([_conditional(job, each) for job, each in zip(ready, seen, strict=True)])
     rows: list[dict[str, Any]] = []
     later: list[tuple[CheckJob, FetchError]] = []
@@ -251,7 +258,7 @@ def fetch_batch(ctx: Context, jobs: list[CheckJob], send_scrape: Send[ScrapeJob]
             rows.append(_ended(job, "fetch", "error", started, outcome.reason))
             later.append((job, outcome))
             continue
-        scrape_job = _fetched(ctx, job, outcome, each, started, rows)
+        scrape_job = _fetched(ctx, job, outcome, each, (started, read_at), rows)
         if scrape_job is not None:
             send_scrape(scrape_job)
     if rows:  # the checks that ended here, and the failed attempts: one commit
@@ -266,9 +273,18 @@ def _conditional(job: CheckJob, seen: Seen) -> Conditional:
 
 
 def _fetched(
-    ctx: Context, job: CheckJob, result: FetchResult, seen: Seen, started: float, ended: list[dict[str, Any]]
+    ctx: Context,
+    job: CheckJob,
+    result: FetchResult,
+    seen: Seen,
+    times: tuple[float, float],
+    ended: list[dict[str, Any]],
 ) -> ScrapeJob | None:
-    """Scrape's job for a fetched page, or None when the check ends here (unchanged): its row added to ``ended``."""
+    """Scrape's job for a fetched page, or None when the check ends here (unchanged): its row added to ``ended``.
+
+    ``times``: when the check started (``time.monotonic``) and when its request was sent (``time.time``).
+    """
+    started, read_at = times
     if result.not_modified:
         ended.append(_ended(job, "fetch", "unchanged", started, "304 Not Modified"))
         return None
@@ -284,6 +300,7 @@ def _fetched(
         etag=result.etag,
         last_modified=result.last_modified,
         input_hash=read,
+        read_at=read_at,
     )
 
 
@@ -297,7 +314,7 @@ def render(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob], turn_at: f
 
     _polite(ctx, job, turn_at)
     assert ctx.renderer is not None and ctx.screenshots is not None
-    started = time.monotonic()
+    started, read_at = time.monotonic(), time.time()
     try:
         rendered = ctx.renderer.render(job["url"], wait_for=job.get("wait_for"))
     except (FetchError, RenderError) as e:  # recorded, then retried or dead-lettered
@@ -310,6 +327,7 @@ def render(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob], turn_at: f
             body=ctx.bodies.put(rendered.html),
             content_type="text/html; charset=utf-8",  # the DOM, serialised by the browser
             screenshot=ctx.screenshots.put(rendered.screenshot, inline=False),
+            read_at=read_at,
         )
     )
 
@@ -354,6 +372,12 @@ def _compared(
         _count("scrape", "changed")
         send_analyse(AnalyseJob(**what, before_id=last.before_id, after_id=last.id))
         return True
+    read_at = datetime.fromtimestamp(job["read_at"], UTC) if job.get("read_at") else utcnow()
+    if last is not None and read_at < _aware(last.taken_at):
+        # A check that read the page later stored its text first (this one was redelivered after a crash, say,
+        # or raced a later copy): this older text must not go over it, and alert as a change back.
+        _record(ctx, _ended(job, "scrape", "superseded", started, "a later check of this source stored its text"))
+        return True
     if last is not None and last.content_hash == digest:
         check = _ended(job, "scrape", "unchanged", started)
         seen = {"snapshot_id": last.id, "new_hash": job.get("input_hash")}
@@ -372,7 +396,7 @@ def _compared(
         "text": text,
         "etag": job.get("etag"),
         "last_modified": job.get("last_modified"),
-        "taken_at": utcnow(),
+        "taken_at": read_at,  # when the page was read: the history is in the order the pages were seen
         "trace": job.get("trace", ""),
         "before_id": before_id,
         "follows": before_id or 0,  # unique with the source: of two checks that read this latest, one stores
