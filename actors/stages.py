@@ -27,7 +27,7 @@ from pipeline.runtime import context
 from pipeline.settings import current
 
 # Errors that retrying cannot fix go straight to the dead letters, with their reason.
-PERMANENT = (FetchError, ExtractError, RuleError, LLMRejectedError)
+PERMANENT = (FetchError, ExtractError, RuleError, LLMRejectedError, stages.MonitorRemovedError)
 # Under what a worker is given to finish its messages when scaled down (pipeline/policy.py), so a scale-down
 # never cuts a message short and runs it again; a stage's own timeouts stay well under it.
 TIME_LIMIT_MS = TIME_LIMIT_SECONDS * 1000

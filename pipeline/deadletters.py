@@ -6,13 +6,19 @@ on.  A replay sends a check to where it can succeed now, with its retries
 reset, under a new trace (so the messages it sends are never taken for
 duplicates of the failed run's), and removes the dead letter:
 
-- a monitor's check is checked as the monitor is now: the URL, selector,
-  rule, question and targets the user has fixed since;
-- a check that failed in scrape starts again at fetch (or render): its body
-  may be gone from the object store, and its page fixed;
-- one that failed in analyse is judged again (its snapshots are stored),
-  one that failed in alert is delivered again, and an event the ingest
-  could not take is published again as it was.
+- a check that failed in fetch, render or scrape is fetched again (a
+  scrape failure's body may be gone from the object store, and its page
+  fixed); a monitor's goes as a monitor event, so the ingest checks it as
+  the monitor is now (``pipeline monitor edit``), or dead-letters it with
+  the reason if the monitor was removed;
+- one that failed in analyse or alert is judged again from its stored
+  snapshots, marked ``replayed``: the analyse stage then reads its monitor's
+  rule, question and targets as they are now, and alerts only the targets
+  not yet sent to;
+- an event the ingest could not take is published again as it was.
+
+The workers, not this command, read the monitors: they use the pipeline's
+database, whatever database this shell's settings name.
 """
 
 from __future__ import annotations
@@ -26,11 +32,10 @@ from typing import Any
 import nats.js.errors
 from dramatiq.errors import DecodeError
 from dramatiq.message import Message
-from sqlalchemy.engine import Engine
 
 from pipeline.broker import JetStreamBroker
-from pipeline.jobs import monitor_job, stage_message, watched
-from pipeline.names import dead_stream
+from pipeline.jobs import AnalyseJob, stage_message, watched
+from pipeline.names import dead_stream, event_subject
 from pipeline.redact import display_url
 
 
@@ -120,61 +125,89 @@ def _source(data: bytes) -> str:
     return ""
 
 
-def replay(broker: JetStreamBroker, letter: DeadLetter, engine: Engine | None = None) -> str:
+def replay(broker: JetStreamBroker, letter: DeadLetter) -> str:
     """Send a dead letter's check again where it can succeed now (see the module's text), then remove the letter.
 
-    ``engine``: the database, to check a monitor's check as the monitor is now (without: as it was).
-    Returns the queue it went to.  Raises ``ValueError`` when the letter does not say where it came from
-    or its monitor was removed.
+    Returns where it went: a queue, or ``events`` for a monitor's check.  Raises ``ValueError`` when the
+    letter does not say where it came from.  A letter replayed twice at once is sent once.
     """
     if not letter.subject:
         raise ValueError(f"dead letter {letter.sequence} does not say where it came from")
     subject, data = letter.subject, letter.data
-    if subject.startswith(f"{broker.prefix}.q."):
-        try:
-            message = Message.decode(data)
-        except DecodeError:
-            message = None
-        if message is not None and message.args and isinstance(message.args[0], dict):  # one check
-            queue, job = _restarted(letter.queue, message.args[0], engine, letter.sequence)
-            broker.enqueue(stage_message(queue, queue, job, f"{job['trace']}-{queue}"))
-            broker.run(broker.js.delete_msg(dead_stream(broker.prefix), letter.sequence))
-            return queue
+    went = letter.queue
+    message = _decoded(data) if subject.startswith(f"{broker.prefix}.q.") else None
+    if message is not None and message.args and isinstance(message.args[0], dict):  # one check
+        went, again = _restarted(broker, letter, message.args[0])
+        if isinstance(again, Message):  # its id is the same for the same letter: replayed twice, sent once
+            broker.enqueue(again)
+        else:
+            subject, data = again
+            _publish(broker, letter, subject, data)
+    else:
         if message is not None:  # a whole batch (its retries ran out): as it was, with its retries back
             message.options.pop("retries", None)
             message.options.pop("traceback", None)
             data = message.encode()
-    headers = {"Nats-Msg-Id": f"replay-{letter.sequence}-{letter.message_id}"}
-    broker.run(broker.js.publish(subject, data, headers=headers))
-    broker.run(broker.js.delete_msg(dead_stream(broker.prefix), letter.sequence))
-    return letter.queue
+        _publish(broker, letter, subject, data)
+    _delete(broker, letter.sequence)  # already gone: replayed at the same moment by another command
+    return went
+
+
+def _decoded(data: bytes) -> Message[Any] | None:
+    try:
+        return Message.decode(data)
+    except DecodeError:
+        return None
+
+
+def _publish(broker: JetStreamBroker, letter: DeadLetter, subject: str, data: bytes) -> None:
+    """Publish as the letter's replay: the same id for the same letter, so JetStream keeps one of two replays."""
+    broker.run(
+        broker.js.publish(subject, data, headers={"Nats-Msg-Id": f"replay-{letter.sequence}-{letter.message_id}"})
+    )
+
+
+def _delete(broker: JetStreamBroker, sequence: int) -> bool:
+    """Delete a dead letter; False when there is none of ``sequence``."""
+    try:
+        broker.run(broker.js.delete_msg(dead_stream(broker.prefix), sequence))
+    except nats.js.errors.APIError as e:
+        if isinstance(e, nats.js.errors.NotFoundError) or e.err_code == NO_MESSAGE_FOUND:
+            return False
+        raise
+    return True
+
+
+#: JetStream's error code for a sequence the stream does not hold.
+NO_MESSAGE_FOUND = 10057
 
 
 #: What a replay adds to a check's trace (its stages' message ids derive from it), in place of an earlier one's.
 _REPLAYED = re.compile(r"-replay\d+$")
 
 
-def _restarted(queue: str, job: dict[str, Any], engine: Engine | None, sequence: int) -> tuple[str, dict[str, Any]]:
-    """Where a check that died in ``queue`` goes again, and its job there."""
-    job = dict(job)
-    first = "render" if "wait_for" in job else "fetch"
-    source = job.get("source", "")
-    if engine is not None and source.startswith("monitor:") and queue != "alert":  # an alert's target is its own
-        from pipeline.queries import get_monitor
+def _restarted(
+    broker: JetStreamBroker, letter: DeadLetter, job: dict[str, Any]
+) -> tuple[str, Message[Any] | tuple[str, bytes]]:
+    """Where the check of a letter from a stage's queue goes again (a queue, or ``events``), and its message
+    there (or, for an event, its subject and data)."""
+    source, queue = job.get("source", ""), letter.queue
+    fetched = bool(job.get("url"))
+    if queue in ("fetch", "render", "scrape") and fetched and source.startswith("monitor:"):
+        event = {"monitor_id": int(source.removeprefix("monitor:"))}
+        return "events", (event_subject("monitor", broker.prefix), json.dumps(event).encode())
+    if queue in ("fetch", "render", "scrape") and fetched:
+        queue, job = ("render" if "wait_for" in job else "fetch"), dict(watched(job))  # type: ignore[arg-type]
+    elif queue in ("analyse", "alert"):
+        job = {key: value for key, value in job.items() if key in AnalyseJob.__annotations__}
+        queue, job["replayed"] = "analyse", True
+    job["trace"] = _REPLAYED.sub("", job.get("trace") or "check") + f"-replay{letter.sequence}"
+    return queue, stage_message(queue, queue, job, f"{job['trace']}-{queue}")
 
-        monitor = get_monitor(engine, int(source.removeprefix("monitor:")))
-        if monitor is None:
-            raise ValueError(f"{source} was removed: there is nothing to check again (`pipeline dlq purge` drops it)")
-        first, now = monitor_job(monitor)
-        if job.get("url"):  # fetched: all of it as it is now; pushed content keeps what was pushed
-            job.pop("wait_for", None)
-            job.update(now)
-        else:
-            job.update({key: now[key] for key in ("selector", "rule", "question", "notify")})
-    if queue in ("fetch", "render", "scrape") and job.get("url"):
-        queue, job = first, dict(watched(job))  # type: ignore[arg-type]
-    job["trace"] = _REPLAYED.sub("", job.get("trace") or "check") + f"-replay{sequence}"
-    return queue, job
+
+def delete(broker: JetStreamBroker, sequences: list[int]) -> list[int]:
+    """Delete the dead letters of ``sequences``; those there was none of."""
+    return [sequence for sequence in sequences if not _delete(broker, sequence)]
 
 
 def purge(broker: JetStreamBroker, queue: str | None = None) -> None:

@@ -66,6 +66,7 @@ class AnalyseJob(CheckJob):
     before_id: int | None
     after_id: int
     screenshot: NotRequired[str]  # render: the PNG of the page, kept with the snapshot
+    replayed: NotRequired[bool]  # `pipeline dlq replay`: judged by its monitor as it is now
 
 
 class Told(TypedDict):

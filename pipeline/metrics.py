@@ -16,7 +16,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CHECKS = Counter(
     "pipeline_checks",
-    "Stage results: fetched, unchanged, changed, relevant, irrelevant, sent, error",
+    "Stage results: fetched, unchanged, superseded, changed, relevant, irrelevant, sent, error",
     ["stage", "outcome"],
 )
 FETCH_RESPONSES = Counter("pipeline_fetch_responses", "HTTP responses fetch received, by status code", ["code"])

@@ -81,7 +81,7 @@ class Check(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     source: str = Field(max_length=2048)
     stage: str = Field(max_length=16)
-    outcome: str = Field(max_length=16)  # changed, unchanged, relevant, irrelevant, error
+    outcome: str = Field(max_length=16)  # changed, unchanged, superseded, relevant, irrelevant, sent, error
     detail: str = Field(default="", max_length=2000)
     message_id: str = Field(max_length=64, index=True)
     started_at: datetime = Field(default_factory=utcnow)

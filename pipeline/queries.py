@@ -69,6 +69,20 @@ def set_paused(engine: Engine, monitor_id: int, paused: bool) -> bool:
         return True
 
 
+def update_monitor(engine: Engine, monitor_id: int, changes: dict[str, Any]) -> Monitor | None:
+    """Set a monitor's fields to ``changes`` (field name: value); the monitor as stored, or None when there is none."""
+    with Session(engine) as session:
+        monitor = session.get(Monitor, monitor_id)
+        if monitor is None:
+            return None
+        for field, value in changes.items():
+            setattr(monitor, field, value)
+        session.add(monitor)
+        session.commit()
+        session.refresh(monitor)
+        return monitor
+
+
 def remove_monitor(engine: Engine, monitor_id: int) -> bool:
     """Delete a monitor, detaching its history (kept under an id no monitor will get again)."""
     with Session(engine) as session:

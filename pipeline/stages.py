@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 import sqlalchemy
@@ -425,10 +425,36 @@ def analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob]) -> None:
     """
     started = time.monotonic()
     try:
+        if job.get("replayed"):
+            job = _as_monitor_is_now(ctx, job)
         _analyse(ctx, job, send_alert, started)
-    except (RuleError, LLMRejectedError, LLMUnavailableError) as e:  # recorded, then retried or dead-lettered
+    except (
+        RuleError,
+        LLMRejectedError,
+        LLMUnavailableError,
+        MonitorRemovedError,
+    ) as e:  # recorded, then retried or dead-lettered
         _record(ctx, _ended(job, "analyse", "error", started, redact_text(str(e))))
         raise
+
+
+class MonitorRemovedError(LookupError):
+    """A replayed check's monitor is gone: there is nothing to judge it by."""
+
+
+def _as_monitor_is_now(ctx: Context, job: AnalyseJob) -> AnalyseJob:
+    """A replayed check (``pipeline dlq replay``), with its monitor's rule, question and targets as they are
+    now (fixed since, perhaps), read from this worker's database.  Raises ``MonitorRemovedError``."""
+    now = {key: value for key, value in job.items() if key != "replayed"}
+    source = job["source"]
+    if source.startswith("monitor:"):
+        from pipeline.queries import get_monitor
+
+        monitor = get_monitor(ctx.engine, int(source.removeprefix("monitor:")))
+        if monitor is None:
+            raise MonitorRemovedError(f"{source} was removed: nothing to judge this change by")
+        now.update(rule=monitor.rule, question=monitor.question, notify=list(monitor.notify))
+    return cast(AnalyseJob, now)
 
 
 def _analyse(ctx: Context, job: AnalyseJob, send_alert: Send[AlertJob], started: float) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 #: Linux's prctl(2), resolved in the parent: the child only calls it between fork and exec.
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
@@ -112,6 +115,9 @@ class WorkerPool:
         as a crashed worker's are.  After a normal exit the group is empty.
         """
         for ended in [p for p in (*self._replicas, *self._draining) if p.poll() is not None]:
+            if ended in self._replicas:  # not told to stop: a crash, a kill, the OOM killer; say so where `up` runs
+                logger.warning("%s: a worker process (pid %d) ended with code %s; it is replaced; see %s",
+                               self.queue, ended.pid, ended.returncode, self.log_dir / f"{self.queue}.log")  # fmt: skip
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(ended.pid, signal.SIGKILL)
         self._replicas = [p for p in self._replicas if p.returncode is None]

@@ -288,6 +288,13 @@ def test_dlq_list_pages_and_says_how_many_in_all(nats_server, prefix: str, monke
     code, out = run("dlq", "list", "--since", "18446744073709551615")
     assert code == 2 and "past any sequence" in out and "Traceback" not in out
     assert run("dlq", "list", "--queue", "nope")[0] == 2
+    first_two = [
+        str(letter["sequence"]) for letter in json.loads(runner.invoke(app, ["dlq", "list", "--json"]).stdout)
+    ][:2]
+    assert run("dlq", "purge", *first_two, "--yes") == (0, "")
+    assert len(json.loads(runner.invoke(app, ["dlq", "list", "--json"]).stdout)) == 3
+    code, out = run("dlq", "purge", first_two[0], "--yes")
+    assert code == 1 and f"no dead letter {first_two[0]}" in out
 
 
 def test_publish_waits_until_the_event_is_stored(
@@ -587,3 +594,40 @@ def test_import_reads_every_within_a_year_as_a_whole_number(tmp_path: Path) -> N
     report = json.loads(runner.invoke(app, ["monitor", "import", str(tmp_path / "m.jsonl"), "--json"]).stdout)
     assert report["imported"] == 1 and [b["line"] for b in report["bad_rows"]] == [1, 2], report
     assert report["bad_rows"][0]["error"].startswith("every: at most 31622400 seconds (a year)")
+
+
+def test_monitor_edit_changes_what_is_given_and_keeps_the_rest() -> None:
+    run("monitor", "add", "https://example.com/kettle", "--selector", ".price", "--rule", "price < 100",
+        "--notify", "https://hooks.example.com/a")  # fmt: skip
+    code, out = run("monitor", "edit", "1", "--selector", "#price", "--notify", "https://hooks.example.com/b",
+                    "--notify", "https://hooks.example.com/c", "--every", "600")  # fmt: skip
+    assert (code, out) == (0, "edited monitor 1: interval_seconds, notify, selector\n")
+    shown = json.loads(run("monitor", "show", "1", "--json")[1])
+    assert (shown["selector"], shown["rule"], shown["every"]) == ("#price", "price < 100", 600)
+    assert shown["notify"] == ["https://hooks.example.com/…"] * 2  # both, shown without their paths (tokens)
+    assert run("monitor", "edit", "1", "--rule", "", "--notify", "")[0] == 0  # back to "changed", no targets
+    shown = json.loads(run("monitor", "show", "1", "--json")[1])
+    assert (shown["rule"], shown["notify"]) == (None, [])
+    assert run("monitor", "edit", "1", "--browser", "--wait-for", "#price")[0] == 0
+    assert run("monitor", "edit", "1", "--http")[0] == 0
+    shown = json.loads(run("monitor", "show", "1", "--json")[1])
+    assert (shown["fetch"], shown["wait_for"]) == ("http", None)  # only a browser waits for a selector
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["2", "--rule", "changed"], "no monitor 2"),
+        (["1"], "nothing to change"),
+        (["1", "--rule", "price <<< 3"], "rule"),
+        (["1", "--selector", "p[[["], "selector"),
+        (["1", "--url", "ftp://example.com/"], "url"),
+        (["1", "--every", "5"], "--every"),
+        (["1", "--wait-for", "#x"], "--wait-for needs --browser"),
+    ],
+)
+def test_monitor_edit_refuses_bad_input_and_changes_nothing(args: list[str], message: str) -> None:
+    run("monitor", "add", "https://example.com/kettle", "--rule", "price < 100")
+    code, out = run("monitor", "edit", *args)
+    assert code == 2 and message in out and "Traceback" not in out, out
+    assert json.loads(run("monitor", "show", "1", "--json")[1])["rule"] == "price < 100"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dramatiq
 from dramatiq import Worker
 
@@ -68,33 +70,6 @@ def _dead(broker: JetStreamBroker, queue: str, job: dict, why: Exception) -> Non
     broker.dead_letter_message(message, why)
 
 
-def _monitor(engine, **fields: object) -> int:
-    from sqlmodel import Session
-
-    from pipeline.models import Monitor
-
-    with Session(engine) as session:
-        monitor = Monitor(name="shop", url="http://127.0.0.1:9/p", notify=["http://127.0.0.1:9/hook"], **fields)
-        session.add(monitor)
-        session.commit()
-        assert monitor.id is not None
-        return monitor.id
-
-
-def _edit(engine, monitor_id: int, **fields: object) -> None:
-    from sqlmodel import Session
-
-    from pipeline.models import Monitor
-
-    with Session(engine) as session:
-        monitor = session.get(Monitor, monitor_id)
-        assert monitor is not None
-        for name, value in fields.items():
-            setattr(monitor, name, value)
-        session.add(monitor)
-        session.commit()
-
-
 def _next_job(broker: JetStreamBroker, queue: str) -> dramatiq.Message:
     consumer = broker.consume(queue, prefetch=1, timeout=2000)
     try:
@@ -106,69 +81,75 @@ def _next_job(broker: JetStreamBroker, queue: str) -> dramatiq.Message:
         consumer.close()
 
 
-def test_a_check_dead_in_scrape_is_fetched_again_as_its_monitor_is_now(broker: JetStreamBroker, db_engine) -> None:
-    """The selector that matched nothing, fixed by the user: the replay fetches the page again with the new one
-    (the old body may be gone from the object store, and the page itself fixed), under a new trace."""
+def test_a_monitors_check_dead_in_scrape_is_checked_again_as_a_monitor_event(broker: JetStreamBroker) -> None:
+    """The ingest, with the pipeline's own database, then makes its job as the monitor is now (its selector
+    fixed since, say); this command reads no database, which may not be the pipeline's."""
+    from pipeline.content import ExtractError
+    from pipeline.names import events_stream
+
+    broker.declare_queue("scrape")
+    stream = events_stream(broker.prefix)
+    broker.run(broker.js.add_stream(name=stream, subjects=[f"{broker.prefix}.events.>"]))
+    job = {"source": "monitor:7", "url": "http://127.0.0.1:9/p", "selector": ".old", "rule": None,
+           "question": None, "notify": [], "trace": "event-E-7", "body": "inline:PHA+",
+           "content_type": "text/html"}  # fmt: skip
+    _dead(broker, "scrape", job, ExtractError("selector '.old' matched nothing"))
+
+    [letter] = list_dead(broker)
+    assert (letter.queue, letter.source) == ("scrape", "monitor:7")
+    assert replay(broker, letter) == "events"
+    event = broker.run(broker.js.get_msg(stream, seq=1))
+    assert (event.subject, json.loads(event.data)) == (f"{broker.prefix}.events.monitor", {"monitor_id": 7})
+    assert list_dead(broker) == []
+
+
+def test_a_check_dead_in_scrape_is_fetched_again_under_a_new_trace(broker: JetStreamBroker) -> None:
+    """Its body may be gone from the object store, and the page fixed; the new trace keeps what it sends on
+    from being dropped as a duplicate of what the failed run sent."""
     from pipeline.content import ExtractError
 
     for queue in ("fetch", "scrape"):
         broker.declare_queue(queue)
-    monitor_id = _monitor(db_engine, selector=".old", rule="price < 100")
-    job = {"source": f"monitor:{monitor_id}", "url": "http://127.0.0.1:9/p", "selector": ".old",
-           "rule": "price < 100", "question": None, "notify": ["http://127.0.0.1:9/hook"], "trace": "event-E-7",
-           "body": "inline:PHA+", "content_type": "text/html"}  # fmt: skip
-    _dead(broker, "scrape", job, ExtractError("selector '.old' matched nothing"))
-    _edit(db_engine, monitor_id, selector=".new")
+    job = {"source": "http://127.0.0.1:9/p#0123456789abcdef", "url": "http://127.0.0.1:9/p", "selector": ".p",
+           "rule": None, "question": None, "notify": [], "trace": "event-E-8", "body": "inline:PHA+",
+           "content_type": "text/html", "read_at": 1.0}  # fmt: skip
+    _dead(broker, "scrape", job, ExtractError("selector '.p' matched nothing"))
 
     [letter] = list_dead(broker)
-    assert (letter.queue, letter.source) == ("scrape", f"monitor:{monitor_id}")
-    assert replay(broker, letter, db_engine) == "fetch"
-
+    assert replay(broker, letter) == "fetch"
     again = _next_job(broker, "fetch")
-    assert again.actor_name == "fetch" and again.message_id == f"event-E-7-replay{letter.sequence}-fetch"
-    assert again.args[0] == {**{k: v for k, v in job.items() if k not in ("body", "content_type")},
-                             "selector": ".new", "trace": f"event-E-7-replay{letter.sequence}"}  # fmt: skip
-    assert list_dead(broker) == []
+    trace = f"event-E-8-replay{letter.sequence}"
+    assert again.actor_name == "fetch" and again.message_id == f"{trace}-fetch"
+    assert again.args[0] == {key: job[key] for key in ("source", "url", "selector", "rule", "question", "notify")} | {
+        "trace": trace
+    }
 
 
-def test_a_check_dead_in_analyse_is_judged_again_with_the_rule_as_it_is_now(broker: JetStreamBroker, db_engine) -> None:
+def test_checks_dead_in_analyse_or_alert_are_judged_again_as_their_monitors_are_now(broker: JetStreamBroker) -> None:
     from pipeline.rules import RuleError
+    from pipeline.stages import DeliveryError
 
     broker.declare_queue("analyse")
-    monitor_id = _monitor(db_engine, rule="price <<< 100")
-    job = {"source": f"monitor:{monitor_id}", "url": "http://127.0.0.1:9/p", "selector": None,
-           "rule": "price <<< 100", "question": None, "notify": [], "trace": "event-E-8-replay3",
-           "before_id": None, "after_id": 4}  # fmt: skip
-    _dead(broker, "analyse", job, RuleError("cannot read the rule"))
-    _edit(db_engine, monitor_id, rule="price < 100", notify=["http://127.0.0.1:9/new-hook"])
+    broker.declare_queue("alert")
+    change = {"source": "monitor:3", "url": "http://127.0.0.1:9/p", "selector": None, "rule": "price <<< 100",
+              "question": None, "notify": ["http://127.0.0.1:9/hook"], "before_id": None, "after_id": 4}  # fmt: skip
+    _dead(broker, "analyse", {**change, "trace": "event-E-9-replay3"}, RuleError("cannot read the rule"))
+    alert = {**change, "trace": "event-E-10", "finding_id": 5, "part": "abc", "finding": {"summary": "x"}}
+    _dead(broker, "alert", alert, DeliveryError("HTTP 400", transient=False))
 
-    [letter] = list_dead(broker)
-    assert replay(broker, letter, db_engine) == "analyse"
-    again = _next_job(broker, "analyse").args[0]
-    assert (again["rule"], again["notify"], again["after_id"]) == ("price < 100", ["http://127.0.0.1:9/new-hook"], 4)
-    assert again["trace"] == f"event-E-8-replay{letter.sequence}"  # not a trace that grows with each replay
+    for letter in list_dead(broker):
+        assert replay(broker, letter) == "analyse"
+    judged = [_next_job(broker, "analyse").args[0] for _ in range(2)]
+    assert [job["trace"] for job in judged] == ["event-E-9-replay1", "event-E-10-replay2"]  # not growing
+    assert all(job.pop("trace") and job == {**change, "replayed": True} for job in judged)
 
 
-def test_a_removed_monitors_dead_letter_is_kept_with_why(broker: JetStreamBroker, db_engine) -> None:
-    import pytest
-
-    from pipeline.queries import remove_monitor
-
+def test_a_dead_letter_replayed_twice_at_once_is_sent_once(broker: JetStreamBroker) -> None:
     broker.declare_queue("fetch")
-    monitor_id = _monitor(db_engine)
-    job = {"source": f"monitor:{monitor_id}", "url": "http://127.0.0.1:9/p", "selector": None, "rule": None,
-           "question": None, "notify": [], "trace": "event-E-9"}  # fmt: skip
+    job = {"source": "s", "url": "http://127.0.0.1:9/p", "selector": None, "rule": None, "question": None,
+           "notify": [], "trace": "t"}  # fmt: skip
     _dead(broker, "fetch", job, ValueError("HTTP 404"))
-    remove_monitor(db_engine, monitor_id)
     [letter] = list_dead(broker)
-    with pytest.raises(ValueError, match="was removed"):
-        replay(broker, letter, db_engine)
-    assert list_dead(broker) == [letter]
-
-
-def test_an_invalid_events_letter_names_its_monitor_or_url(broker: JetStreamBroker) -> None:
-    from pipeline.deadletters import _source
-
-    assert _source(b'{"monitor_id": 3}') == "monitor:3"
-    assert _source(b'{"url": "https://user:pw@shop.example/p?token=s3cret"}') == "https://shop.example/p"
-    assert _source(b"not json") == "" and _source(b"[1]") == ""
+    replay(broker, letter)
+    replay(broker, letter)  # another shell's replay, listed before the first removed it
+    assert broker.lag({"fetch"}) == {"fetch": 1}

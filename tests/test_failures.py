@@ -384,6 +384,31 @@ def _checks_ended(engine) -> int:
         return len(session.exec(select(Check)).all())
 
 
+def test_a_monitors_dead_letter_replayed_after_an_edit_checks_it_as_it_is_now(
+    no_politeness, pipeline: JetStreamBroker
+) -> None:
+    """The page moved its price to another element: the check dies in scrape. The user fixes the monitor's
+    selector (`pipeline monitor edit`) and replays the letter: the page is fetched again and alerts, once."""
+    runner = CliRunner()
+    with Site() as shop, Site() as receiver:
+        shop.routes["/p"] = Page(b'<p class="new-price">42</p>')
+        added = runner.invoke(app, ["monitor", "add", shop.url("/p"), "--selector", ".price", "--rule",
+                                    "price < 100", "--notify", receiver.url("/hook")])  # fmt: skip
+        monitor_id = added.stdout.split()[0]  # due now: the scheduler publishes its first check
+        assert wait_for(lambda: len(list_dead(pipeline)) == 1, 30)
+        [letter] = list_dead(pipeline)
+        assert (letter.queue, letter.source) == ("scrape", f"monitor:{monitor_id}")
+        shown = runner.invoke(app, ["monitor", "show", monitor_id]).stdout
+        assert "scrape  error" in shown and ".price" in shown  # the failed attempt, in the monitor's history
+
+        assert runner.invoke(app, ["monitor", "edit", monitor_id, "--selector", ".new-price"]).exit_code == 0
+        assert runner.invoke(app, ["dlq", "replay"]).stdout == "replayed 1\n"
+        assert wait_for(lambda: len(receiver.posts) == 1, 30)
+        time.sleep(1)
+    assert len(receiver.posts) == 1 and list_dead(pipeline) == []
+    assert json.loads(receiver.posts[0][2])["data"]["summary"] == "price is 42, < 100"
+
+
 def test_a_batch_run_twice_hands_each_check_to_scrape_once(no_politeness, pipeline: JetStreamBroker) -> None:
     """A redelivered fetch_batch fetches again, but what it sends on is named by its checks' ids: JetStream
     drops the second copy, whatever the page says now."""

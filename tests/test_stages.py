@@ -541,3 +541,34 @@ def test_an_analysis_that_fails_records_its_attempt(ctx: Context, site: Site) ->
     with Session(ctx.engine) as session:
         [check] = session.exec(select(Check)).all()
     assert (check.stage, check.outcome) == ("analyse", "error") and check.detail
+
+
+def test_a_replayed_change_is_judged_by_its_monitor_as_it_is_now(ctx: Context, site: Site) -> None:
+    """`pipeline dlq replay` of a check that died in analyse on a bad rule, once the rule is fixed: the worker
+    reads the monitor (its own database, the pipeline's), not the rule the dead letter carries."""
+    from pipeline.models import Monitor
+    from pipeline.queries import remove_monitor
+    from pipeline.rules import RuleError
+
+    with Session(ctx.engine) as session:
+        monitor = Monitor(name="shop", url=site.url("/p"), selector=".price", rule="price < 100",
+                          notify=[site.url("/hook")])  # fmt: skip
+        session.add(monitor)
+        session.commit()
+        source = f"monitor:{monitor.id}"
+    site.routes["/p"] = Page(b"<p class='price'>Price 50</p>")
+    [(_, scrape_job)] = run_through_fetch(ctx, job(site, source=source, rule="price <<< 100", notify=[]))
+    analysed: list[dict] = []
+    stages.scrape(ctx, scrape_job, analysed.append)
+    with pytest.raises(RuleError):
+        stages.analyse(ctx, analysed[0], lambda j: None)
+
+    alerts: list[dict] = []
+    stages.analyse(ctx, {**analysed[0], "replayed": True}, alerts.append)
+    assert [(a["rule"], a["notify"]) for a in alerts] == [("price < 100", [site.url("/hook")])]
+    assert "replayed" not in alerts[0]
+
+    assert monitor.id is not None and remove_monitor(ctx.engine, monitor.id)
+    with pytest.raises(stages.MonitorRemovedError, match="was removed"):
+        stages.analyse(ctx, {**analysed[0], "replayed": True}, alerts.append)
+    assert outcomes(ctx)[-1] == ("analyse", "error")

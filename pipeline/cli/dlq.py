@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from pipeline.cli.common import JSON_OPTION, bad_input, connected_broker, echo_json, engine, fail, table
+from pipeline.cli.common import JSON_OPTION, bad_input, connected_broker, echo_json, fail, table
 
 app = typer.Typer(help="Dead letters: list, replay, purge.", no_args_is_help=True)
 
@@ -53,8 +53,9 @@ def replay(
 ) -> None:
     """Check dead letters' checks again, with their retries reset, as their monitors are now.
 
-    A check that failed in fetch or scrape is fetched again; one that failed in analyse is judged again,
-    one that failed in alert delivered again; an event is ingested again.
+    A check that failed in fetch, render or scrape is fetched again (a monitor's, as the monitor is now:
+    `pipeline monitor edit`); one that failed in analyse or alert is judged again with its monitor's rule
+    and targets as they are now; an event is ingested again.
     """
     from pipeline import deadletters
 
@@ -63,12 +64,11 @@ def replay(
     try:
         letters = deadletters.list_dead(broker, queue, limit=100_000)
         chosen = [letter for letter in letters if not sequences or letter.sequence in sequences]
-        database = engine()
         for letter in chosen:
             try:
-                deadletters.replay(broker, letter, database)
-            except ValueError as e:  # its monitor was removed, say: the others go on
-                refused.append(f"dead letter {letter.sequence}: {e}")
+                deadletters.replay(broker, letter)
+            except ValueError as e:  # a letter that does not say where it came from: the others go on
+                refused.append(str(e))
     finally:
         broker.close()
     typer.echo(f"replayed {len(chosen) - len(refused)}")
@@ -81,6 +81,7 @@ def replay(
 
 @app.command("purge")
 def purge(
+    sequences: list[int] = typer.Argument(None, help="Dead letters to delete (default: all, or all of --queue)."),
     queue: str = typer.Option(None, help=QUEUE_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
 ) -> None:
@@ -88,12 +89,20 @@ def purge(
     from pipeline import deadletters
 
     if not yes:
-        typer.confirm(f"Delete the dead letters of {queue or 'every queue'}?", abort=True)
+        what = f"dead letter(s) {', '.join(map(str, sequences))}" if sequences else "the dead letters of "
+        what += "" if sequences else queue or "every queue"
+        typer.confirm(f"Delete {what}?", abort=True)
     broker = _broker(queue)
     try:
-        deadletters.purge(broker, queue)
+        if sequences:
+            missing = deadletters.delete(broker, sequences)
+        else:
+            deadletters.purge(broker, queue)
+            missing = []
     finally:
         broker.close()
+    if missing:
+        fail(f"no dead letter {', '.join(map(str, missing))}")
 
 
 def _short(text: str, width: int = 60) -> str:

@@ -1,4 +1,4 @@
-"""``pipeline monitor``: add, show, list, pause, resume and remove monitors."""
+"""``pipeline monitor``: add, edit, show, list, pause, resume and remove monitors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pipeline.cli.common import JSON_OPTION, MONITOR_ID, bad_input, echo_json, e
 if TYPE_CHECKING:
     from pipeline.netguard import AddressPolicy
 
-app = typer.Typer(help="Add, list, pause, resume and remove monitors.", no_args_is_help=True)
+app = typer.Typer(help="Add, edit, list, pause, resume and remove monitors.", no_args_is_help=True)
 
 SELECTOR_HELP = "The part to watch: CSS (.price), XPath (//p, xpath:...) or JSONPath ($.item.price)."
 RULE_HELP = 'When a change matters: changed | "phrase" | /regex/i | price < 100.'
@@ -64,6 +64,64 @@ def add(
             " question is not asked and the rule alone decides",
             err=True,
         )
+
+
+@app.command("edit")
+def edit(
+    monitor_id: int = MONITOR_ID,
+    url: str = typer.Option(None, help="A new http(s) URL to watch."),
+    name: str = typer.Option(None, help="A new name to show."),
+    selector: str = typer.Option(None, help=SELECTOR_HELP + ' "" for the whole page.'),
+    rule: str = typer.Option(None, help=RULE_HELP + ' "" for changed.'),
+    question: str = typer.Option(None, help='A new question for the LLM analyser; "" for none.'),
+    every: int = typer.Option(None, help="Seconds between checks (at least 30)."),
+    notify: list[str] = typer.Option(None, help='The targets to alert, replacing them all (repeatable); "" for none.'),
+    browser: bool = typer.Option(None, "--browser/--http", help="Load the page in headless Chromium, or fetch it."),
+    wait_for: str = typer.Option(None, help=WAIT_FOR_HELP + ' "" for none.'),
+) -> None:
+    """Change what is given of a monitor; the rest stays.
+
+    Its next check, and a replay of its dead letters (`pipeline dlq replay`), use the new settings. A new
+    URL or selector is compared with the last text seen, so its first check may report a change.
+    """
+    from pydantic import ValidationError
+
+    from pipeline import queries
+    from pipeline.events import CheckEvent, first_error
+    from pipeline.monitor_files import MAX_EVERY, MIN_EVERY
+
+    database = engine()
+    monitor = queries.get_monitor(database, monitor_id)
+    if monitor is None:
+        bad_input(f"no monitor {monitor_id}")
+    given = {"url": url, "name": name, "selector": selector, "rule": rule, "question": question,
+             "interval_seconds": every, "wait_for": wait_for}  # fmt: skip
+    changes = {field: (value or None) if field != "interval_seconds" else value
+               for field, value in given.items() if value is not None}  # fmt: skip
+    if notify is not None and notify:
+        changes["notify"] = [target for target in notify if target]
+    if browser is not None:
+        changes["fetch"] = "browser" if browser else "http"
+    if not changes:
+        bad_input("nothing to change: give --url, --selector, --rule, --question, --every, --notify, --browser ...")
+    if changes.get("name") is None and "name" in changes:
+        bad_input("--name cannot be empty")
+    after = {**monitor.model_dump(), **changes}
+    if wait_for and after["fetch"] != "browser":
+        bad_input("--wait-for needs --browser: only a browser runs the page's scripts")
+    if after["fetch"] != "browser" and after["wait_for"] is not None:  # only a browser waits for a selector
+        changes["wait_for"] = after["wait_for"] = None
+    try:  # the same checks as add's
+        CheckEvent.model_validate({key: after[key] for key in ("url", "selector", "rule", "question", "notify",
+                                                              "fetch", "wait_for")})  # fmt: skip
+    except ValidationError as e:
+        bad_input(first_error(e))
+    if not MIN_EVERY <= after["interval_seconds"] <= MAX_EVERY:
+        bad_input(f"--every must be from {MIN_EVERY} seconds to {MAX_EVERY} (a year), got {every}")
+    queries.update_monitor(database, monitor_id, changes)
+    typer.echo(f"edited monitor {monitor_id}: {', '.join(sorted(changes))}")
+    if "url" in changes and _refused(after["url"], _policy()):
+        typer.echo(f"warning: {_REFUSED}", err=True)
 
 
 @app.command("show")
