@@ -83,6 +83,7 @@ class FetchResult:
     content_type: str  # the whole header, parameters (charset) included
     etag: str | None
     last_modified: str | None
+    received_at: float = 0.0  # when its last byte arrived, seconds since the epoch: how recent the page is
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class _Received:
     status: int
     headers: Mapping[str, str]
     raw: list[bytes]
+    at: float  # time.time() when its last byte arrived
 
 
 @dataclass(frozen=True)
@@ -353,7 +355,7 @@ class Fetcher:
                 if size > self.max_bytes:  # compressed bodies are bounded twice: here and as they are decoded
                     raise TooLargeError(f"body is over the {self.max_bytes} byte limit")
                 raw.append(chunk)
-        return _Received(str(response.url), status, response.headers.copy(), raw)
+        return _Received(str(response.url), status, response.headers.copy(), raw, time.time())
 
     def _result(self, received: _Received) -> FetchResult:
         """Decode the body (here, in the calling thread: the loop only moves bytes)."""
@@ -374,6 +376,7 @@ class Fetcher:
             content_type=headers.get("content-type", ""),
             etag=headers.get("etag"),
             last_modified=headers.get("last-modified"),
+            received_at=received.at,
         )
 
 

@@ -57,7 +57,7 @@ class ScrapeJob(CheckJob):
     last_modified: NotRequired[str | None]
     input_hash: NotRequired[str]  # of the selector, content type and body (fetch's, not pushed content's)
     screenshot: NotRequired[str]  # render: the PNG's key in the object store
-    read_at: NotRequired[float]  # when the page was requested, seconds since the epoch: no text goes over a later one
+    read_at: NotRequired[float]  # when the page arrived, seconds since the epoch: no text goes over a later one
 
 
 class AnalyseJob(CheckJob):

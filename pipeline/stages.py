@@ -214,13 +214,12 @@ def fetch(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob], turn_at: fl
     _polite(ctx, job, turn_at)
     started = time.monotonic()
     seen = _last_seen(ctx, [job["source"]]).get(job["source"], NEVER_SEEN)
-    read_at = time.time()
     [outcome] = ctx.fetcher.fetch_all([_conditional(job, seen)])
     if isinstance(outcome, FetchError):  # recorded (`monitor show`, the outcomes panel), then retried or dead-lettered
         _record(ctx, _ended(job, "fetch", "error", started, outcome.reason))
         raise outcome
     ended: list[dict[str, Any]] = []
-    scrape_job = _fetched(ctx, job, outcome, seen, (started, read_at), ended)
+    scrape_job = _fetched(ctx, job, outcome, seen, started, ended)
     if scrape_job is None:
         _record(ctx, ended[0])
     else:
@@ -249,7 +248,6 @@ def fetch_batch(ctx: Context, jobs: list[CheckJob], send_scrape: Send[ScrapeJob]
             hand_over(job, e)
     last_seen = _last_seen(ctx, [job["source"] for job in ready])
     seen = [last_seen.get(job["source"], NEVER_SEEN) for job in ready]
-    read_at = time.time()
     outcomes = ctx.fetcher.fetch_all([_conditional(job, each) for job, each in zip(ready, seen, strict=True)])
     rows: list[dict[str, Any]] = []
     later: list[tuple[CheckJob, FetchError]] = []
@@ -258,7 +256,7 @@ def fetch_batch(ctx: Context, jobs: list[CheckJob], send_scrape: Send[ScrapeJob]
             rows.append(_ended(job, "fetch", "error", started, outcome.reason))
             later.append((job, outcome))
             continue
-        scrape_job = _fetched(ctx, job, outcome, each, (started, read_at), rows)
+        scrape_job = _fetched(ctx, job, outcome, each, started, rows)
         if scrape_job is not None:
             send_scrape(scrape_job)
     if rows:  # the checks that ended here, and the failed attempts: one commit
@@ -277,14 +275,10 @@ def _fetched(
     job: CheckJob,
     result: FetchResult,
     seen: Seen,
-    times: tuple[float, float],
+    started: float,
     ended: list[dict[str, Any]],
 ) -> ScrapeJob | None:
-    """Scrape's job for a fetched page, or None when the check ends here (unchanged): its row added to ``ended``.
-
-    ``times``: when the check started (``time.monotonic``) and when its request was sent (``time.time``).
-    """
-    started, read_at = times
+    """Scrape's job for a fetched page, or None when the check ends here (unchanged): its row added to ``ended``."""
     if result.not_modified:
         ended.append(_ended(job, "fetch", "unchanged", started, "304 Not Modified"))
         return None
@@ -300,7 +294,7 @@ def _fetched(
         etag=result.etag,
         last_modified=result.last_modified,
         input_hash=read,
-        read_at=read_at,
+        read_at=result.received_at,  # each its own, in a batch too: copies of a check are stored in this order
     )
 
 
@@ -314,12 +308,13 @@ def render(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob], turn_at: f
 
     _polite(ctx, job, turn_at)
     assert ctx.renderer is not None and ctx.screenshots is not None
-    started, read_at = time.monotonic(), time.time()
+    started = time.monotonic()
     try:
         rendered = ctx.renderer.render(job["url"], wait_for=job.get("wait_for"))
     except (FetchError, RenderError) as e:  # recorded, then retried or dead-lettered
         _record(ctx, _ended(job, "render", "error", started, e.reason))
         raise
+    rendered_at = time.time()  # the DOM as it was after the wait
     _count("render", "rendered")
     send_scrape(
         ScrapeJob(
@@ -327,7 +322,7 @@ def render(ctx: Context, job: CheckJob, send_scrape: Send[ScrapeJob], turn_at: f
             body=ctx.bodies.put(rendered.html),
             content_type="text/html; charset=utf-8",  # the DOM, serialised by the browser
             screenshot=ctx.screenshots.put(rendered.screenshot, inline=False),
-            read_at=read_at,
+            read_at=rendered_at,
         )
     )
 

@@ -572,3 +572,24 @@ def test_a_replayed_change_is_judged_by_its_monitor_as_it_is_now(ctx: Context, s
     with pytest.raises(stages.MonitorRemovedError, match="was removed"):
         stages.analyse(ctx, {**analysed[0], "replayed": True}, alerts.append)
     assert outcomes(ctx)[-1] == ("analyse", "error")
+
+
+def test_copies_of_a_check_fetched_together_are_stored_in_the_order_their_pages_came(ctx: Context, site: Site) -> None:
+    """Five copies of one check in one fetch batch, of a page whose number rises with every request, scraped in
+    the reverse order: the newest page is the latest, and no older one goes over it."""
+    import itertools
+
+    served = itertools.count(1)
+    site.routes["/p"] = lambda _handler: Page(f"<p class='price'>Price {next(served)}</p>".encode())
+    copies = [job(site, trace=f"copy-{i}") for i in range(5)]
+    scraped: list[dict] = []
+    stages.fetch_batch(ctx, copies, scraped.append, lambda j, why: None)
+    assert len({j["read_at"] for j in scraped}) == 5  # each copy's page has its own time
+
+    for scrape_job in sorted(scraped, key=lambda j: j["read_at"], reverse=True):
+        stages.scrape(ctx, scrape_job, lambda j: None)
+    with Session(ctx.engine) as session:
+        [latest] = session.exec(select(Snapshot)).all()
+    newest = max(scraped, key=lambda j: j["read_at"])
+    assert latest.text.encode() in ctx.bodies.get(newest["body"])  # "Price 5", unless the server sent 5 before 4
+    assert outcomes(ctx) == [("scrape", "superseded")] * 4
