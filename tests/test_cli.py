@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -291,10 +292,11 @@ def test_dlq_list_pages_and_says_how_many_in_all(nats_server, prefix: str, monke
     first_two = [
         str(letter["sequence"]) for letter in json.loads(runner.invoke(app, ["dlq", "list", "--json"]).stdout)
     ][:2]
-    assert run("dlq", "purge", *first_two, "--yes") == (0, "")
+    assert run("dlq", "purge", *first_two, "--yes") == (0, "deleted 2\n")
     assert len(json.loads(runner.invoke(app, ["dlq", "list", "--json"]).stdout)) == 3
     code, out = run("dlq", "purge", first_two[0], "--yes")
-    assert code == 1 and f"no dead letter {first_two[0]}" in out
+    assert code == 2 and f"no dead letter {first_two[0]}" in out
+    assert run("dlq", "replay", first_two[0])[0] == 2 and run("dlq", "replay", "0")[0] == 2
 
 
 def test_publish_waits_until_the_event_is_stored(
@@ -597,13 +599,19 @@ def test_import_reads_every_within_a_year_as_a_whole_number(tmp_path: Path) -> N
 
 
 def test_monitor_edit_changes_what_is_given_and_keeps_the_rest() -> None:
+    from pipeline import queries
+    from pipeline.cli.common import engine
+
     run("monitor", "add", "https://example.com/kettle", "--selector", ".price", "--rule", "price < 100",
         "--notify", "https://hooks.example.com/a")  # fmt: skip
+    queries.update_monitor(engine(), 1, {"next_check_at": datetime.now(UTC) + timedelta(hours=1)})  # checked once
     code, out = run("monitor", "edit", "1", "--selector", "#price", "--notify", "https://hooks.example.com/b",
                     "--notify", "https://hooks.example.com/c", "--every", "600")  # fmt: skip
-    assert (code, out) == (0, "edited monitor 1: interval_seconds, notify, selector\n")
+    assert (code, out) == (0, "edited monitor 1: every, notify, selector\n")
     shown = json.loads(run("monitor", "show", "1", "--json")[1])
     assert (shown["selector"], shown["rule"], shown["every"]) == ("#price", "price < 100", 600)
+    due = datetime.fromisoformat(shown["next_check_at"])  # was an hour away: the shorter interval starts now
+    assert due.replace(tzinfo=UTC) <= datetime.now(UTC) + timedelta(seconds=601)
     assert shown["notify"] == ["https://hooks.example.com/…"] * 2  # both, shown without their paths (tokens)
     assert run("monitor", "edit", "1", "--rule", "", "--notify", "")[0] == 0  # back to "changed", no targets
     shown = json.loads(run("monitor", "show", "1", "--json")[1])
@@ -624,6 +632,8 @@ def test_monitor_edit_changes_what_is_given_and_keeps_the_rest() -> None:
         (["1", "--url", "ftp://example.com/"], "url"),
         (["1", "--every", "5"], "--every"),
         (["1", "--wait-for", "#x"], "--wait-for needs --browser"),
+        (["1", "--name", "   "], "--name cannot be empty"),
+        (["1", "--name", "n" * 201], "at most 200"),
     ],
 )
 def test_monitor_edit_refuses_bad_input_and_changes_nothing(args: list[str], message: str) -> None:

@@ -48,7 +48,9 @@ def list_(
 
 @app.command("replay")
 def replay(
-    sequences: list[int] = typer.Argument(None, help="Dead letters to replay (default: all, or all of --queue)."),
+    sequences: list[int] = typer.Argument(
+        None, min=1, help="Dead letters to replay (default: all, or all of --queue)."
+    ),
     queue: str = typer.Option(None, help=QUEUE_HELP),
 ) -> None:
     """Check dead letters' checks again, with their retries reset, as their monitors are now.
@@ -72,16 +74,18 @@ def replay(
     finally:
         broker.close()
     typer.echo(f"replayed {len(chosen) - len(refused)}")
-    missing = set(sequences or ()) - {letter.sequence for letter in chosen}
-    if missing:
-        refused.append(f"no dead letter {', '.join(map(str, sorted(missing)))}")
     if refused:
         fail("\n".join(refused))
+    missing = set(sequences or ()) - {letter.sequence for letter in chosen}
+    if missing:
+        bad_input(f"no dead letter {', '.join(map(str, sorted(missing)))}")
 
 
 @app.command("purge")
 def purge(
-    sequences: list[int] = typer.Argument(None, help="Dead letters to delete (default: all, or all of --queue)."),
+    sequences: list[int] = typer.Argument(
+        None, min=1, help="Dead letters to delete (default: all, or all of --queue)."
+    ),
     queue: str = typer.Option(None, help=QUEUE_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
 ) -> None:
@@ -96,13 +100,15 @@ def purge(
     try:
         if sequences:
             missing = deadletters.delete(broker, sequences)
+            typer.echo(f"deleted {len(sequences) - len(missing)}")
         else:
             deadletters.purge(broker, queue)
             missing = []
+            typer.echo(f"deleted the dead letters of {queue or 'every queue'}")
     finally:
         broker.close()
     if missing:
-        fail(f"no dead letter {', '.join(map(str, missing))}")
+        bad_input(f"no dead letter {', '.join(map(str, missing))}")
 
 
 def _short(text: str, width: int = 60) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -18,6 +18,8 @@ SELECTOR_HELP = "The part to watch: CSS (.price), XPath (//p, xpath:...) or JSON
 RULE_HELP = 'When a change matters: changed | "phrase" | /regex/i | price < 100.'
 
 
+#: The longest name a monitor takes (its column's length).
+NAME_MAX = 200
 BROWSER_HELP = "Load the page in headless Chromium (the render stage), for pages written by JavaScript."
 WAIT_FOR_HELP = "With --browser: a CSS selector to wait for (default: until the network is idle)."
 
@@ -94,18 +96,20 @@ def edit(
     monitor = queries.get_monitor(database, monitor_id)
     if monitor is None:
         bad_input(f"no monitor {monitor_id}")
-    given = {"url": url, "name": name, "selector": selector, "rule": rule, "question": question,
-             "interval_seconds": every, "wait_for": wait_for}  # fmt: skip
-    changes = {field: (value or None) if field != "interval_seconds" else value
-               for field, value in given.items() if value is not None}  # fmt: skip
+    given: dict[str, Any] = {"url": url, "name": name, "selector": selector, "rule": rule, "question": question,
+                             "interval_seconds": every, "wait_for": wait_for}  # fmt: skip
+    changes: dict[str, Any] = {field: (value.strip() or None) if isinstance(value, str) else value
+                               for field, value in given.items() if value is not None}  # fmt: skip
     if notify is not None and notify:
         changes["notify"] = [target for target in notify if target]
     if browser is not None:
         changes["fetch"] = "browser" if browser else "http"
     if not changes:
         bad_input("nothing to change: give --url, --selector, --rule, --question, --every, --notify, --browser ...")
-    if changes.get("name") is None and "name" in changes:
+    if "name" in changes and not changes["name"]:
         bad_input("--name cannot be empty")
+    if len(changes.get("name") or "") > NAME_MAX:
+        bad_input(f"--name is at most {NAME_MAX} characters")
     after = {**monitor.model_dump(), **changes}
     if wait_for and after["fetch"] != "browser":
         bad_input("--wait-for needs --browser: only a browser runs the page's scripts")
@@ -118,8 +122,18 @@ def edit(
         bad_input(first_error(e))
     if not MIN_EVERY <= after["interval_seconds"] <= MAX_EVERY:
         bad_input(f"--every must be from {MIN_EVERY} seconds to {MAX_EVERY} (a year), got {every}")
+    if "interval_seconds" in changes:  # a shorter interval starts now, not after the old one's wait
+        from datetime import UTC, timedelta
+
+        from pipeline.models import utcnow
+
+        soonest = utcnow() + timedelta(seconds=changes["interval_seconds"])
+        due = monitor.next_check_at
+        if (due if due.tzinfo else due.replace(tzinfo=UTC)) > soonest:  # SQLite gives it back naive (UTC)
+            changes["next_check_at"] = soonest
     queries.update_monitor(database, monitor_id, changes)
-    typer.echo(f"edited monitor {monitor_id}: {', '.join(sorted(changes))}")
+    shown = sorted("every" if field == "interval_seconds" else field for field in changes if field != "next_check_at")
+    typer.echo(f"edited monitor {monitor_id}: {', '.join(shown)}")
     if "url" in changes and _refused(after["url"], _policy()):
         typer.echo(f"warning: {_REFUSED}", err=True)
 
