@@ -159,11 +159,12 @@ def recent_alerts(engine: Engine, limit: int) -> Sequence[Any]:
 
 @dataclass(frozen=True)
 class Failures:
-    """Checks that failed in one stage since the last look: how many, and the newest one's reason."""
+    """Checks that failed in one stage since the last look: how many, and the newest one's reason and source."""
 
     stage: str
     count: int
     latest: str
+    source: str = ""  # what the newest one checks: monitor:42, or the URL without credentials
 
 
 def failed_checks_since(engine: Engine, after_id: int | None) -> tuple[int, list[Failures]]:
@@ -174,12 +175,12 @@ def failed_checks_since(engine: Engine, after_id: int | None) -> tuple[int, list
         if after_id is None or newest <= after_id:
             return newest, []
         rows = connection.execute(
-            sa_select(col(Check.stage), col(Check.detail))
+            sa_select(col(Check.stage), col(Check.detail), col(Check.source))
             .where(col(Check.id) > after_id, col(Check.id) <= newest, col(Check.outcome) == "error")
             .order_by(col(Check.id))
         ).all()
     found: dict[str, Failures] = {}
-    for stage, detail in rows:
+    for stage, detail, source in rows:
         count = found[stage].count + 1 if stage in found else 1
-        found[stage] = Failures(stage, count, detail)
+        found[stage] = Failures(stage, count, detail, source)
     return newest, list(found.values())

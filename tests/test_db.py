@@ -294,5 +294,5 @@ def test_failed_checks_are_news_once_by_stage_with_the_latest_reason(db_engine: 
                          check("scrape", "error", "no match"), check("fetch", "error", "timed out")])  # fmt: skip
         session.commit()
     seen, failed = failed_checks_since(db_engine, seen)
-    assert failed == [Failures("fetch", 2, "timed out"), Failures("scrape", 1, "no match")]
+    assert failed == [Failures("fetch", 2, "timed out", "s"), Failures("scrape", 1, "no match", "s")]
     assert failed_checks_since(db_engine, seen) == (seen, [])  # told once

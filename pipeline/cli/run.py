@@ -171,10 +171,11 @@ def exporter(
 
 
 def _failure_line(failed: Any) -> str:
-    """``fetch: 3 checks failed, the last: <reason>; see ...``: each is retried if it can pass."""
+    """``fetch: 3 checks failed, the last (monitor:4): <reason>; see ...``: each is retried if it can pass."""
     checks = "1 check" if failed.count == 1 else f"{failed.count} checks"
     where = "see `pipeline monitor show ID` and `pipeline dlq list`"
-    return time.strftime("%H:%M:%S ") + f"{failed.stage}: {checks} failed, the last: {failed.latest}; {where}"
+    which = f" ({failed.source})" if failed.source else ""
+    return time.strftime("%H:%M:%S ") + f"{failed.stage}: {checks} failed, the last{which}: {failed.latest}; {where}"
 
 
 def _flow_order(queues: set[str]) -> list[str]:
