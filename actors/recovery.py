@@ -42,6 +42,11 @@ class Recovery:
     delay_ms: int | None = None
     turn_at: float | None = None
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The message options that carry it: the booked turn, if any."""
+        return {} if self.turn_at is None else {"turn_at": self.turn_at}
+
 
 def recovery(actor: dramatiq.Actor, error: BaseException) -> Recovery:
     """How ``actor`` recovers a check from ``error``."""
@@ -90,12 +95,11 @@ def _put_back(actor: dramatiq.Actor, job: Any, what: Recovery) -> None:
     retries over, and a check that fails every time on a busy host would never reach the dead letters.
     """
     message = CurrentMessage.get_current_message()
-    booked: dict[str, Any] = {} if what.turn_at is None else {"turn_at": what.turn_at}
     if message is None:  # called outside a worker (a test calling the actor directly)
-        actor.send_with_options(args=(job,), delay=what.delay_ms, **booked)
+        actor.send_with_options(args=(job,), delay=what.delay_ms, **what.options)
         return
     options = {key: value for key, value in message.options.items() if key != "turn_at"}
-    actor.broker.enqueue(message.copy(options={**options, **booked}), delay=what.delay_ms)
+    actor.broker.enqueue(message.copy(options={**options, **what.options}), delay=what.delay_ms)
 
 
 def hand_over(actor: dramatiq.Actor, job: Any, error: BaseException) -> None:
@@ -111,8 +115,7 @@ def hand_over(actor: dramatiq.Actor, job: Any, error: BaseException) -> None:
         actor.broker.dead_letter_message(message, error)  # type: ignore[attr-defined]
         return
     if what.kind == "wait":
-        booked = {} if what.turn_at is None else {"turn_at": what.turn_at}
-        send(actor, job, key, delay=what.delay_ms, **booked)
+        send(actor, job, key, delay=what.delay_ms, **what.options)
         return
     if not _stages_own(error):
         logger.warning("A check failed in a batch of %s; it goes on alone.", actor.actor_name, exc_info=error)

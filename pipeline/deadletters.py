@@ -34,7 +34,7 @@ from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 
 from pipeline.broker import JetStreamBroker
-from pipeline.jobs import AnalyseJob, stage_message, watched
+from pipeline.jobs import AnalyseJob, monitor_of, monitor_source, stage_message, watched
 from pipeline.names import dead_stream, event_subject
 from pipeline.redact import display_url
 
@@ -107,9 +107,10 @@ def _failed_before(failed_at: str, since: datetime) -> bool:
 
 def _source(data: bytes) -> str:
     """What a dead letter's check watches: its job's ``source``, or for an event, its monitor or URL."""
-    try:
-        job = Message.decode(data).args[0]
-    except (DecodeError, IndexError):
+    message = _decoded(data)
+    if message is not None and message.args:
+        job = message.args[0]
+    else:  # an event the ingest could not take
         try:
             job = json.loads(data)
         except ValueError:
@@ -117,7 +118,7 @@ def _source(data: bytes) -> str:
         if not isinstance(job, dict):
             return ""
         if job.get("monitor_id"):
-            return f"monitor:{job['monitor_id']}"
+            return monitor_source(job["monitor_id"])
         if isinstance(job.get("url"), str):
             return display_url(job["url"])
     if isinstance(job, dict) and isinstance(job.get("source"), str):
@@ -191,10 +192,10 @@ def _restarted(
 ) -> tuple[str, Message[Any] | tuple[str, bytes]]:
     """Where the check of a letter from a stage's queue goes again (a queue, or ``events``), and its message
     there (or, for an event, its subject and data)."""
-    source, queue = job.get("source", ""), letter.queue
+    monitor_id, queue = monitor_of(job.get("source", "")), letter.queue
     fetched = bool(job.get("url"))
-    if queue in ("fetch", "render", "scrape") and fetched and source.startswith("monitor:"):
-        event = {"monitor_id": int(source.removeprefix("monitor:"))}
+    if queue in ("fetch", "render", "scrape") and fetched and monitor_id is not None:
+        event = {"monitor_id": monitor_id}
         return "events", (event_subject("monitor", broker.prefix), json.dumps(event).encode())
     if queue in ("fetch", "render", "scrape") and fetched:
         queue, job = ("render" if "wait_for" in job else "fetch"), dict(watched(job))  # type: ignore[arg-type]

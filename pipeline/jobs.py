@@ -127,9 +127,18 @@ def monitor_job(monitor: Monitor) -> tuple[str, CheckJob]:
     return "fetch", job
 
 
+#: The prefix of a stored monitor's history key.
+MONITOR = "monitor:"
+
+
 def monitor_source(monitor_id: int) -> str:
     """The history key of a stored monitor: ``monitor:42``."""
-    return f"monitor:{monitor_id}"
+    return f"{MONITOR}{monitor_id}"
+
+
+def monitor_of(source: str) -> int | None:
+    """The monitor's id of a history key (``monitor_source``); None for an ad-hoc check's."""
+    return int(source.removeprefix(MONITOR)) if source.startswith(MONITOR) else None
 
 
 #: Distinct sources whose history key is remembered: producers check the same URLs again and again, and

@@ -19,6 +19,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored time, aware: PostgreSQL gives it back aware, SQLite naive (both UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class Monitor(SQLModel, table=True):
     """A watched source.  Ids are never reused (SQLite AUTOINCREMENT, PostgreSQL's sequence), so the
     history kept under ``monitor:<id>`` after a monitor is removed never passes to a new one."""

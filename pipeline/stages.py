@@ -37,10 +37,10 @@ from pipeline.bodies import BodyStore
 from pipeline.db import inserting, transaction
 from pipeline.fetcher import Conditional, Fetcher, FetchError, FetchResult
 from pipeline.groupcommit import GroupCommit
-from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob, Told, watched
+from pipeline.jobs import AlertJob, AnalyseJob, CheckJob, ScrapeJob, Told, monitor_of, watched
 from pipeline.llm.errors import LLMRejectedError, LLMUnavailableError
-from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, utcnow
-from pipeline.politeness import Politeness
+from pipeline.models import Alert, Check, Delivery, Finding, Snapshot, as_utc, utcnow
+from pipeline.politeness import DELIVERED_SOONER, LATE, SLEEP_AT_MOST, Politeness
 from pipeline.redact import display_url, redact_text, redact_url
 from pipeline.rules import RuleError, parse_rule
 
@@ -158,11 +158,6 @@ def _latest_of(count: int) -> sqlalchemy.CompoundSelect:
     return sqlalchemy.union_all(*(sqlalchemy.select(*each.c) for each in latest))
 
 
-def _aware(moment: datetime) -> datetime:
-    """A stored time as UTC: PostgreSQL gives it back aware, SQLite naive (both UTC)."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def input_hash(selector: str | None, content_type: str, body: bytes) -> str:
     """SHA-256 of everything scrape's text depends on: the same again, the same text again."""
     digest = hashlib.sha256(f"{selector or ''}\0{content_type}\0".encode())
@@ -190,16 +185,13 @@ def _polite(ctx: Context, job: CheckJob, turn_at: float | None = None, sleep_at_
     unless it came too late for it (``politeness.LATE``).  A turn less than ``sleep_at_most`` seconds away
     (``politeness.SLEEP_AT_MOST`` by default) is waited for in this thread.
     """
-    from pipeline.politeness import DELIVERED_SOONER, LATE, SLEEP_AT_MOST
-
     politeness = ctx.politeness
     if politeness is None or politeness.limiter is None:
         return
-    if turn_at is None or turn_at - politeness.clock() < -politeness.interval * LATE:  # none, or it has passed
+    wait = None if turn_at is None else turn_at - politeness.clock()
+    if wait is None or wait < -politeness.interval * LATE:  # no turn booked, or it has passed
         turn = politeness.turn(urlsplit(job["url"]).hostname or "")
         wait, turn_at = turn.wait, turn.at
-    else:
-        wait = turn_at - politeness.clock()
     if wait > (SLEEP_AT_MOST if sleep_at_most is None else sleep_at_most):  # back a little before its turn
         raise NotYetError(max(wait - DELIVERED_SOONER, 0.0), turn_at)
     time.sleep(max(wait, 0.0))
@@ -368,7 +360,7 @@ def _compared(
         send_analyse(AnalyseJob(**what, before_id=last.before_id, after_id=last.id))
         return True
     read_at = datetime.fromtimestamp(job["read_at"], UTC) if job.get("read_at") else utcnow()
-    if last is not None and read_at < _aware(last.taken_at):
+    if last is not None and read_at < as_utc(last.taken_at):
         # A check that read the page later stored its text first (this one was redelivered after a crash, say,
         # or raced a later copy): this older text must not go over it, and alert as a change back.
         _record(ctx, _ended(job, "scrape", "superseded", started, "a later check of this source stored its text"))
@@ -441,13 +433,13 @@ def _as_monitor_is_now(ctx: Context, job: AnalyseJob) -> AnalyseJob:
     """A replayed check (``pipeline dlq replay``), with its monitor's rule, question and targets as they are
     now (fixed since, perhaps), read from this worker's database.  Raises ``MonitorRemovedError``."""
     now = {key: value for key, value in job.items() if key != "replayed"}
-    source = job["source"]
-    if source.startswith("monitor:"):
+    monitor_id = monitor_of(job["source"])
+    if monitor_id is not None:
         from pipeline.queries import get_monitor
 
-        monitor = get_monitor(ctx.engine, int(source.removeprefix("monitor:")))
+        monitor = get_monitor(ctx.engine, monitor_id)
         if monitor is None:
-            raise MonitorRemovedError(f"{source} was removed: nothing to judge this change by")
+            raise MonitorRemovedError(f"{job['source']} was removed: nothing to judge this change by")
         now.update(rule=monitor.rule, question=monitor.question, notify=list(monitor.notify))
     return cast(AnalyseJob, now)
 

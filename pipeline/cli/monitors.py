@@ -100,7 +100,7 @@ def edit(
                              "interval_seconds": every, "wait_for": wait_for}  # fmt: skip
     changes: dict[str, Any] = {field: (value.strip() or None) if isinstance(value, str) else value
                                for field, value in given.items() if value is not None}  # fmt: skip
-    if notify is not None and notify:
+    if notify:
         changes["notify"] = [target for target in notify if target]
     if browser is not None:
         changes["fetch"] = "browser" if browser else "http"
@@ -123,13 +123,12 @@ def edit(
     if not MIN_EVERY <= after["interval_seconds"] <= MAX_EVERY:
         bad_input(f"--every must be from {MIN_EVERY} seconds to {MAX_EVERY} (a year), got {every}")
     if "interval_seconds" in changes:  # a shorter interval starts now, not after the old one's wait
-        from datetime import UTC, timedelta
+        from datetime import timedelta
 
-        from pipeline.models import utcnow
+        from pipeline.models import as_utc, utcnow
 
         soonest = utcnow() + timedelta(seconds=changes["interval_seconds"])
-        due = monitor.next_check_at
-        if (due if due.tzinfo else due.replace(tzinfo=UTC)) > soonest:  # SQLite gives it back naive (UTC)
+        if as_utc(monitor.next_check_at) > soonest:
             changes["next_check_at"] = soonest
     queries.update_monitor(database, monitor_id, changes)
     shown = sorted("every" if field == "interval_seconds" else field for field in changes if field != "next_check_at")
